@@ -1,0 +1,24 @@
+"""The typed registry of what the aiohttp application holds (set up in ``app.main``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+from aiohttp import web
+
+from app.auth import ApiKeys
+from app.job_events import JobEventHub
+from app.job_store import JobStore
+from app.providers_config import ProvidersConfig
+from app.queue import EditQueue
+from app.settings import Settings
+from app.storage import ObjectStore
+
+SETTINGS = web.AppKey("settings", Settings)
+PROVIDERS = web.AppKey("providers", ProvidersConfig)
+API_KEYS = web.AppKey("api_keys", ApiKeys)
+JOB_STORE = web.AppKey("job_store", JobStore)
+STORAGE = web.AppKey("storage", ObjectStore)
+QUEUE = web.AppKey("queue", EditQueue)
+EVENTS = web.AppKey("events", JobEventHub)
+IMAGE_EXECUTOR = web.AppKey("image_executor", Executor)

@@ -1,0 +1,62 @@
+"""The ``editq`` command: ``dev`` (everything embedded), ``api`` and ``worker``.
+
+``editq worker`` starts the worker program (``python -m worker``) by name, so the
+front end never imports worker code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from app.dev import serve_dev
+from app.main import create_app
+from app.providers_config import ProvidersConfig, ProvidersFileError, load_providers
+from app.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen subcommand."""
+    parser = argparse.ArgumentParser(prog="editq", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("dev", "run API, worker, Redis and S3 on this machine"),
+        ("api", "run the HTTP front end (configured from EDITQ_* variables)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8080)
+    commands.add_parser("worker", help="run a worker (python -m worker)", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "worker":
+        os.execv(sys.executable, [sys.executable, "-m", "worker", *rest])
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        providers = load_providers(settings.providers_file, os.environ)
+    except ProvidersFileError as exc:
+        print(f"editq: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "dev":
+        return asyncio.run(serve_dev(settings, providers, args.host, args.port))
+    return _serve_api(settings, providers, args.host, args.port)
+
+
+def _serve_api(settings: Settings, providers: ProvidersConfig, host: str, port: int) -> int:
+    if not settings.api_keys:
+        print(
+            "editq api: EDITQ_API_KEYS is empty, so no client could call the API", file=sys.stderr
+        )
+        return 2
+    web.run_app(create_app(settings, providers), host=host, port=port, print=None)
+    return 0

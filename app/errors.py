@@ -1,0 +1,188 @@
+"""The one exception tree of editq, each class carrying its HTTP status and error code.
+
+::
+
+    EditqError                      500 server_error / internal_error
+    ├── InvalidRequest              400 invalid_request_error (names the ``param``)
+    │   └── ModelCapabilityMismatch 400 model_capability_mismatch
+    ├── AuthenticationFailed        401 invalid_api_key
+    ├── NotFound                    404 not_found
+    ├── Conflict                    409 conflict
+    ├── PayloadTooLarge             413 payload_too_large
+    ├── UnsupportedMediaType        415 unsupported_media_type
+    ├── RateLimited                 429 rate_limit_exceeded (``retry_after`` seconds)
+    ├── ServiceUnavailable          503 service_unavailable (``retry_after`` seconds)
+    └── UpstreamError               502 upstream_error: an upstream call failed
+        ├── UpstreamTimeout         504 upstream_timeout: no answer within the call's time
+        ├── UpstreamRateLimited     429 rate_limit_exceeded (``retry_after`` from the upstream)
+        ├── UpstreamRejected        the upstream refused the request (its 4xx, its code)
+        └── UpstreamBadResponse     502 upstream_error: an answer that is not an image response
+
+One aiohttp middleware (``app.middleware``) turns any of them into the OpenAI error
+body ``{"error": {"message", "type", "code", "param"}}``; a job that fails records
+the same ``type``/``code``/``message`` in its ``error`` field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EditqError(Exception):
+    """Base of every error editq reports; unexpected failures map to a 500."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-style error body for an HTTP response."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (``Retry-After`` where a wait is known)."""
+        return {}
+
+
+class InvalidRequest(EditqError):
+    """The request is malformed or a parameter is out of range; ``param`` names it."""
+
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request_error"
+
+
+class ModelCapabilityMismatch(InvalidRequest):
+    """The model is unknown or cannot edit images."""
+
+    default_code = "model_capability_mismatch"
+
+
+class AuthenticationFailed(EditqError):
+    """No API key, or one that is not configured."""
+
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(EditqError):
+    """No such resource for this API key (another key's resources are not found either)."""
+
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class Conflict(EditqError):
+    """The resource is in a state that does not allow the operation."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class PayloadTooLarge(EditqError):
+    """The body, or one file in it, is over its size limit."""
+
+    status = 413
+    type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class UnsupportedMediaType(EditqError):
+    """A content type the endpoint does not accept, or a file that is not png/jpeg/webp."""
+
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
+class _WithRetryAfter(EditqError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class RateLimited(_WithRetryAfter):
+    """Too many requests for this API key."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(_WithRetryAfter):
+    """A dependency (Redis, S3) is unreachable; nothing was accepted."""
+
+    status = 503
+    type = "server_error"
+    default_code = "service_unavailable"
+
+
+class UpstreamError(_WithRetryAfter):
+    """An upstream call failed; ``upstream_status`` is its HTTP status when it answered."""
+
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
+        self.upstream_status = upstream_status
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the call's time limit."""
+
+    status = 504
+    default_code = "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream answered 429; ``retry_after`` is its wait in seconds, if it gave one."""
+
+    status = 429
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request itself (a 4xx other than 429); retrying will not help."""
+
+    status = 400
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The upstream answered 2xx with a body that is not a usable image response."""

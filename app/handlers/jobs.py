@@ -1,0 +1,86 @@
+"""HTTP handlers of the async job API: submit, read, wait, list, cancel, retry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.app_keys import IMAGE_EXECUTOR, SETTINGS, STORAGE
+from app.errors import InvalidRequest
+from app.job_service import JobService, parse_status
+from app.job_views import render_job
+from app.middleware import TENANT
+from app.submissions import read_submission
+
+JOB_SERVICE = web.AppKey("job_service", JobService)
+MAX_PAGE = 100
+
+
+def _float_query(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number", param=name) from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}", param=name)
+    return value
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs: validate, store the inputs, enqueue; 202 with the job."""
+    app = request.app
+    submission = await read_submission(request, app[SETTINGS], app[IMAGE_EXECUTOR])
+    job = await app[JOB_SERVICE].accept(submission, request[TENANT])
+    body = await render_job(job, app[STORAGE])
+    return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """GET /v1/jobs/{id}[?wait=N]: the job, after waiting up to N s for it to finish."""
+    app = request.app
+    wait = _float_query(request, "wait", 0, 0, app[SETTINGS].max_wait_s)
+    service = app[JOB_SERVICE]
+    job_id = request.match_info["job_id"]
+    tenant = request[TENANT]
+    job = await (service.wait(job_id, tenant, wait) if wait else service.get(job_id, tenant))
+    return web.json_response(await render_job(job, app[STORAGE], inline=True))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /v1/jobs?status=&limit=&after=: the caller's jobs, newest first."""
+    app = request.app
+    limit = int(_float_query(request, "limit", 20, 1, MAX_PAGE))
+    page = await app[JOB_SERVICE].list(
+        request[TENANT],
+        status=parse_status(request.query.get("status")),
+        limit=limit,
+        after=request.query.get("after") or None,
+    )
+    data = [await render_job(job, app[STORAGE]) for job in page.jobs]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": page.last_id,
+            "has_more": page.has_more,
+        }
+    )
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{id}/cancel."""
+    job = await request.app[JOB_SERVICE].cancel(request.match_info["job_id"], request[TENANT])
+    return web.json_response(await render_job(job, request.app[STORAGE]))
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{id}/retry: a failed or canceled job runs again under the same id."""
+    job = await request.app[JOB_SERVICE].retry(request.match_info["job_id"], request[TENANT])
+    return web.json_response(
+        await render_job(job, request.app[STORAGE]),
+        status=202,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )

@@ -1,0 +1,269 @@
+"""Job records in Redis: one hash per job, a per-tenant index, atomic transitions.
+
+Layout (``P`` is the key prefix)::
+
+    P:job:{id}                 hash: spec (JSON), tenant, status, run, started_at,
+                               finished_at, attempts (JSON array), error, outcome
+    P:tenant:{tenant}:jobs     sorted set of job ids, all score 0: lexical order is
+                               creation order because ids are time-ordered
+    P:events                   pub/sub channel: {"id", "status", "run"} per transition
+
+Every status change goes through one Lua script that checks the current status
+(against ``app.jobs.TRANSITIONS``) and the run number (the fencing token), applies
+the change and publishes the event in one atomic step, so a late or duplicate run
+can never move a job that has moved on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from app.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus, sources_of
+
+TRANSITION_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, '', 0} end
+local run = tonumber(redis.call('HGET', KEYS[1], 'run'))
+if ARGV[3] ~= '' and run ~= tonumber(ARGV[3]) then return {-1, status, run} end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {-2, status, run}
+end
+if ARGV[4] == '1' then run = run + 1 end
+if ARGV[5] ~= '' then
+  local existing = redis.call('HGET', KEYS[1], 'attempts') or '[]'
+  if existing == '[]' then existing = ARGV[5]
+  else existing = string.sub(existing, 1, -2) .. ',' .. string.sub(ARGV[5], 2) end
+  redis.call('HSET', KEYS[1], 'attempts', existing)
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'run', run)
+for i = 8, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[7] ~= '' then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7])) end
+local id = string.match(KEYS[1], '[^:]+$')
+redis.call('PUBLISH', ARGV[6],
+  string.format('{"id":"%s","status":"%s","run":%d}', id, ARGV[2], run))
+return {1, status, run}
+"""
+
+APPEND_ATTEMPTS_SCRIPT = """
+local run = redis.call('HGET', KEYS[1], 'run')
+if not run or tonumber(run) ~= tonumber(ARGV[1]) then return 0 end
+local existing = redis.call('HGET', KEYS[1], 'attempts') or '[]'
+if existing == '[]' then existing = ARGV[2]
+else existing = string.sub(existing, 1, -2) .. ',' .. string.sub(ARGV[2], 2) end
+redis.call('HSET', KEYS[1], 'attempts', existing)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    """What a transition did: ``applied``, or why not (``missing``, ``stale``, ``refused``).
+
+    ``previous`` is the status the job had when the transition was tried; ``run`` its
+    run number afterwards.
+    """
+
+    outcome: str  # applied | missing | stale | refused
+    previous: JobStatus | None
+    run: int
+
+    @property
+    def applied(self) -> bool:
+        """True when the job moved."""
+        return self.outcome == "applied"
+
+
+_OUTCOMES = {1: "applied", 0: "missing", -1: "stale", -2: "refused"}
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a tenant's jobs, newest first."""
+
+    jobs: list[Job]
+    has_more: bool
+    last_id: str | None
+
+
+class JobStore:
+    """Reads and writes job records; every status change is atomic and fenced."""
+
+    def __init__(self, redis: Redis, *, prefix: str, retention_s: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._retention_s = retention_s
+        self._transition = redis.register_script(TRANSITION_SCRIPT)
+        self._append = redis.register_script(APPEND_ATTEMPTS_SCRIPT)
+
+    @property
+    def events_channel(self) -> str:
+        """The pub/sub channel every transition is published on."""
+        return f"{self._prefix}:events"
+
+    def job_key(self, job_id: str) -> str:
+        """The Redis key of one job's hash."""
+        return f"{self._prefix}:job:{job_id}"
+
+    def _tenant_key(self, tenant: str) -> str:
+        return f"{self._prefix}:tenant:{tenant}:jobs"
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers."""
+        await self._redis.ping()
+
+    async def create(self, spec: JobSpec) -> Job:
+        """Store a new queued job (run 1) and index it for its tenant."""
+        job = Job(spec=spec, status=JobStatus.QUEUED)
+        key = self.job_key(spec.id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "spec": spec.model_dump_json(),
+                    "tenant": spec.tenant,
+                    "status": job.status.value,
+                    "run": job.run,
+                    "attempts": "[]",
+                },
+            )
+            pipe.expire(key, self._retention_s)
+            pipe.zadd(self._tenant_key(spec.tenant), {spec.id: 0})
+            await pipe.execute()
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job, or None if there is none (or it expired)."""
+        row = await cast(Awaitable[dict[str, str]], self._redis.hgetall(self.job_key(job_id)))
+        return _job_from_hash(row)
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Several jobs in one round trip, in the order asked."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.job_key(job_id))
+            rows = await pipe.execute()
+        return [_job_from_hash(row) for row in rows]
+
+    async def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        expect_run: int | None = None,
+        sources: Iterable[JobStatus] | None = None,
+        next_run: bool = False,
+        attempts: Iterable[Attempt] = (),
+        fields: dict[str, str | float | None] | None = None,
+    ) -> TransitionResult:
+        """Move the job to ``target`` if its status allows it and its run is ``expect_run``.
+
+        ``sources`` narrows the statuses it may move from (default: all that
+        ``TRANSITIONS`` allows); ``next_run`` starts a new run (retry, re-queue);
+        ``attempts`` are appended; ``fields`` are set (None deletes). Terminal states
+        restart the retention clock.
+        """
+        allowed = sources_of(target)
+        if sources is not None:
+            allowed = allowed & frozenset(sources)
+        source_names = " ".join(status.value for status in allowed)
+        args: list[str | int | float] = [
+            source_names,
+            target.value,
+            "" if expect_run is None else expect_run,
+            "1" if next_run else "0",
+            _attempts_json(attempts),
+            self.events_channel,
+            self._retention_s if target.terminal else "",
+        ]
+        for name, value in (fields or {}).items():
+            args.extend([name, "" if value is None else value])
+        code, status, run = await self._transition(keys=[self.job_key(job_id)], args=args)
+        return TransitionResult(
+            outcome=_OUTCOMES[int(code)],
+            previous=JobStatus(status) if status else None,
+            run=int(run),
+        )
+
+    async def append_attempts(self, job_id: str, run: int, attempts: Iterable[Attempt]) -> bool:
+        """Record calls of a running job; False when ``run`` is no longer current."""
+        payload = _attempts_json(attempts)
+        if not payload:
+            return True
+        return bool(await self._append(keys=[self.job_key(job_id)], args=[run, payload]))
+
+    async def list_for_tenant(
+        self,
+        tenant: str,
+        *,
+        status: JobStatus | None,
+        limit: int,
+        after: str | None,
+        scan_limit: int = 1000,
+    ) -> JobPage:
+        """A page of the tenant's jobs, newest first, starting after job id ``after``.
+
+        With a ``status`` filter at most ``scan_limit`` ids are examined per page;
+        ``has_more`` and ``last_id`` let the client continue from where the scan stopped.
+        """
+        key = self._tenant_key(tenant)
+        upper = f"({after}" if after else "+"
+        found: list[Job] = []
+        last_scanned: str | None = None
+        scanned = 0
+        while scanned < scan_limit:
+            chunk = limit - len(found) + 1 if status is None else 50
+            ids = await self._redis.zrevrangebylex(key, upper, "-", start=0, num=chunk)
+            if not ids:
+                return _page(found, has_more=False)
+            jobs = await self.get_many(ids)
+            await self._forget_expired(key, ids, jobs)
+            for job_id, job in zip(ids, jobs, strict=True):
+                if job is not None and (status is None or job.status == status):
+                    if len(found) == limit:
+                        return _page(found, has_more=True)
+                    found.append(job)
+                scanned += 1
+                last_scanned = job_id
+            upper = f"({ids[-1]}"
+        return JobPage(found, has_more=True, last_id=last_scanned)
+
+    async def _forget_expired(self, key: str, ids: list[str], jobs: list[Job | None]) -> None:
+        expired = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
+        if expired:
+            await self._redis.zrem(key, *expired)
+
+
+def _page(jobs: list[Job], *, has_more: bool) -> JobPage:
+    return JobPage(jobs, has_more=has_more, last_id=jobs[-1].id if jobs else None)
+
+
+def _attempts_json(attempts: Iterable[Attempt]) -> str:
+    items = [attempt.model_dump(mode="json") for attempt in attempts]
+    return json.dumps(items, separators=(",", ":")) if items else ""
+
+
+def _job_from_hash(row: dict[str, str]) -> Job | None:
+    if not row or "spec" not in row:
+        return None
+    fields: dict[str, Any] = {
+        "spec": JobSpec.model_validate_json(row["spec"]),
+        "status": JobStatus(row["status"]),
+        "run": int(row.get("run", 1)),
+        "attempts": json.loads(row.get("attempts") or "[]"),
+    }
+    for name in ("started_at", "finished_at"):
+        if row.get(name):
+            fields[name] = float(row[name])
+    if row.get("error"):
+        fields["error"] = JobError.model_validate_json(row["error"])
+    if row.get("outcome"):
+        fields["outcome"] = JobOutcome.model_validate_json(row["outcome"])
+    return Job.model_validate(fields)

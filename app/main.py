@@ -1,0 +1,80 @@
+"""The aiohttp application factory; resources live in one cleanup context."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from app.app_keys import (
+    API_KEYS,
+    EVENTS,
+    IMAGE_EXECUTOR,
+    JOB_STORE,
+    PROVIDERS,
+    QUEUE,
+    SETTINGS,
+    STORAGE,
+)
+from app.auth import ApiKeys
+from app.handlers.jobs import JOB_SERVICE
+from app.job_events import JobEventHub
+from app.job_service import JobService
+from app.job_store import JobStore
+from app.middleware import auth_middleware, errors_middleware
+from app.providers_config import ProvidersConfig
+from app.queue import EditQueue, deserialize, serialize
+from app.routes import add_routes
+from app.settings import Settings
+from app.storage import ObjectStore
+
+
+def create_app(settings: Settings, providers: ProvidersConfig) -> web.Application:
+    """The API application; connections open on start-up and close on clean-up."""
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[PROVIDERS] = providers
+    app[API_KEYS] = ApiKeys(key.get_secret_value() for key in settings.api_keys)
+    app.cleanup_ctx.append(_resources)
+    add_routes(app)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    arq_pool = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=settings.queue_name,
+    )
+    storage = ObjectStore(settings)
+    store = JobStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+    events = JobEventHub(redis, store.events_channel)
+    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="images")
+    queue = EditQueue(arq_pool, settings.queue_name)
+    app[STORAGE] = storage
+    app[JOB_STORE] = store
+    app[EVENTS] = events
+    app[QUEUE] = queue
+    app[IMAGE_EXECUTOR] = executor
+    app[JOB_SERVICE] = JobService(
+        store=store, storage=storage, queue=queue, events=events, providers=app[PROVIDERS]
+    )
+    await events.start()
+    try:
+        yield
+    finally:
+        await events.stop()
+        await arq_pool.aclose()
+        await redis.aclose()
+        storage.close()
+        executor.shutdown(wait=False, cancel_futures=True)

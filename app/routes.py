@@ -1,0 +1,19 @@
+"""The URL table of the HTTP API."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.handlers import health, jobs, models
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every endpoint on ``app``."""
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_post("/v1/jobs", jobs.submit_job)
+    app.router.add_get("/v1/jobs", jobs.list_jobs)
+    app.router.add_get("/v1/jobs/{job_id}", jobs.get_job)
+    app.router.add_post("/v1/jobs/{job_id}/cancel", jobs.cancel_job)
+    app.router.add_post("/v1/jobs/{job_id}/retry", jobs.retry_job)

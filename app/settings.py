@@ -1,0 +1,91 @@
+"""The one configuration object, read from ``EDITQ_*`` variables once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything editq reads from its environment; frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDITQ_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = Field("editq", description="prefix of every Redis key editq writes")
+    queue_name: str = "editq:queue"
+
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="endpoint clients use for presigned URLs, when it differs"
+    )
+    s3_bucket: str = "editq"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("EDITQ_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("EDITQ_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+    s3_max_connections: int = Field(64, ge=1)
+
+    providers_file: Path | None = None
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+
+    max_body_bytes: int = Field(100 * MB, ge=1)
+    max_image_bytes: int = Field(50 * MB, ge=1)
+    max_images: int = Field(16, ge=1)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    max_prompt_chars: int = Field(32_000, ge=1)
+
+    attempt_budget_s: float = Field(300.0, gt=0, description="upstream time per job attempt")
+    max_wait_s: float = Field(300.0, ge=0, description="longest ?wait= long-poll")
+    job_lease_s: float = Field(
+        10.0, gt=0, description="a running job's lease, renewed by its worker"
+    )
+    retention_s: int = Field(7 * 24 * 3600, ge=60)
+
+    worker_max_jobs: int = Field(1000, ge=1)
+    worker_poll_delay_s: float = Field(0.005, gt=0)
+    worker_health_check_interval_s: float = Field(10.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @property
+    def presign_endpoint_url(self) -> str | None:
+        """The S3 endpoint that goes into presigned URLs."""
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``settings`` as ``EDITQ_*`` variables, to hand the same configuration to a child."""
+    environment: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(_plain(item) for item in value)
+        environment[f"EDITQ_{name.upper()}"] = _plain(value)
+    return environment
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)

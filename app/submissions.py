@@ -1,0 +1,205 @@
+"""Reading an edit request off the wire, in either shape the seeds document.
+
+``multipart/form-data``: text fields plus ``image`` / ``image[]`` files and ``mask``.
+``application/json``: the same fields with ``images: [{"image_url": data URL}]`` and
+``mask: {"image_url": ...}``. Both end as one ``Submission``: validated parameters
+and decoded, checked images. Sizes are enforced while reading, so an oversized body
+is refused before it is held in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from app.edit_request import EditParams, parse_edit_params
+from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.images import CheckedImage, check_image, check_mask, decode_data_url
+from app.settings import Settings
+
+IMAGE_FIELDS = ("image", "image[]")
+MAX_TEXT_FIELD_BYTES = 1024 * 1024
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated edit request: parameters, input images and optional mask."""
+
+    params: EditParams
+    images: list[CheckedImage]
+    mask: CheckedImage | None
+
+
+@dataclass
+class _RawRequest:
+    fields: dict[str, Any]
+    images: list[tuple[str, bytes]]
+    mask: tuple[str, bytes] | None
+
+
+async def read_submission(
+    request: web.Request, settings: Settings, executor: Executor
+) -> Submission:
+    """Parse, size-check and decode the request; raises an EditqError naming the field."""
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise PayloadTooLarge(
+            f"request body is {request.content_length} bytes; the limit is "
+            f"{settings.max_body_bytes}"
+        )
+    if request.content_type == "multipart/form-data":
+        raw = await _read_multipart(request, settings)
+    elif request.content_type == "application/json":
+        raw = await _read_json(request, settings)
+    else:
+        raise UnsupportedMediaType(
+            f"content type {request.content_type or 'none'} is not accepted; "
+            "send multipart/form-data or application/json"
+        )
+    params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
+    return await check_inputs(raw.images, raw.mask, settings, executor, params)
+
+
+async def check_inputs(
+    images: list[tuple[str, bytes]],
+    mask: tuple[str, bytes] | None,
+    settings: Settings,
+    executor: Executor,
+    params: EditParams,
+) -> Submission:
+    """Decode every image in the executor and check counts, formats and the mask."""
+    if not images:
+        raise InvalidRequest("at least one image is required", param="image")
+    if len(images) > settings.max_images:
+        raise InvalidRequest(
+            f"{len(images)} images sent; at most {settings.max_images} are allowed", param="image"
+        )
+    loop = asyncio.get_running_loop()
+    check = partial(check_image, max_pixels=settings.max_image_pixels)
+    checked = [
+        await loop.run_in_executor(executor, partial(check, data, param=param))
+        for param, data in images
+    ]
+    checked_mask = None
+    if mask is not None:
+        checked_mask = await loop.run_in_executor(executor, partial(check, mask[1], param=mask[0]))
+        check_mask(checked_mask, checked[0], param=mask[0])
+    return Submission(params=params, images=checked, mask=checked_mask)
+
+
+async def _read_multipart(request: web.Request, settings: Settings) -> _RawRequest:
+    raw = _RawRequest(fields={}, images=[], mask=None)
+    budget = _Budget(settings.max_body_bytes)
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("nested multipart bodies are not accepted")
+            await _read_part(part, raw, settings, budget)
+    except ValueError as exc:  # aiohttp's multipart parser reports bad framing this way
+        raise InvalidRequest(f"malformed multipart body: {exc}") from None
+    return raw
+
+
+async def _read_part(
+    part: BodyPartReader, raw: _RawRequest, settings: Settings, budget: _Budget
+) -> None:
+    name = part.name
+    if not name:
+        raise InvalidRequest("a multipart part has no name (Content-Disposition name=...)")
+    if name in IMAGE_FIELDS:
+        param = f"image[{len(raw.images)}]"
+        if len(raw.images) >= settings.max_images:
+            raise InvalidRequest(f"more than {settings.max_images} images sent", param="image")
+        raw.images.append((param, await _read_bytes(part, settings.max_image_bytes, param, budget)))
+    elif name == "mask":
+        raw.mask = ("mask", await _read_bytes(part, settings.max_image_bytes, "mask", budget))
+    else:
+        data = await _read_bytes(part, MAX_TEXT_FIELD_BYTES, name, budget)
+        try:
+            raw.fields[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"{name} is not valid UTF-8", param=name) from None
+
+
+async def _read_bytes(part: BodyPartReader, limit: int, param: str, budget: _Budget) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(CHUNK):
+        size += len(chunk)
+        budget.spend(len(chunk))
+        if size > limit:
+            raise PayloadTooLarge(f"{param} is larger than {limit} bytes", param=param)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Budget:
+    """Bytes left of the whole body's allowance."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
+
+
+async def _read_json(request: web.Request, settings: Settings) -> _RawRequest:
+    body = await _read_body(request, settings.max_body_bytes)
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    images = document.pop("images", None)
+    mask = document.pop("mask", None)
+    if images is None and isinstance(document.get("image"), list | dict | str):
+        images = document.pop("image")
+    if isinstance(images, dict | str):
+        images = [images]
+    if not isinstance(images, list) or not images:
+        raise InvalidRequest("images must be a non-empty list of {image_url}", param="images")
+    decoded = [_image_reference(item, f"images[{i}]", settings) for i, item in enumerate(images)]
+    decoded_mask = _image_reference(mask, "mask", settings) if mask is not None else None
+    return _RawRequest(fields=document, images=decoded, mask=decoded_mask)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _image_reference(item: object, param: str, settings: Settings) -> tuple[str, bytes]:
+    if isinstance(item, str):
+        url: object = item
+    elif isinstance(item, Mapping):
+        if "file_id" in item and "image_url" not in item:
+            raise InvalidRequest(
+                "file_id references are not supported; send image_url", param=f"{param}.file_id"
+            )
+        url = item.get("image_url")
+        if isinstance(url, Mapping):  # the chat-completions shape {"image_url": {"url": ...}}
+            url = url.get("url")
+    else:
+        raise InvalidRequest(f"{param} must be an object with image_url", param=param)
+    if not isinstance(url, str):
+        raise InvalidRequest(f"{param}.image_url must be a string", param=f"{param}.image_url")
+    data = decode_data_url(url, param=f"{param}.image_url", max_bytes=settings.max_image_bytes)
+    return f"{param}.image_url", data

@@ -1,0 +1,87 @@
+"""What a worker process holds while it runs jobs, built at start-up, closed at shutdown."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from app.job_events import JobEventHub
+from app.job_store import JobStore
+from app.providers_config import ProvidersConfig
+from app.settings import Settings
+from app.storage import ObjectStore
+from worker.cancellations import CancellationWatcher
+from worker.leases import LeaseKeeper
+from worker.providers.base import Upstream
+from worker.providers.registry import build_upstreams
+
+CONTEXT_KEY = "editq"
+
+
+@dataclass
+class WorkerContext:
+    """The worker's resources, shared by every task it runs."""
+
+    settings: Settings
+    providers: ProvidersConfig
+    redis: Redis
+    store: JobStore
+    storage: ObjectStore
+    events: JobEventHub
+    cancellations: CancellationWatcher
+    leases: LeaseKeeper
+    http: aiohttp.ClientSession
+    upstreams: dict[str, Upstream]
+    executor: ThreadPoolExecutor
+
+    def upstream(self, name: str) -> Upstream:
+        """The adapter of upstream ``name``."""
+        return self.upstreams[name]
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """arq ``on_startup``: connect to everything and start the background loops."""
+    settings: Settings = ctx["settings"]
+    providers: ProvidersConfig = ctx["providers"]
+    redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    store = JobStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+    events = JobEventHub(redis, store.events_channel)
+    cancellations = CancellationWatcher(events)
+    await events.start()
+    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="pillow")
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+    leases = LeaseKeeper(ctx["redis"], settings.queue_name, settings.job_lease_s)
+    leases.start()
+    ctx[CONTEXT_KEY] = WorkerContext(
+        settings=settings,
+        providers=providers,
+        redis=redis,
+        store=store,
+        storage=ObjectStore(settings),
+        events=events,
+        cancellations=cancellations,
+        leases=leases,
+        http=http,
+        upstreams=build_upstreams(providers, http, executor),
+        executor=executor,
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """arq ``on_shutdown``: stop the loops and release every connection."""
+    context: WorkerContext | None = ctx.pop(CONTEXT_KEY, None)
+    if context is None:
+        return
+    await context.leases.stop()
+    await context.events.stop()
+    for upstream in context.upstreams.values():
+        await upstream.close()
+    await context.http.close()
+    context.storage.close()
+    context.executor.shutdown(wait=False, cancel_futures=True)
+    await context.redis.aclose()

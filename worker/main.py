@@ -1,0 +1,48 @@
+"""``python -m worker`` / ``editq worker``: run one arq worker process.
+
+``--check`` probes the health-check key a live worker refreshes and exits 0 if it
+is fresh, 1 otherwise (for container liveness probes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from arq.connections import RedisSettings
+from arq.worker import Worker, async_check_health
+
+from app.providers_config import ProvidersFileError, load_providers
+from app.settings import Settings
+from worker.settings import health_check_key, worker_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGINT/SIGTERM; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="editq worker", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="probe a running worker's health")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if args.check:
+        return asyncio.run(
+            async_check_health(
+                RedisSettings.from_dsn(settings.redis_url),
+                health_check_key(settings),
+                settings.queue_name,
+            )
+        )
+    try:
+        providers = load_providers(settings.providers_file, os.environ)
+    except ProvidersFileError as exc:
+        print(f"editq worker: {exc}", file=sys.stderr)
+        return 2
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    Worker(**worker_settings(settings, providers)).run()
+    return 0

@@ -1,0 +1,100 @@
+"""Output conversion: an upstream's image re-encoded in the format the client asked for.
+
+Pure and CPU-bound (Pillow); callers run ``convert_output`` in an executor.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from app.errors import UpstreamBadResponse
+
+MAX_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
+DEFAULT_QUALITY = 90  # jpeg/webp quality when the client gave no output_compression
+DEFAULT_PNG_LEVEL = 6  # zlib level when the client gave no output_compression
+
+# output_format -> (Pillow format, content type)
+_FORMATS = {
+    "png": ("PNG", "image/png"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+}
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    """An encoded output image and its dimensions in pixels."""
+
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+
+
+def convert_output(
+    image_bytes: bytes,
+    output_format: str,
+    output_compression: int | None,
+    background: str | None,
+) -> ConvertedImage:
+    """Decode an upstream's image and encode it as ``output_format`` (png, jpeg or webp).
+
+    ``output_compression`` is OpenAI's 0-100 level: jpeg/webp quality is
+    ``max(1, 100 - compression)``, png's zlib level ``round(compression * 9 / 100)``.
+    Alpha is kept for png and webp unless ``background`` is "opaque"; jpeg is always
+    flattened onto white. Raises UpstreamBadResponse when the bytes are not a decodable
+    image or it is over MAX_PIXELS; ValueError for an unknown format or a compression
+    outside 0-100 (the request validation rules those out).
+    """
+    if output_format not in _FORMATS:
+        raise ValueError(f"unknown output_format {output_format!r}")
+    if output_compression is not None and not 0 <= output_compression <= 100:
+        raise ValueError(f"output_compression must be 0-100, got {output_compression}")
+    pillow_format, content_type = _FORMATS[output_format]
+    image = _decode(image_bytes)
+    flatten = pillow_format == "JPEG" or background == "opaque"
+    image = _flattened(image) if flatten else image
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, pillow_format, **_encoder_options(pillow_format, output_compression))
+    except (OSError, ValueError) as exc:
+        raise UpstreamBadResponse(
+            f"cannot encode the upstream's image as {output_format}: {exc}"
+        ) from exc
+    return ConvertedImage(buffer.getvalue(), content_type, image.width, image.height)
+
+
+def _decode(data: bytes) -> Image.Image:
+    """The image in ``data`` as RGB or RGBA (first frame of an animation)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            raise UpstreamBadResponse(
+                f"the upstream's image is {image.width}x{image.height}, "
+                f"over the {MAX_PIXELS} pixel limit"
+            )
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise UpstreamBadResponse(f"the upstream's image is too large: {exc}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, EOFError) as exc:
+        raise UpstreamBadResponse(f"the upstream's answer is not a decodable image: {exc}") from exc
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def _flattened(image: Image.Image) -> Image.Image:
+    """``image`` composited onto white, as RGB."""
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
+
+
+def _encoder_options(pillow_format: str, compression: int | None) -> dict[str, int]:
+    if pillow_format == "PNG":
+        level = DEFAULT_PNG_LEVEL if compression is None else round(compression * 9 / 100)
+        return {"compress_level": level}
+    quality = DEFAULT_QUALITY if compression is None else max(1, 100 - compression)
+    return {"quality": quality}

@@ -1,0 +1,54 @@
+"""arq's WorkerSettings for editq, derived from the one ``Settings``.
+
+- payloads are JSON (``app.queue``), never pickle;
+- ``job_timeout`` is the upstream budget plus time to store the outputs;
+- ``max_jobs`` is high: a running job mostly waits on an upstream;
+- ``poll_delay`` is a few milliseconds, so pickup takes tens of milliseconds;
+- ``keep_result=0``: job state lives in editq's own records, not arq's results;
+- the health check key is refreshed every ``worker_health_check_interval_s``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from app.providers_config import ProvidersConfig
+from app.queue import EDIT_TASK, deserialize, serialize
+from app.settings import Settings
+from worker.context import shutdown, startup
+from worker.tasks import run_edit
+
+STORE_MARGIN_S = 60
+# Runs are re-delivered after crashes and shutdowns; editq's own records decide
+# whether a run is still current, so arq's try counter must not end a job first.
+MAX_DELIVERIES = 1000
+
+
+def health_check_key(settings: Settings) -> str:
+    """The Redis key a live worker refreshes (probe with ``editq worker --check``)."""
+    return f"{settings.queue_name}:health-check"
+
+
+def worker_settings(settings: Settings, providers: ProvidersConfig) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker``."""
+    return {
+        "functions": [func(run_edit, name=EDIT_TASK, max_tries=MAX_DELIVERIES)],
+        "queue_name": settings.queue_name,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {"settings": settings, "providers": providers},
+        "max_jobs": settings.worker_max_jobs,
+        "job_timeout": settings.attempt_budget_s + STORE_MARGIN_S,
+        "keep_result": 0,
+        "poll_delay": settings.worker_poll_delay_s,
+        "queue_read_limit": 100,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "health_check_interval": settings.worker_health_check_interval_s,
+        "health_check_key": health_check_key(settings),
+        "max_tries": MAX_DELIVERIES,
+    }
