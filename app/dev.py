@@ -58,8 +58,13 @@ async def serve_dev(base: Settings, providers: ProvidersConfig, host: str, port:
 
 
 async def _serve(settings: Settings, providers: ProvidersConfig, host: str, port: int) -> int:
+    # Its own session: a terminal's Ctrl-C reaches only us, and we stop it in order.
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", env={**os.environ, **settings_environment(settings)}
+        sys.executable,
+        "-m",
+        "worker",
+        env={**os.environ, **settings_environment(settings)},
+        start_new_session=True,
     )
     runner = web.AppRunner(create_app(settings, providers))
     await runner.setup()

@@ -77,6 +77,7 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C is for our parent, which stops us
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.handlers import health, jobs, models
+from app.handlers import docs, health, jobs, models
 
 
 def add_routes(app: web.Application) -> None:
     """Register every endpoint on ``app``."""
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/docs", docs.docs)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_post("/v1/jobs", jobs.submit_job)
     app.router.add_get("/v1/jobs", jobs.list_jobs)

@@ -58,6 +58,11 @@ async def read_submission(
         raw = await _read_multipart(request, settings)
     elif request.content_type == "application/json":
         raw = await _read_json(request, settings)
+    elif request.content_type == "application/x-www-form-urlencoded":
+        form = await request.post()  # fields only: files need multipart
+        raw = _RawRequest(
+            fields={k: v for k, v in form.items() if isinstance(v, str)}, images=[], mask=None
+        )
     else:
         raise UnsupportedMediaType(
             f"content type {request.content_type or 'none'} is not accepted; "

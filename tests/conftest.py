@@ -131,9 +131,7 @@ async def service(settings: Settings, providers: ProvidersConfig) -> AsyncIterat
 
 
 @pytest.fixture
-async def api_only(
-    settings: Settings, providers: ProvidersConfig
-) -> AsyncIterator[RunningService]:
+async def api_only(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
     """The API with no worker running (jobs stay queued until ``start_worker``)."""
     running = RunningService(settings, providers)
     await running.start(worker=False)

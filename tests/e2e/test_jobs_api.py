@@ -231,3 +231,11 @@ async def test_models_health_and_readiness(service: RunningService) -> None:
     async with service.client.get(service.url("/readyz")) as response:
         assert response.status == 200
         assert (await response.json())["checks"] == {"redis": "ok", "s3": "ok"}
+
+
+async def test_docs_page_lists_every_route_without_a_key(service: RunningService) -> None:
+    async with service.client.get(service.url("/docs")) as response:
+        assert response.status == 200
+        page = await response.text()
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/retry", "/v1/models"):
+        assert f"<code>{path}</code>" in page

@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): figures measured against real processes, not CI tests."""

@@ -1,0 +1,102 @@
+"""The README's quick start, for real: ``editq dev`` in its own process, the curl
+commands it prints pasted into a shell, and Ctrl-C stopping all of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.embedded import free_port
+from tests.images import decode
+
+pytestmark = pytest.mark.slow
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def dev_server() -> Iterator[tuple[subprocess.Popen[str], list[str], int]]:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("EDITQ_")}
+    editq = Path(sys.executable).with_name("editq")
+    process = subprocess.Popen(
+        [str(editq), "dev", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if line.startswith("The result's data[0].url"):
+            break
+    try:
+        yield process, lines, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
+def _commands(lines: list[str]) -> list[str]:
+    """The curl commands of the banner, continuation lines joined."""
+    text = "\n".join(lines).replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("curl ")]
+
+
+def test_make_run_quick_start(dev_server: tuple[subprocess.Popen[str], list[str], int]) -> None:
+    process, lines, port = dev_server
+    assert any(f"http://127.0.0.1:{port}" in line for line in lines), lines
+    submit, fetch = _commands(lines)
+
+    submitted = json.loads(
+        subprocess.run(
+            ["bash", "-c", submit], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    )
+    assert submitted["status"] in ("queued", "running", "succeeded"), submitted
+    job_id = submitted["id"]
+
+    fetched = json.loads(
+        subprocess.run(
+            ["bash", "-c", fetch.replace("JOB_ID", job_id)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
+    assert fetched["status"] == "succeeded", fetched
+    with urllib.request.urlopen(fetched["result"]["data"][0]["url"], timeout=10) as response:
+        image = decode(response.read())
+    assert (image.format, image.size) == ("PNG", (512, 512))
+
+    s3_ports = {
+        int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)/", fetched["result"]["data"][0]["url"])
+    }
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert not _port_open(port)
+    assert not any(_port_open(p) for p in s3_ports)
