@@ -69,7 +69,7 @@ class EditParams(BaseModel):
     def _size(cls, value: str | None) -> str | None:
         if value is None or value == "auto":
             return value
-        match = SIZE_PATTERN.match(value)
+        match = SIZE_PATTERN.fullmatch(value)
         if not match:
             raise ValueError("size must be 'auto' or WIDTHxHEIGHT, e.g. 1024x1024")
         width, height = int(match[1]), int(match[2])

@@ -25,6 +25,7 @@ the same ``type``/``code``/``message`` in its ``error`` field.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -126,7 +127,7 @@ class _WithRetryAfter(EditqError):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class RateLimited(_WithRetryAfter):

@@ -45,7 +45,7 @@ for i = 8, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-if ARGV[7] ~= '' then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7])) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
 local id = string.match(KEYS[1], '[^:]+$')
 redis.call('PUBLISH', ARGV[6],
   string.format('{"id":"%s","status":"%s","run":%d}', id, ARGV[2], run))
@@ -167,8 +167,8 @@ class JobStore:
 
         ``sources`` narrows the statuses it may move from (default: all that
         ``TRANSITIONS`` allows); ``next_run`` starts a new run (retry, re-queue);
-        ``attempts`` are appended; ``fields`` are set (None deletes). Terminal states
-        restart the retention clock.
+        ``attempts`` are appended; ``fields`` are set (None deletes). Every change
+        restarts the retention clock.
         """
         allowed = sources_of(target)
         if sources is not None:
@@ -181,7 +181,7 @@ class JobStore:
             "1" if next_run else "0",
             _attempts_json(attempts),
             self.events_channel,
-            self._retention_s if target.terminal else "",
+            self._retention_s,
         ]
         for name, value in (fields or {}).items():
             args.extend([name, "" if value is None else value])

@@ -19,6 +19,9 @@ from app.errors import ModelCapabilityMismatch
 
 IMAGE_EDIT = "image_edit"
 
+MaskConvention = Literal["transparent_edits", "opaque_edits"]
+"""Which mask pixels mark the area to edit: OpenAI's transparent ones, or opaque ones."""
+
 
 class UpstreamConfig(BaseModel):
     """One upstream service and how to reach it."""
@@ -26,18 +29,20 @@ class UpstreamConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
-    kind: Literal["openai", "local"]
+    kind: Literal["openai", "requesty", "orq", "local"]
     base_url: str | None = None
     api_key_env: str | None = None
     api_key: SecretStr | None = Field(None, description="resolved from api_key_env at load")
     max_concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(300.0, gt=0, description="cap on one call to this upstream")
     delay_s: float = Field(0.0, ge=0, description="local kind only: seconds each edit takes")
+    mask_convention: MaskConvention = "transparent_edits"
+    supports_mask: bool = Field(True, description="False: the mask goes as an extra image")
 
     @model_validator(mode="after")
     def _needs_base_url(self) -> UpstreamConfig:
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError(f"upstream {self.name!r}: kind 'openai' needs base_url")
+        if self.kind != "local" and not self.base_url:
+            raise ValueError(f"upstream {self.name!r}: kind {self.kind!r} needs base_url")
         return self
 
 

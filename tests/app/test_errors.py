@@ -1,0 +1,105 @@
+"""The exception tree: each class's status, type, code, body and headers."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import (
+    AuthenticationFailed,
+    Conflict,
+    EditqError,
+    InvalidRequest,
+    ModelCapabilityMismatch,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+
+
+@pytest.mark.parametrize(
+    ("cls", "status", "error_type", "code"),
+    [
+        (EditqError, 500, "server_error", "internal_error"),
+        (InvalidRequest, 400, "invalid_request_error", "invalid_request_error"),
+        (ModelCapabilityMismatch, 400, "invalid_request_error", "model_capability_mismatch"),
+        (AuthenticationFailed, 401, "authentication_error", "invalid_api_key"),
+        (NotFound, 404, "invalid_request_error", "not_found"),
+        (Conflict, 409, "invalid_request_error", "conflict"),
+        (PayloadTooLarge, 413, "invalid_request_error", "payload_too_large"),
+        (UnsupportedMediaType, 415, "invalid_request_error", "unsupported_media_type"),
+        (RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
+        (ServiceUnavailable, 503, "server_error", "service_unavailable"),
+        (UpstreamError, 502, "upstream_error", "upstream_error"),
+        (UpstreamTimeout, 504, "upstream_error", "upstream_timeout"),
+        (UpstreamRateLimited, 429, "upstream_error", "rate_limit_exceeded"),
+        (UpstreamRejected, 400, "upstream_error", "upstream_error"),
+        (UpstreamBadResponse, 502, "upstream_error", "upstream_error"),
+    ],
+)
+def test_class_table(cls: type[EditqError], status: int, error_type: str, code: str) -> None:
+    error = cls("it went wrong")
+    assert (error.status, error.type, error.code) == (status, error_type, code)
+    assert error.body() == {
+        "error": {"message": "it went wrong", "type": error_type, "code": code, "param": None}
+    }
+    assert str(error) == "it went wrong"
+    assert error.headers() == {}
+    assert isinstance(error, EditqError)
+
+
+@pytest.mark.parametrize("cls", [InvalidRequest, NotFound, PayloadTooLarge, RateLimited])
+def test_param_and_code_in_body(cls: type[InvalidRequest]) -> None:
+    error = cls("bad n", param="n", code="custom_code")
+    assert error.body()["error"] == {
+        "message": "bad n",
+        "type": cls.type,
+        "code": "custom_code",
+        "param": "n",
+    }
+
+
+def test_tree() -> None:
+    assert issubclass(ModelCapabilityMismatch, InvalidRequest)
+    for cls in (UpstreamTimeout, UpstreamRateLimited, UpstreamRejected, UpstreamBadResponse):
+        assert issubclass(cls, UpstreamError)
+    assert not issubclass(RateLimited, UpstreamError)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [
+        (0.2, "1"),
+        (0.0, "1"),
+        (1.0, "1"),
+        (2.6, "3"),
+        (30, "30"),
+        (1.4, "2"),
+        (2.5, "3"),
+    ],
+)
+@pytest.mark.parametrize("cls", [RateLimited, ServiceUnavailable, UpstreamRateLimited])
+def test_retry_after_header(cls: type[RateLimited], retry_after: float, header: str) -> None:
+    error = cls("wait", retry_after=retry_after)
+    assert error.headers() == {"Retry-After": header}
+    assert error.retry_after == retry_after
+
+
+def test_upstream_rate_limited_carries_upstream_facts() -> None:
+    error = UpstreamRateLimited("slow down", upstream_status=429, retry_after=7.5)
+    assert (error.upstream_status, error.retry_after, error.status) == (429, 7.5, 429)
+    assert error.headers() == {"Retry-After": "8"}
+    assert error.body()["error"]["code"] == "rate_limit_exceeded"
+    rejected = UpstreamRejected("no", upstream_status=422, code="content_policy_violation")
+    assert (rejected.upstream_status, rejected.code, rejected.retry_after) == (
+        422,
+        "content_policy_violation",
+        None,
+    )
+    assert UpstreamError("down").upstream_status is None
