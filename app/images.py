@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import math
 import re
@@ -36,6 +37,7 @@ class CheckedImage:
     width: int
     height: int
     has_alpha: bool
+    sha256: str
 
     @property
     def extension(self) -> str:
@@ -94,7 +96,8 @@ def check_image(data: bytes, *, param: str, max_pixels: int) -> CheckedImage:
         raise InvalidRequest(
             f"{param} could not be decoded (truncated or corrupt): {exc}", param=param
         ) from None
-    return CheckedImage(data, CONTENT_TYPES[image_format], width, height, has_alpha)
+    digest = hashlib.sha256(data).hexdigest()
+    return CheckedImage(data, CONTENT_TYPES[image_format], width, height, has_alpha, digest)
 
 
 def _has_allowed_signature(data: bytes) -> bool:

@@ -155,7 +155,13 @@ class JobService:
             JobStatus.QUEUED,
             sources=[JobStatus.FAILED, JobStatus.CANCELED],
             next_run=True,
-            fields={"error": None, "outcome": None, "started_at": None, "finished_at": None},
+            fields={
+                "error": None,
+                "outcome": None,
+                "cached": None,
+                "started_at": None,
+                "finished_at": None,
+            },
         )
         if not result.applied:
             raise Conflict(
@@ -172,6 +178,7 @@ def _stored(key: str, image: CheckedImage) -> StoredImage:
         bytes=len(image.data),
         width=image.width,
         height=image.height,
+        sha256=image.sha256,
     )
 
 

@@ -266,4 +266,5 @@ def _job_from_hash(row: dict[str, str]) -> Job | None:
         fields["error"] = JobError.model_validate_json(row["error"])
     if row.get("outcome"):
         fields["outcome"] = JobOutcome.model_validate_json(row["outcome"])
+    fields["cached"] = row.get("cached") == "1"
     return Job.model_validate(fields)

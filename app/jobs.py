@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,6 +99,9 @@ class Attempt(BaseModel):
     error_code: str | None = None
     duration_ms: int
     started_at: float
+    next_action: Literal["retry", "fallback"] | None = Field(
+        None, description="what followed this failed call, if anything"
+    )
 
 
 class JobError(BaseModel):
@@ -117,6 +120,7 @@ class StoredImage(BaseModel):
     bytes: int
     width: int
     height: int
+    sha256: str | None = None
 
 
 class JobInputs(BaseModel):
@@ -158,6 +162,7 @@ class Job(BaseModel):
     attempts: tuple[Attempt, ...] = ()
     error: JobError | None = None
     outcome: JobOutcome | None = None
+    cached: bool = False
 
     @property
     def id(self) -> str:
@@ -191,6 +196,7 @@ class Job(BaseModel):
             "attempts": [attempt.model_dump(mode="json") for attempt in self.attempts],
             "error": self.error.model_dump(mode="json") if self.error else None,
             "result": result,
+            "cached": self.cached,
             "metadata": self.spec.request.metadata,
         }
 

@@ -33,7 +33,8 @@ class UpstreamConfig(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     api_key: SecretStr | None = Field(None, description="resolved from api_key_env at load")
-    max_concurrency: int = Field(16, ge=1)
+    max_concurrency: int = Field(16, ge=1, description="calls in flight, across all workers")
+    requests_per_minute: int | None = Field(None, ge=1, description="shared by all workers")
     timeout_s: float = Field(300.0, gt=0, description="cap on one call to this upstream")
     delay_s: float = Field(0.0, ge=0, description="local kind only: seconds each edit takes")
     mask_convention: MaskConvention = "transparent_edits"

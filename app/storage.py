@@ -106,6 +106,15 @@ class ObjectStore:
             body.close()
         return data
 
+    async def copy(self, source_key: str, target_key: str) -> None:
+        """Copy an object within the bucket, server-side (no bytes pass through here)."""
+        await self._run(
+            self._client.copy_object,
+            Bucket=self._bucket,
+            Key=target_key,
+            CopySource={"Bucket": self._bucket, "Key": source_key},
+        )
+
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object whose key starts with ``prefix``; returns how many."""
         return int(await self._run(self._delete_prefix_sync, prefix=prefix))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from typing import Any
 
@@ -54,6 +55,11 @@ class RunningService:
     async def stop_worker(self) -> None:
         """Stop the worker (its running jobs are cancelled)."""
         if self._worker is not None:
+            # arq's close() gathers its job tasks after cancelling them and aborts
+            # (skipping on_shutdown) if one ends cancelled; drain them first.
+            self._worker.handle_sig(signal.SIGUSR1)
+            await asyncio.gather(*self._worker.tasks.values(), return_exceptions=True)
+            self._worker.tasks.clear()
             await self._worker.close()
             self._worker = None
         if self._worker_task is not None:

@@ -19,6 +19,8 @@ from worker.cancellations import CancellationWatcher
 from worker.leases import LeaseKeeper
 from worker.providers.base import Upstream
 from worker.providers.registry import build_upstreams
+from worker.result_cache import ResultCache
+from worker.upstream_gate import UpstreamGate
 
 CONTEXT_KEY = "editq"
 
@@ -35,6 +37,8 @@ class WorkerContext:
     events: JobEventHub
     cancellations: CancellationWatcher
     leases: LeaseKeeper
+    gate: UpstreamGate
+    cache: ResultCache
     http: aiohttp.ClientSession
     upstreams: dict[str, Upstream]
     executor: ThreadPoolExecutor
@@ -55,7 +59,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     await events.start()
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="pillow")
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
-    leases = LeaseKeeper(ctx["redis"], settings.queue_name, settings.job_lease_s)
+    gate = UpstreamGate(redis, prefix=settings.key_prefix, lease_s=settings.job_lease_s)
+    leases = LeaseKeeper(
+        ctx["redis"],
+        gate,
+        queue_name=settings.queue_name,
+        lease_s=settings.job_lease_s,
+        caps={upstream.name: upstream.max_concurrency for upstream in providers.upstreams},
+    )
     leases.start()
     ctx[CONTEXT_KEY] = WorkerContext(
         settings=settings,
@@ -66,6 +77,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         events=events,
         cancellations=cancellations,
         leases=leases,
+        gate=gate,
+        cache=ResultCache(redis, settings.key_prefix),
         http=http,
         upstreams=build_upstreams(providers, http, executor),
         executor=executor,

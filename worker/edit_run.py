@@ -1,21 +1,23 @@
-"""One run of an edit job: load the inputs, make the ``n`` upstream calls in parallel,
-convert and store each output. Pure orchestration over the context's edges."""
+"""One run of an edit job: load the inputs, make the ``n`` outputs in parallel (each
+through ``upstream_calls``), convert and store each output."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from app.errors import UpstreamError, UpstreamTimeout
 from app.jobs import Attempt, Job, JobInputs, JobOutcome, StoredImage, Usage
-from app.providers_config import ModelConfig
 from app.storage import ObjectStore, output_key
 from worker.context import WorkerContext
+from worker.leases import Lease
 from worker.outputs import convert_output
-from worker.providers.base import EditCall, InputImage, Upstream
+from worker.providers.base import EditCall, InputImage
+from worker.upstream_calls import OutputCalls, call_with_routing
 
 T = TypeVar("T")
 
@@ -26,20 +28,34 @@ class _Output:
     usage: Usage | None
 
 
-async def execute_run(context: WorkerContext, job: Job, attempts: list[Attempt]) -> JobOutcome:
+def slot_needs(context: WorkerContext, plans: list[list[str]]) -> dict[str, tuple[int, int]]:
+    """Slots a job needs per upstream of its first choices: (min(calls, cap), cap)."""
+    counts = Counter(context.providers.edit_model(plan[0]).upstream for plan in plans)
+    needs = {}
+    for name, count in counts.items():
+        cap = context.providers.upstream(name).max_concurrency
+        needs[name] = (min(count, cap), cap)
+    return needs
+
+
+async def execute_run(
+    context: WorkerContext,
+    job: Job,
+    *,
+    plans: list[list[str]],
+    lease: Lease,
+    deadline: float,
+    attempts: list[Attempt],
+) -> JobOutcome:
     """Produce and store all of ``job``'s outputs; raises on the first failed output.
 
-    Every upstream call is appended to ``attempts`` as it finishes.
+    ``plans`` holds each output's models in order; calls whose first choice shares an
+    upstream take turns on the slots the job was admitted with.
     """
     request = job.spec.request
-    model = context.providers.edit_model(request.model)
-    upstream = context.upstream(model.upstream)
     images, mask = await _load_inputs(context.storage, job.spec.inputs)
-    call_timeout = context.providers.upstream(model.upstream).timeout_s
-    if request.routing.timeout is not None:
-        call_timeout = min(call_timeout, request.routing.timeout.call_timeout / 1000)
-    call = EditCall(
-        model=model.upstream_model,
+    base = EditCall(
+        model="",
         prompt=request.prompt,
         images=images,
         mask=mask,
@@ -49,14 +65,20 @@ async def execute_run(context: WorkerContext, job: Job, attempts: list[Attempt])
         output_format=request.output_format,
         output_compression=request.output_compression,
         user=request.user,
-        timeout_s=call_timeout,
     )
-    outputs = await all_or_cancel(
-        [
-            _produce_output(context, job, index, upstream, model, call, attempts)
-            for index in range(request.n)
-        ]
-    )
+    turns = {
+        name: asyncio.Semaphore(need) for name, (need, _) in slot_needs(context, plans).items()
+    }
+    rng = random.Random()
+
+    async def produce(index: int) -> _Output:
+        plan = plans[index]
+        calls = OutputCalls(context, job, index, plan, deadline, lease, attempts, rng)
+        async with turns[context.providers.edit_model(plan[0]).upstream]:
+            result = await call_with_routing(calls, base)
+        return await _store_output(context, job, index, result.image, result.usage)
+
+    outputs = await all_or_cancel([produce(index) for index in range(request.n)])
     usage = Usage()
     for output in outputs:
         if output.usage is not None:
@@ -98,49 +120,14 @@ async def _load_inputs(
     return tuple(loaded), None
 
 
-async def _produce_output(
-    context: WorkerContext,
-    job: Job,
-    index: int,
-    upstream: Upstream,
-    model: ModelConfig,
-    call: EditCall,
-    attempts: list[Attempt],
+async def _store_output(
+    context: WorkerContext, job: Job, index: int, image: bytes, usage: Usage | None
 ) -> _Output:
-    started_at = time.time()
-    began = time.monotonic()
-
-    def record(status: int | None, error_code: str | None) -> None:
-        attempts.append(
-            Attempt(
-                run=job.run,
-                output_index=index,
-                upstream=upstream.name,
-                model=model.id,
-                status=status,
-                error_code=error_code,
-                duration_ms=round((time.monotonic() - began) * 1000),
-                started_at=started_at,
-            )
-        )
-
-    try:
-        async with asyncio.timeout(call.timeout_s):
-            result = await upstream.edit(call)
-    except TimeoutError:
-        record(None, "upstream_timeout")
-        raise UpstreamTimeout(
-            f"{upstream.name} did not answer within {call.timeout_s:g} s"
-        ) from None
-    except UpstreamError as exc:
-        record(exc.upstream_status, exc.code)
-        raise
-    record(200, None)
     request = job.spec.request
     converted = await asyncio.get_running_loop().run_in_executor(
         context.executor,
         convert_output,
-        result.image,
+        image,
         request.output_format,
         request.output_compression,
         request.background,
@@ -154,4 +141,4 @@ async def _produce_output(
         width=converted.width,
         height=converted.height,
     )
-    return _Output(image=stored, usage=result.usage)
+    return _Output(image=stored, usage=usage)

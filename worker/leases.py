@@ -5,8 +5,11 @@ start) and guards it with an in-progress key that lives ``job_timeout + 10`` s,
 so a killed worker's job waits minutes and every poll rescans all running jobs.
 Instead, a job that starts here has its score moved to *now + lease* and its
 in-progress key shortened to the lease; a renewal loop pushes both forward every
-third of a lease. The queue's ready range then holds only jobs waiting to start,
-and when a worker dies its jobs fall back into that range within one lease.
+third of a lease, together with the upstream slots the job holds. The queue's
+ready range then holds only jobs waiting to start, and when a worker dies its jobs
+fall back into that range, and its slots expire, within one lease.
+
+The same loop reaps every upstream's expired slots (see ``upstream_gate``).
 """
 
 from __future__ import annotations
@@ -15,27 +18,48 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
+from worker.upstream_gate import SlotGrant, UpstreamGate
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lease:
+    """One running job's lease and the upstream slots it holds."""
+
+    arq_job_id: str
+    slots: list[SlotGrant] = field(default_factory=list)
 
 
 class LeaseKeeper:
     """Holds and renews the leases of the arq jobs this worker is running."""
 
-    def __init__(self, pool: ArqRedis, queue_name: str, lease_s: float) -> None:
+    def __init__(
+        self,
+        pool: ArqRedis,
+        gate: UpstreamGate,
+        *,
+        queue_name: str,
+        lease_s: float,
+        caps: Mapping[str, int],
+    ) -> None:
         self._pool = pool
+        self._gate = gate
         self._queue_name = queue_name
         self._lease_ms = int(lease_s * 1000)
-        self._held: set[str] = set()
+        self._caps = dict(caps)
+        self._held: dict[str, Lease] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Begin renewing every third of a lease."""
+        """Begin renewing (and reaping) every third of a lease."""
         self._task = asyncio.create_task(self._renew_forever(), name="lease-renewal")
 
     async def stop(self) -> None:
@@ -46,18 +70,29 @@ class LeaseKeeper:
                 await self._task
 
     @contextlib.asynccontextmanager
-    async def hold(self, arq_job_id: str) -> AsyncIterator[None]:
-        """Lease ``arq_job_id`` for as long as the block runs."""
-        self._held.add(arq_job_id)
+    async def hold(self, arq_job_id: str) -> AsyncIterator[Lease]:
+        """Lease ``arq_job_id`` for as long as the block runs; slots added to the
+        lease are renewed with it and released when the block ends."""
+        lease = Lease(arq_job_id)
+        self._held[arq_job_id] = lease
         try:
             await self._extend([arq_job_id])
-            yield
+            yield lease
         finally:
-            self._held.discard(arq_job_id)
+            self._held.pop(arq_job_id, None)
+            await asyncio.shield(self.release_slots(lease))
+
+    async def release_slots(self, lease: Lease) -> None:
+        """Give back every slot of ``lease`` (waking waiters)."""
+        grants, lease.slots = lease.slots, []
+        for grant in grants:
+            try:
+                await self._gate.release(grant, self._caps.get(grant.upstream, 1))
+            except (RedisError, OSError) as exc:
+                log.warning("could not release %s slots (they expire): %s", grant.upstream, exc)
 
     async def hand_back(self, arq_job_id: str) -> None:
         """Make a job this worker gives up (shutdown) ready for another worker now."""
-        self._held.discard(arq_job_id)
         async with self._pool.pipeline(transaction=True) as pipe:
             pipe.zadd(self._queue_name, {arq_job_id: _now_ms()}, xx=True)
             pipe.delete(in_progress_key_prefix + arq_job_id)
@@ -75,13 +110,18 @@ class LeaseKeeper:
         interval = self._lease_ms / 3000
         while True:
             await asyncio.sleep(interval)
-            held = list(self._held)
-            if not held:
-                continue
             try:
-                await self._extend(held)
+                await self._tick()
             except (RedisError, OSError) as exc:
-                log.warning("could not renew %d leases: %s", len(held), exc)
+                log.warning("could not renew leases: %s", exc)
+
+    async def _tick(self) -> None:
+        held = list(self._held.values())
+        if held:
+            await self._extend([lease.arq_job_id for lease in held])
+            await self._gate.renew([grant for lease in held for grant in lease.slots])
+        for upstream, cap in self._caps.items():
+            await self._gate.reap(upstream, cap)
 
 
 def _now_ms() -> int:

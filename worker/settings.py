@@ -22,9 +22,9 @@ from worker.context import shutdown, startup
 from worker.tasks import run_edit
 
 STORE_MARGIN_S = 60
-# Runs are re-delivered after crashes and shutdowns; editq's own records decide
+# Runs are re-delivered after crashes, shutdowns and slot waits; editq's records decide
 # whether a run is still current, so arq's try counter must not end a job first.
-MAX_DELIVERIES = 1000
+MAX_DELIVERIES = 1_000_000_000
 
 
 def health_check_key(settings: Settings) -> str:

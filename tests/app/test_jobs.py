@@ -144,6 +144,7 @@ PUBLIC_KEYS = {
     "attempts",
     "error",
     "result",
+    "cached",
     "metadata",
 }
 
@@ -158,6 +159,7 @@ def test_public_shape_of_a_queued_job() -> None:
     assert (public["started_at"], public["finished_at"]) == (None, None)
     assert (public["attempts"], public["error"], public["result"]) == ([], None, None)
     assert public["metadata"] == {"order": "7"}
+    assert public["cached"] is False
     request = public["request"]
     assert "metadata" not in request
     assert request["prompt"] == "sepia"

@@ -10,17 +10,23 @@
 
 ``POST /v1/images/edits`` takes multipart (``image`` or repeated ``image[]``, 1-16
 files; optional ``mask``; ``model``, ``prompt``, ``n``, ``size``, ``quality``,
-``background``, ``output_format``, ``output_compression``, ``user``) or JSON with
-``images: [{"image_url": "data:image/png;base64,..."}]`` and ``mask: {"image_url"}``.
+``background``, ``output_format``, ``output_compression``, ``user``,
+``response_format``) or JSON with ``images: [{"image_url": "data:image/png;base64,..."}]``
+and ``mask: {"image_url"}`` (Requesty's shape). orq's ``POST /v2/router/images/edits``
+takes the same bodies and answers the same way, but with a ``url`` unless
+``response_format`` is ``b64_json``.
+
 It really edits: the first image's colours are inverted (only where the mask is
 transparent, when there is one), it is resized to ``size`` (``WxH``) and encoded as
 ``output_format`` (png by default). The answer is ``{"created", "data": [{"b64_json"}]
-* n, "usage", "size", "quality", "output_format"}``; with ``respond_with_url`` each
-item is ``{"url"}`` and the bytes are served at ``GET /files/{id}``.
+* n, "usage", "size", "quality", "output_format"}``; with ``respond_with_url`` (or
+``response_format=url``) each item is ``{"url"}`` and the bytes are served at
+``GET /files/{id}``.
 
 Each edit request, in order:
 
-1. is recorded in ``requests`` and ``calls_started`` and counted in ``in_flight``;
+1. is recorded (with its ``path``) in ``requests`` and ``calls_started`` and counted in
+   ``in_flight``;
 2. is refused with 401 if ``api_key`` is set and the bearer token differs, and with
    a 400 (413 when too large) JSON error if it is malformed; neither consumes a fault;
 3. takes its fault: the next one of the ``fail_next`` script, else ``fail_always``;
@@ -64,6 +70,9 @@ from tests.fakes.upstream_requests import (
 )
 
 __all__ = ["FakeUpstream", "Fault", "FaultKind", "RecordedRequest", "Upload", "estimated_usage"]
+
+OPENAI_EDITS_PATH = "/v1/images/edits"
+ORQ_EDITS_PATH = "/v2/router/images/edits"
 
 
 @web.middleware
@@ -117,7 +126,8 @@ class FakeUpstream:
         if self._runner is not None:
             raise RuntimeError("the fake upstream is already running")
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
-        app.router.add_post("/v1/images/edits", self._handle_edit)
+        app.router.add_post(OPENAI_EDITS_PATH, self._handle_edit)
+        app.router.add_post(ORQ_EDITS_PATH, self._handle_edit)
         app.router.add_get("/files/{file_id}", self._handle_file)
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0
@@ -162,12 +172,17 @@ class FakeUpstream:
         return self._port
 
     @property
-    def base_url(self) -> str:
-        """The OpenAI base URL, e.g. ``http://127.0.0.1:41234/v1``."""
+    def origin(self) -> str:
+        """Scheme, host and port, e.g. ``http://127.0.0.1:41234`` (orq's base URL)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/v1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI (and Requesty) base URL, e.g. ``http://127.0.0.1:41234/v1``."""
+        return f"{self.origin}/v1"
 
     @property
     def pending_faults(self) -> int:
@@ -200,7 +215,9 @@ class FakeUpstream:
                 await asyncio.sleep(0.005)
 
     async def _handle_edit(self, request: web.Request) -> web.StreamResponse:
-        record = RecordedRequest(received_at=time.monotonic(), headers=CIMultiDict(request.headers))
+        record = RecordedRequest(
+            received_at=time.monotonic(), headers=CIMultiDict(request.headers), path=request.path
+        )
         self.calls_started.append(record.received_at)
         self.requests.append(record)
         self.in_flight += 1
@@ -224,7 +241,7 @@ class FakeUpstream:
         if not await self._pause(self.latency_s):
             return _stopping_response()
         if fault is None:
-            return await self._succeed(request, spec)
+            return await self._succeed(request, record, spec)
         if fault.kind is FaultKind.ANSWER:
             return web.Response(
                 status=fault.http_status,
@@ -235,7 +252,7 @@ class FakeUpstream:
             request.transport.close()
         if not await self._pause(fault.seconds if fault.kind is FaultKind.HANG else None):
             return _stopping_response()
-        return await self._succeed(request, spec)
+        return await self._succeed(request, record, spec)
 
     def _check_key(self, record: RecordedRequest) -> None:
         if self.api_key is not None and record.authorization != f"Bearer {self.api_key}":
@@ -252,14 +269,22 @@ class FakeUpstream:
             return True
         return False
 
-    async def _succeed(self, request: web.Request, spec: EditSpec) -> web.Response:
+    def _answers_with_url(self, record: RecordedRequest) -> bool:
+        response_format = record.fields.get("response_format")
+        if response_format is not None:
+            return response_format == "url"
+        return self.respond_with_url or record.path == ORQ_EDITS_PATH
+
+    async def _succeed(
+        self, request: web.Request, record: RecordedRequest, spec: EditSpec
+    ) -> web.Response:
         loop = asyncio.get_running_loop()
         try:
             image, size = await loop.run_in_executor(None, render_edit, spec)
         except BadRequest as exc:
             return exc.response()
         _, content_type = FORMATS[spec.output_format]
-        if self.respond_with_url:
+        if self._answers_with_url(record):
             file_id = os.urandom(8).hex()
             self._files[file_id] = (image, content_type)
             item = {"url": f"{request.url.origin()}/files/{file_id}"}

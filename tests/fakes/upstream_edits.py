@@ -36,6 +36,7 @@ CHOICES = {
     "quality": frozenset({"auto", "low", "medium", "high", "standard", "hd"}),
     "background": frozenset({"auto", "transparent", "opaque"}),
     "output_format": frozenset(FORMATS),
+    "response_format": frozenset({"url", "b64_json"}),
 }
 """Allowed values of the enumerated parameters."""
 

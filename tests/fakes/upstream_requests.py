@@ -38,12 +38,15 @@ class Upload:
 class RecordedRequest:
     """One edit request as the fake saw it; filled in as far as it could be read.
 
-    ``received_at`` is ``time.monotonic()``; ``status`` is what the fake answered
-    (None while in flight, or when it never answered); ``error`` says why it refused.
+    ``received_at`` is ``time.monotonic()``; ``path`` is the URL path it was sent to
+    (``/v1/images/edits`` or orq's ``/v2/router/images/edits``); ``status`` is what the
+    fake answered (None while in flight, or when it never answered); ``error`` says why
+    it refused.
     """
 
     received_at: float
     headers: CIMultiDict[str]
+    path: str = "/v1/images/edits"
     body_format: Literal["multipart", "json", "unknown"] = "unknown"
     fields: dict[str, str] = field(default_factory=dict)
     uploads: list[Upload] = field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import aiohttp
@@ -10,15 +11,23 @@ from app.providers_config import ProvidersConfig, UpstreamConfig
 from worker.providers.base import Upstream
 from worker.providers.local import LocalUpstream
 from worker.providers.openai import OpenAIUpstream
+from worker.providers.orq import OrqUpstream
+from worker.providers.requesty import RequestyUpstream
+
+_HTTP_ADAPTERS: dict[str, Callable[[UpstreamConfig, aiohttp.ClientSession], Upstream]] = {
+    "openai": OpenAIUpstream,
+    "requesty": RequestyUpstream,
+    "orq": OrqUpstream,
+}
 
 
 def build_upstream(
     config: UpstreamConfig, session: aiohttp.ClientSession, executor: Executor
 ) -> Upstream:
-    """The adapter for one upstream entry, by its ``kind``."""
+    """The adapter for one upstream entry, by its ``kind``; ``executor`` is the local kind's."""
     if config.kind == "local":
         return LocalUpstream(config, executor)
-    return OpenAIUpstream(config, session)
+    return _HTTP_ADAPTERS[config.kind](config, session)
 
 
 def build_upstreams(

@@ -1,0 +1,73 @@
+"""Worker processes for tests that need real processes (shared limits, crashes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from app.settings import Settings, settings_environment
+
+PROVIDERS_TOML = """
+[[upstreams]]
+name = "fake"
+kind = "openai"
+base_url = "{base_url}"
+max_concurrency = {cap}
+timeout_s = 120
+
+[[models]]
+id = "fake/gpt-image-1"
+upstream = "fake"
+upstream_model = "gpt-image-1"
+"""
+
+
+def write_providers(path: Path, base_url: str, cap: int) -> Path:
+    """A providers file with one fake upstream capped at ``cap`` concurrent calls."""
+    path.write_text(PROVIDERS_TOML.format(base_url=base_url, cap=cap))
+    return path
+
+
+class WorkerProcess:
+    """``python -m worker`` configured like ``settings``, in its own process."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self._environment = {**os.environ, **settings_environment(settings)}
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        """Start the process."""
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "worker"],
+                env=self._environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self._process is not None
+        return self._process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
+
+    def stop(self, timeout_s: float = 15) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
