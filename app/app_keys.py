@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 
+import aiohttp
 from aiohttp import web
 
 from app.auth import ApiKeys
@@ -13,6 +14,7 @@ from app.providers_config import ProvidersConfig
 from app.queue import EditQueue
 from app.settings import Settings
 from app.storage import ObjectStore
+from app.webhook_store import WebhookStore
 
 SETTINGS = web.AppKey("settings", Settings)
 PROVIDERS = web.AppKey("providers", ProvidersConfig)
@@ -22,3 +24,5 @@ STORAGE = web.AppKey("storage", ObjectStore)
 QUEUE = web.AppKey("queue", EditQueue)
 EVENTS = web.AppKey("events", JobEventHub)
 IMAGE_EXECUTOR = web.AppKey("image_executor", Executor)
+FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
+WEBHOOKS = web.AppKey("webhooks", WebhookStore)

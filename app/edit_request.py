@@ -25,7 +25,13 @@ ROUTING_FIELDS = (
     "load_balancer",
     "timeout",
 )
-JSON_FIELDS = ("metadata", "orq", *ROUTING_FIELDS)
+JSON_FIELDS = ("metadata", "orq", "webhook_events", *ROUTING_FIELDS)
+WebhookEventType = Literal["job.running", "job.succeeded", "job.failed", "job.canceled"]
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = (
+    "job.succeeded",
+    "job.failed",
+    "job.canceled",
+)
 SIZE_PATTERN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 MAX_SIDE = 8192
 METADATA_MAX_KEYS = 16
@@ -49,6 +55,8 @@ class EditParams(BaseModel):
     name: str | None = Field(None, max_length=256)
     metadata: dict[str, str] = Field(default_factory=dict)
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
+    webhook_url: str | None = Field(None, max_length=2048)
+    webhook_events: tuple[WebhookEventType, ...] = Field(DEFAULT_WEBHOOK_EVENTS, min_length=1)
 
     @field_validator("n", mode="before")
     @classmethod
@@ -85,6 +93,14 @@ class EditParams(BaseModel):
         for key, item in value.items():
             if len(key) > 64 or len(item) > 512:
                 raise ValueError("metadata keys are at most 64 characters, values 512")
+        return value
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _event_list(cls, value: object) -> object:
+        """Accept a JSON list or a comma-separated string (as a form field may send)."""
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     def output_size(self) -> tuple[int, int] | None:
@@ -142,6 +158,8 @@ def _routing(decoded: Mapping[str, Any]) -> RoutingOptions:
 def _json_field(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value
+    if name == "webhook_events" and not value.lstrip().startswith("["):
+        return value  # "job.succeeded,job.failed" as a plain form field
     try:
         return json.loads(value)
     except ValueError:

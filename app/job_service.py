@@ -21,6 +21,7 @@ from app.providers_config import ProvidersConfig
 from app.queue import EditQueue
 from app.storage import ObjectStore, input_key, mask_key
 from app.submissions import Submission
+from app.url_guard import check_url
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,22 @@ class JobService:
         queue: EditQueue,
         events: JobEventHub,
         providers: ProvidersConfig,
+        allow_private_urls: bool = False,
     ) -> None:
+        self._allow_private_urls = allow_private_urls
         self._store = store
         self._storage = storage
         self._queue = queue
         self._events = events
         self._providers = providers
+
+    def check_request(self, submission: Submission) -> None:
+        """Every model the request names must exist and edit images; a webhook URL
+        must be http(s) and not a literal private address."""
+        url = submission.params.webhook_url
+        if url is not None:
+            check_url(url, param="webhook_url", allow_private=self._allow_private_urls)
+        self.check_models(submission)
 
     def check_models(self, submission: Submission) -> None:
         """Every model the request names must exist and edit images."""
@@ -57,7 +68,7 @@ class JobService:
 
     async def accept(self, submission: Submission, tenant: str) -> Job:
         """Store the inputs, record the job and enqueue its first run."""
-        self.check_models(submission)
+        self.check_request(submission)
         job_id = new_job_id()
         inputs = await self._store_inputs(job_id, submission)
         spec = JobSpec(

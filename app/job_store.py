@@ -7,16 +7,21 @@ Layout (``P`` is the key prefix)::
     P:tenant:{tenant}:jobs     sorted set of job ids, all score 0: lexical order is
                                creation order because ids are time-ordered
     P:events                   pub/sub channel: {"id", "status", "run"} per transition
+    P:wh:event:{event id}      a webhook event (see ``app.webhook_store``), created by
+    P:wh:outbox                the transition script when the job subscribed to it
 
 Every status change goes through one Lua script that checks the current status
 (against ``app.jobs.TRANSITIONS``) and the run number (the fencing token), applies
 the change and publishes the event in one atomic step, so a late or duplicate run
-can never move a job that has moved on.
+can never move a job that has moved on. When the job asked for a webhook on that
+transition, the same step records the event and puts it in the delivery outbox:
+an accepted transition and its event are never separated by a crash.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -41,12 +46,26 @@ if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'attempts', existing)
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'run', run)
-for i = 8, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
 local id = string.match(KEYS[1], '[^:]+$')
+local subscribed = redis.call('HGET', KEYS[1], 'webhook_events')
+if subscribed and string.find(subscribed, ' job.' .. ARGV[2] .. ' ', 1, true) then
+  local event = 'evt_' .. string.sub(id, 5) .. '_' .. run .. '_' .. ARGV[2]
+  local event_key = ARGV[8] .. ':wh:event:' .. event
+  if redis.call('EXISTS', event_key) == 0 then
+    redis.call('HSET', event_key, 'job_id', id, 'type', 'job.' .. ARGV[2],
+      'tenant', redis.call('HGET', KEYS[1], 'tenant'), 'state', 'pending', 'attempts', 0,
+      'created_at', ARGV[9])
+    redis.call('EXPIRE', event_key, tonumber(ARGV[7]))
+    redis.call('RPUSH', KEYS[1] .. ':wh-events', event)
+    redis.call('EXPIRE', KEYS[1] .. ':wh-events', tonumber(ARGV[7]))
+    redis.call('ZADD', ARGV[8] .. ':wh:outbox', ARGV[9], event)
+  end
+end
 redis.call('PUBLISH', ARGV[6],
   string.format('{"id":"%s","status":"%s","run":%d}', id, ARGV[2], run))
 return {1, status, run}
@@ -115,6 +134,13 @@ class JobStore:
     def _tenant_key(self, tenant: str) -> str:
         return f"{self._prefix}:tenant:{tenant}:jobs"
 
+    async def notify(self, job_id: str) -> None:
+        """Publish the job's current state again (wakes listeners, e.g. dispatchers)."""
+        job = await self.get(job_id)
+        if job is not None:
+            payload = json.dumps({"id": job_id, "status": job.status.value, "run": job.run})
+            await self._redis.publish(self.events_channel, payload)
+
     async def ping(self) -> None:
         """Raise unless Redis answers."""
         await self._redis.ping()
@@ -123,17 +149,18 @@ class JobStore:
         """Store a new queued job (run 1) and index it for its tenant."""
         job = Job(spec=spec, status=JobStatus.QUEUED)
         key = self.job_key(spec.id)
+        fields: dict[str, str | int] = {
+            "spec": spec.model_dump_json(),
+            "tenant": spec.tenant,
+            "status": job.status.value,
+            "run": job.run,
+            "attempts": "[]",
+        }
+        if spec.request.webhook_url:
+            # Space-delimited so the transition script can test membership exactly.
+            fields["webhook_events"] = f" {' '.join(spec.request.webhook_events)} "
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "spec": spec.model_dump_json(),
-                    "tenant": spec.tenant,
-                    "status": job.status.value,
-                    "run": job.run,
-                    "attempts": "[]",
-                },
-            )
+            pipe.hset(key, mapping=fields)
             pipe.expire(key, self._retention_s)
             pipe.zadd(self._tenant_key(spec.tenant), {spec.id: 0})
             await pipe.execute()
@@ -182,6 +209,8 @@ class JobStore:
             _attempts_json(attempts),
             self.events_channel,
             self._retention_s,
+            self._prefix,
+            int(time.time() * 1000),
         ]
         for name, value in (fields or {}).items():
             args.extend([name, "" if value is None else value])

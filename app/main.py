@@ -13,12 +13,14 @@ from redis.asyncio import Redis
 from app.app_keys import (
     API_KEYS,
     EVENTS,
+    FETCH_SESSION,
     IMAGE_EXECUTOR,
     JOB_STORE,
     PROVIDERS,
     QUEUE,
     SETTINGS,
     STORAGE,
+    WEBHOOKS,
 )
 from app.auth import ApiKeys
 from app.handlers.jobs import JOB_SERVICE
@@ -31,6 +33,8 @@ from app.queue import EditQueue, deserialize, serialize
 from app.routes import add_routes
 from app.settings import Settings
 from app.storage import ObjectStore
+from app.url_guard import guarded_session
+from app.webhook_store import WebhookStore
 
 
 def create_app(settings: Settings, providers: ProvidersConfig) -> web.Application:
@@ -61,13 +65,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     events = JobEventHub(redis, store.events_channel)
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="images")
     queue = EditQueue(arq_pool, settings.queue_name)
+    fetch_session = guarded_session(
+        allow_private=settings.allow_private_urls, timeout_s=settings.remote_fetch_timeout_s
+    )
     app[STORAGE] = storage
+    app[WEBHOOKS] = WebhookStore(
+        redis, prefix=settings.key_prefix, retention_s=settings.retention_s
+    )
     app[JOB_STORE] = store
     app[EVENTS] = events
     app[QUEUE] = queue
     app[IMAGE_EXECUTOR] = executor
+    app[FETCH_SESSION] = fetch_session
     app[JOB_SERVICE] = JobService(
-        store=store, storage=storage, queue=queue, events=events, providers=app[PROVIDERS]
+        store=store,
+        storage=storage,
+        queue=queue,
+        events=events,
+        providers=app[PROVIDERS],
+        allow_private_urls=settings.allow_private_urls,
     )
     await events.start()
     try:
@@ -77,4 +93,5 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await arq_pool.aclose()
         await redis.aclose()
         storage.close()
+        await fetch_session.close()
         executor.shutdown(wait=False, cancel_futures=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.handlers import docs, health, jobs, models
+from app.handlers import docs, health, jobs, models, webhooks
 
 
 def add_routes(app: web.Application) -> None:
@@ -18,3 +18,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{job_id}", jobs.get_job)
     app.router.add_post("/v1/jobs/{job_id}/cancel", jobs.cancel_job)
     app.router.add_post("/v1/jobs/{job_id}/retry", jobs.retry_job)
+    app.router.add_get("/v1/jobs/{job_id}/deliveries", webhooks.list_deliveries)
+    app.router.add_post("/v1/jobs/{job_id}/deliveries/redeliver", webhooks.redeliver)
+    app.router.add_get("/v1/webhooks/secret", webhooks.webhook_secret)

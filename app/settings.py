@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.webhooks import parse_schedule
+
 MB = 1024 * 1024
 
 
@@ -45,6 +47,10 @@ class Settings(BaseSettings):
     max_images: int = Field(16, ge=1)
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_prompt_chars: int = Field(32_000, ge=1)
+    allow_private_urls: bool = Field(
+        False, description="let outbound URLs reach private, loopback and link-local addresses"
+    )
+    remote_fetch_timeout_s: float = Field(20.0, gt=0, description="time to fetch one image_url")
 
     attempt_budget_s: float = Field(300.0, gt=0, description="upstream time per job attempt")
     max_wait_s: float = Field(300.0, ge=0, description="longest ?wait= long-poll")
@@ -52,6 +58,18 @@ class Settings(BaseSettings):
         10.0, gt=0, description="a running job's lease, renewed by its worker"
     )
     retention_s: int = Field(7 * 24 * 3600, ge=60)
+
+    webhook_secret: SecretStr | None = Field(
+        None, description="one signing secret for every key (else one per key, generated)"
+    )
+    webhook_retry_schedule: str = Field(
+        "0,5,300,1800,7200,18000,36000,50400,72000,86400",
+        description="seconds before each delivery attempt (Standard Webhooks schedule)",
+    )
+    webhook_timeout_s: float = Field(15.0, gt=0, description="a 2xx must arrive within this")
+    webhook_claim_lease_s: float = Field(
+        60.0, gt=0, description="an event being delivered is re-sent if not settled by then"
+    )
 
     worker_max_jobs: int = Field(1000, ge=1)
     worker_poll_delay_s: float = Field(0.005, gt=0)
@@ -65,6 +83,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @property
+    def retry_schedule(self) -> tuple[float, ...]:
+        """The webhook retry schedule in seconds."""
+        return parse_schedule(self.webhook_retry_schedule)
 
     @property
     def presign_endpoint_url(self) -> str | None:

@@ -1,28 +1,32 @@
 """Reading an edit request off the wire, in either shape the seeds document.
 
 ``multipart/form-data``: text fields plus ``image`` / ``image[]`` files and ``mask``.
-``application/json``: the same fields with ``images: [{"image_url": data URL}]`` and
-``mask: {"image_url": ...}``. Both end as one ``Submission``: validated parameters
-and decoded, checked images. Sizes are enforced while reading, so an oversized body
-is refused before it is held in memory.
+``application/json``: the same fields with ``images: [{"image_url": ...}]`` and
+``mask: {"image_url": ...}``, each a base64 data URL or an http(s) URL fetched now,
+concurrently, through the SSRF guard (``app.url_guard``). Both end as one
+``Submission``: validated parameters and decoded, checked images. Sizes are enforced
+while reading, so an oversized body or remote image is refused before it is held in
+memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import aiohttp
 from aiohttp import BodyPartReader, web
 
 from app.edit_request import EditParams, parse_edit_params
 from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from app.images import CheckedImage, check_image, check_mask, decode_data_url
 from app.settings import Settings
+from app.url_guard import check_url, fetch_bounded
 
 IMAGE_FIELDS = ("image", "image[]")
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
@@ -46,9 +50,15 @@ class _RawRequest:
 
 
 async def read_submission(
-    request: web.Request, settings: Settings, executor: Executor
+    request: web.Request,
+    settings: Settings,
+    executor: Executor,
+    fetch_session: aiohttp.ClientSession,
 ) -> Submission:
-    """Parse, size-check and decode the request; raises an EditqError naming the field."""
+    """Parse, size-check and decode the request; raises an EditqError naming the field.
+
+    ``fetch_session`` (a ``url_guard.guarded_session``) fetches remote ``image_url`` inputs.
+    """
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise PayloadTooLarge(
             f"request body is {request.content_length} bytes; the limit is "
@@ -57,7 +67,7 @@ async def read_submission(
     if request.content_type == "multipart/form-data":
         raw = await _read_multipart(request, settings)
     elif request.content_type == "application/json":
-        raw = await _read_json(request, settings)
+        raw = await _read_json(request, settings, fetch_session)
     elif request.content_type == "application/x-www-form-urlencoded":
         form = await request.post()  # fields only: files need multipart
         raw = _RawRequest(
@@ -159,7 +169,9 @@ class _Budget:
             raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
 
 
-async def _read_json(request: web.Request, settings: Settings) -> _RawRequest:
+async def _read_json(
+    request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
+) -> _RawRequest:
     body = await _read_body(request, settings.max_body_bytes)
     try:
         document = json.loads(body)
@@ -175,9 +187,19 @@ async def _read_json(request: web.Request, settings: Settings) -> _RawRequest:
         images = [images]
     if not isinstance(images, list) or not images:
         raise InvalidRequest("images must be a non-empty list of {image_url}", param="images")
-    decoded = [_image_reference(item, f"images[{i}]", settings) for i, item in enumerate(images)]
-    decoded_mask = _image_reference(mask, "mask", settings) if mask is not None else None
-    return _RawRequest(fields=document, images=decoded, mask=decoded_mask)
+    if len(images) > settings.max_images:  # before anything is decoded or fetched
+        raise InvalidRequest(
+            f"{len(images)} images sent; at most {settings.max_images} are allowed", param="images"
+        )
+    references = [_image_reference(item, f"images[{i}]") for i, item in enumerate(images)]
+    if mask is not None:
+        references.append(_image_reference(mask, "mask"))
+    loaded = await _gather_or_cancel(
+        [_load_image(param, url, settings, fetch_session) for param, url in references]
+    )
+    if mask is not None:
+        return _RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
+    return _RawRequest(fields=document, images=loaded, mask=None)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -191,7 +213,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _image_reference(item: object, param: str, settings: Settings) -> tuple[str, bytes]:
+def _image_reference(item: object, param: str) -> tuple[str, str]:
     if isinstance(item, str):
         url: object = item
     elif isinstance(item, Mapping):
@@ -206,5 +228,41 @@ def _image_reference(item: object, param: str, settings: Settings) -> tuple[str,
         raise InvalidRequest(f"{param} must be an object with image_url", param=param)
     if not isinstance(url, str):
         raise InvalidRequest(f"{param}.image_url must be a string", param=f"{param}.image_url")
-    data = decode_data_url(url, param=f"{param}.image_url", max_bytes=settings.max_image_bytes)
-    return f"{param}.image_url", data
+    return f"{param}.image_url", url
+
+
+async def _load_image(
+    param: str, url: str, settings: Settings, fetch_session: aiohttp.ClientSession
+) -> tuple[str, bytes]:
+    """The bytes behind one ``image_url``: a data URL decoded, an http(s) URL fetched."""
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("http", "https"):
+        target = check_url(url, param=param, allow_private=settings.allow_private_urls)
+        data = await fetch_bounded(
+            fetch_session,
+            target,
+            max_bytes=settings.max_image_bytes,
+            timeout_s=settings.remote_fetch_timeout_s,
+            param=param,
+        )
+        return param, data
+    if scheme != "data":
+        raise InvalidRequest(
+            f"{param} must be an http(s) URL or a base64 data URL (data:image/png;base64,...)",
+            param=param,
+        )
+    return param, decode_data_url(url, param=param, max_bytes=settings.max_image_bytes)
+
+
+async def _gather_or_cancel(
+    loads: list[Awaitable[tuple[str, bytes]]],
+) -> list[tuple[str, bytes]]:
+    """Run ``loads`` concurrently; the first failure cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(load) for load in loads]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -15,12 +15,15 @@ from app.job_store import JobStore
 from app.providers_config import ProvidersConfig
 from app.settings import Settings
 from app.storage import ObjectStore
+from app.url_guard import guarded_session
+from app.webhook_store import WebhookStore
 from worker.cancellations import CancellationWatcher
 from worker.leases import LeaseKeeper
 from worker.providers.base import Upstream
 from worker.providers.registry import build_upstreams
 from worker.result_cache import ResultCache
 from worker.upstream_gate import UpstreamGate
+from worker.webhook_dispatcher import WebhookDispatcher
 
 CONTEXT_KEY = "editq"
 
@@ -39,6 +42,9 @@ class WorkerContext:
     leases: LeaseKeeper
     gate: UpstreamGate
     cache: ResultCache
+    webhooks: WebhookStore
+    dispatcher: WebhookDispatcher
+    webhook_http: aiohttp.ClientSession
     http: aiohttp.ClientSession
     upstreams: dict[str, Upstream]
     executor: ThreadPoolExecutor
@@ -68,6 +74,18 @@ async def startup(ctx: dict[str, Any]) -> None:
         caps={upstream.name: upstream.max_concurrency for upstream in providers.upstreams},
     )
     leases.start()
+    webhooks = WebhookStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+    dispatcher = WebhookDispatcher(
+        webhooks,
+        ctx["redis"],
+        events,
+        queue_name=settings.queue_name,
+        lease_s=settings.webhook_claim_lease_s,
+    )
+    dispatcher.start()
+    webhook_http = guarded_session(
+        allow_private=settings.allow_private_urls, timeout_s=settings.webhook_timeout_s
+    )
     ctx[CONTEXT_KEY] = WorkerContext(
         settings=settings,
         providers=providers,
@@ -79,6 +97,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         leases=leases,
         gate=gate,
         cache=ResultCache(redis, settings.key_prefix),
+        webhooks=webhooks,
+        dispatcher=dispatcher,
+        webhook_http=webhook_http,
         http=http,
         upstreams=build_upstreams(providers, http, executor),
         executor=executor,
@@ -91,7 +112,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if context is None:
         return
     await context.leases.stop()
+    await context.dispatcher.stop()
     await context.events.stop()
+    await context.webhook_http.close()
     for upstream in context.upstreams.values():
         await upstream.close()
     await context.http.close()

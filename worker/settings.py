@@ -20,6 +20,8 @@ from app.queue import EDIT_TASK, deserialize, serialize
 from app.settings import Settings
 from worker.context import shutdown, startup
 from worker.tasks import run_edit
+from worker.webhook_delivery import deliver_webhook
+from worker.webhook_dispatcher import DELIVER_TASK
 
 STORE_MARGIN_S = 60
 # Runs are re-delivered after crashes, shutdowns and slot waits; editq's records decide
@@ -35,7 +37,15 @@ def health_check_key(settings: Settings) -> str:
 def worker_settings(settings: Settings, providers: ProvidersConfig) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker``."""
     return {
-        "functions": [func(run_edit, name=EDIT_TASK, max_tries=MAX_DELIVERIES)],
+        "functions": [
+            func(run_edit, name=EDIT_TASK, max_tries=MAX_DELIVERIES),
+            func(
+                deliver_webhook,
+                name=DELIVER_TASK,
+                max_tries=MAX_DELIVERIES,
+                timeout=settings.webhook_timeout_s + STORE_MARGIN_S,
+            ),
+        ],
         "queue_name": settings.queue_name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "on_startup": startup,

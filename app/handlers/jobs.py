@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.app_keys import IMAGE_EXECUTOR, SETTINGS, STORAGE
+from app.app_keys import FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
 from app.errors import InvalidRequest
 from app.job_service import JobService, parse_status
 from app.job_views import render_job
@@ -31,7 +31,9 @@ def _float_query(request: web.Request, name: str, default: float, low: float, hi
 async def submit_job(request: web.Request) -> web.Response:
     """POST /v1/jobs: validate, store the inputs, enqueue; 202 with the job."""
     app = request.app
-    submission = await read_submission(request, app[SETTINGS], app[IMAGE_EXECUTOR])
+    submission = await read_submission(
+        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+    )
     job = await app[JOB_SERVICE].accept(submission, request[TENANT])
     body = await render_job(job, app[STORAGE])
     return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.id}"})

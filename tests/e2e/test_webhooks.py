@@ -1,0 +1,203 @@
+"""Webhooks end to end: a real receiver verifies every delivery with the
+``standardwebhooks`` library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from app.providers_config import ProvidersConfig
+from app.settings import Settings
+from tests.fakes.receiver import Received, WebhookReceiver
+from tests.fakes.upstream import FakeUpstream, Fault
+from tests.service import RunningService
+
+
+@pytest.fixture
+async def hooked(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
+    """The service with private URLs allowed (the receiver is on localhost) and a
+    compressed retry schedule."""
+    tuned = settings.model_copy(
+        update={"allow_private_urls": True, "webhook_retry_schedule": "0,0.3,0.3,0.3"}
+    )
+    running = RunningService(tuned, providers)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver() as running:
+        yield running
+
+
+async def _verify(service: RunningService, delivery: Received, key: str = "key-a") -> Any:
+    _, secret = await service.get("/v1/webhooks/secret", key=key)
+    assert secret["secret"].startswith("whsec_")
+    return Webhook(secret["secret"]).verify(delivery.body, delivery.headers)
+
+
+async def test_a_succeeded_job_sends_a_verified_event(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, job, _ = await hooked.submit(webhook_url=receiver.url())
+    await hooked.wait(job["id"])
+    [delivery] = await receiver.wait_for(1)
+    event = await _verify(hooked, delivery)
+    assert event["type"] == "job.succeeded"
+    assert event["data"]["id"] == job["id"]
+    assert event["data"]["status"] == "succeeded"
+    assert event["data"]["result"]["data"][0]["url"].startswith("http")
+    assert "b64_json" not in delivery.body.decode()
+    assert len(delivery.body) < 20_000
+    assert delivery.headers["webhook-id"].startswith("evt_")
+
+
+async def test_failed_and_canceled_jobs_send_their_events(
+    hooked: RunningService, receiver: WebhookReceiver, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.fail_next(Fault.status(400))
+    _, failing, _ = await hooked.submit(model="fake/gpt-image-1", webhook_url=receiver.url())
+    assert (await hooked.wait(failing["id"]))["status"] == "failed"
+    fake_upstream.latency_s = 60
+    _, slow, _ = await hooked.submit(model="fake/gpt-image-1", webhook_url=receiver.url())
+    await hooked.wait_for_status(slow["id"], "running")
+    await hooked.post(f"/v1/jobs/{slow['id']}/cancel")
+    deliveries = await receiver.wait_for(2)
+    events = {(await _verify(hooked, d))["type"]: d for d in deliveries}
+    assert set(events) == {"job.failed", "job.canceled"}
+    failed = json.loads(events["job.failed"].body)
+    assert failed["data"]["error"]["type"] == "upstream_error"
+
+
+async def test_500_twice_then_200_arrives_on_the_third_attempt_with_one_id(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    receiver.answer_next(500)
+    receiver.answer_next(500)
+    _, job, _ = await hooked.submit(webhook_url=receiver.url())
+    deliveries = await receiver.wait_for(3)
+    assert len({d.headers["webhook-id"] for d in deliveries}) == 1
+    for delivery in deliveries:
+        await _verify(hooked, delivery)
+    _, log = await hooked.get(f"/v1/jobs/{job['id']}/deliveries")
+    assert [(a["attempt"], a["status_code"], a["outcome"]) for a in log["data"]] == [
+        (1, 500, "retrying"),
+        (2, 500, "retrying"),
+        (3, 200, "delivered"),
+    ]
+    assert log["events"][0]["state"] == "delivered"
+
+
+async def test_a_redirect_is_a_failure_and_not_followed(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    for _ in range(4):
+        receiver.answer_next(301)
+    _, job, _ = await hooked.submit(webhook_url=receiver.url())
+    await receiver.wait_for(4)
+    assert all(d.path == "/hook" for d in receiver.received)  # /elsewhere never asked
+    _, log = await _settled(hooked, job["id"])
+    assert [a["outcome"] for a in log["data"]] == ["retrying"] * 3 + ["failed"]
+    assert log["events"][0]["state"] == "failed"
+    _, after = await hooked.get(f"/v1/jobs/{job['id']}")
+    assert after["status"] == "succeeded"  # the job itself is untouched
+
+
+async def test_410_stops_delivery_to_that_url(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    receiver.answer_next(410)
+    _, first, _ = await hooked.submit(webhook_url=receiver.url())
+    await receiver.wait_for(1)
+    _, log = await _settled(hooked, first["id"])
+    assert [(a["status_code"], a["outcome"]) for a in log["data"]] == [(410, "failed")]
+    _, second, _ = await hooked.submit(webhook_url=receiver.url())
+    _, log = await _settled(hooked, second["id"])
+    assert log["data"][0]["outcome"] == "failed"
+    assert "410" in log["data"][0]["error"]
+    assert len(receiver.received) == 1
+
+
+async def test_the_event_filter_is_respected(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, job, _ = await hooked.submit(webhook_url=receiver.url(), webhook_events=["job.running"])
+    await hooked.wait(job["id"])
+    [delivery] = await receiver.wait_for(1)
+    assert (await _verify(hooked, delivery))["type"] == "job.running"
+    _, log = await _settled(hooked, job["id"])
+    assert [e["type"] for e in log["events"]] == ["job.running"]
+
+
+async def test_redeliver_sends_the_same_event_again(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, job, _ = await hooked.submit(webhook_url=receiver.url())
+    await receiver.wait_for(1)
+    await _settled(hooked, job["id"])
+    status, event = await hooked.post(f"/v1/jobs/{job['id']}/deliveries/redeliver")
+    assert (status, event["state"]) == (202, "pending")
+    first, again = await receiver.wait_for(2)
+    assert first.headers["webhook-id"] == again.headers["webhook-id"] == event["id"]
+    await _verify(hooked, again)
+    status, body = await hooked.post(
+        f"/v1/jobs/{job['id']}/deliveries/redeliver", body={"event_id": "evt_nope"}
+    )
+    assert (status, body["error"]["param"]) == (404, "event_id")
+
+
+async def test_retry_after_on_429_is_honoured(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    receiver.answer_next(429, {"Retry-After": "1"})
+    await hooked.submit(webhook_url=receiver.url())
+    first, second = await receiver.wait_for(2)
+    assert second.at - first.at >= 0.95
+
+
+async def test_another_key_sees_no_deliveries_and_its_own_secret(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, job, _ = await hooked.submit(webhook_url=receiver.url())
+    status, _ = await hooked.get(f"/v1/jobs/{job['id']}/deliveries", key="key-b")
+    assert status == 404
+    _, mine = await hooked.get("/v1/webhooks/secret")
+    _, theirs = await hooked.get("/v1/webhooks/secret", key="key-b")
+    _, mine_again = await hooked.get("/v1/webhooks/secret")
+    assert mine["secret"] == mine_again["secret"] != theirs["secret"]
+
+
+@pytest.mark.parametrize(
+    ("url", "param"),
+    [
+        ("http://127.0.0.1:9/hook", "webhook_url"),
+        ("http://169.254.169.254/latest/meta-data", "webhook_url"),
+        ("file:///etc/passwd", "webhook_url"),
+        ("gopher://example.com/", "webhook_url"),
+    ],
+)
+async def test_private_and_odd_webhook_urls_are_refused_at_submit(
+    service: RunningService, url: str, param: str
+) -> None:
+    status, body, _ = await service.submit(webhook_url=url)
+    assert status == 400, body
+    assert body["error"]["param"] == param
+
+
+async def _settled(service: RunningService, job_id: str) -> tuple[int, dict[str, Any]]:
+    """The deliveries log once no event is pending any more."""
+    for _ in range(200):
+        status, log = await service.get(f"/v1/jobs/{job_id}/deliveries")
+        if log["events"] and all(e["state"] != "pending" for e in log["events"]):
+            return status, log
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"deliveries of {job_id} never settled: {log}")
