@@ -8,7 +8,9 @@ import aiohttp
 from aiohttp import web
 
 from app.auth import ApiKeys
+from app.batch_service import BatchService
 from app.job_events import JobEventHub
+from app.job_service import JobService
 from app.job_store import JobStore
 from app.providers_config import ProvidersConfig
 from app.queue import EditQueue
@@ -26,3 +28,5 @@ EVENTS = web.AppKey("events", JobEventHub)
 IMAGE_EXECUTOR = web.AppKey("image_executor", Executor)
 FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
+JOB_SERVICE = web.AppKey("job_service", JobService)
+BATCH_SERVICE = web.AppKey("batch_service", BatchService)

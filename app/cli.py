@@ -1,7 +1,8 @@
-"""The ``editq`` command: ``dev`` (everything embedded), ``api`` and ``worker``.
+"""The ``editq`` command: ``dev`` (everything embedded), ``api`` and ``worker``, and
+the client commands ``edit``, ``status``, ``wait``, ``cancel`` and ``batch``.
 
 ``editq worker`` starts the worker program (``python -m worker``) by name, so the
-front end never imports worker code.
+front end never imports worker code. The client commands live in ``app.cli_client``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from aiohttp import web
 
+from app.cli_client import CLIENT_COMMANDS, add_client_commands, run_client_command
 from app.dev import serve_dev
 from app.main import create_app
 from app.providers_config import ProvidersConfig, ProvidersFileError, load_providers
@@ -32,11 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8080)
     commands.add_parser("worker", help="run a worker (python -m worker)", add_help=False)
+    add_client_commands(commands)
     args, rest = parser.parse_known_args(argv)
     if args.command == "worker":
         os.execv(sys.executable, [sys.executable, "-m", "worker", *rest])
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level.upper(),

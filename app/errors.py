@@ -12,6 +12,7 @@
     ├── UnsupportedMediaType        415 unsupported_media_type
     ├── RateLimited                 429 rate_limit_exceeded (``retry_after`` seconds)
     ├── ServiceUnavailable          503 service_unavailable (``retry_after`` seconds)
+    ├── SyncWaitExceeded            504 sync_wait_exceeded: a synchronous edit outlived its wait
     └── UpstreamError               502 upstream_error: an upstream call failed
         ├── UpstreamTimeout         504 upstream_timeout: no answer within the call's time
         ├── UpstreamRateLimited     429 rate_limit_exceeded (``retry_after`` from the upstream)
@@ -144,6 +145,14 @@ class ServiceUnavailable(_WithRetryAfter):
     status = 503
     type = "server_error"
     default_code = "service_unavailable"
+
+
+class SyncWaitExceeded(EditqError):
+    """A synchronous edit endpoint stopped waiting; the job goes on and can be polled."""
+
+    status = 504
+    type = "server_error"
+    default_code = "sync_wait_exceeded"
 
 
 class UpstreamError(_WithRetryAfter):

@@ -54,6 +54,10 @@ class JobService:
             check_url(url, param="webhook_url", allow_private=self._allow_private_urls)
         self.check_models(submission)
 
+    def check_model_id(self, model: str) -> None:
+        """The model must exist and edit images (400 otherwise)."""
+        self._providers.edit_model(model)
+
     def check_models(self, submission: Submission) -> None:
         """Every model the request names must exist and edit images."""
         self._providers.edit_model(submission.params.model)
@@ -70,7 +74,7 @@ class JobService:
         """Store the inputs, record the job and enqueue its first run."""
         self.check_request(submission)
         job_id = new_job_id()
-        inputs = await self._store_inputs(job_id, submission)
+        inputs = await self.store_inputs(job_id, submission.images, submission.mask)
         spec = JobSpec(
             id=job_id,
             tenant=tenant,
@@ -86,13 +90,15 @@ class JobService:
             raise
         return job
 
-    async def _store_inputs(self, job_id: str, submission: Submission) -> JobInputs:
+    async def store_inputs(
+        self, owner_id: str, checked: list[CheckedImage], mask: CheckedImage | None
+    ) -> JobInputs:
+        """Write the input images (and mask) once under ``owner_id`` (a job or batch)."""
         images = [
-            (input_key(job_id, index, image.extension), image)
-            for index, image in enumerate(submission.images)
+            (input_key(owner_id, index, image.extension), image)
+            for index, image in enumerate(checked)
         ]
-        mask = submission.mask
-        entries = images + ([(mask_key(job_id, mask.extension), mask)] if mask else [])
+        entries = images + ([(mask_key(owner_id, mask.extension), mask)] if mask else [])
         await asyncio.gather(
             *(self._storage.put(key, image.data, image.content_type) for key, image in entries)
         )

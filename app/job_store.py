@@ -26,11 +26,91 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 
 from app.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus, sources_of
 
+# A released batch variant's arq job lives as long as arq's own default (a day).
+ARQ_JOB_TTL_MS = 24 * 3600 * 1000
+
 TRANSITION_SCRIPT = """
+-- ARGV: 1 allowed sources, 2 target, 3 expected run, 4 next run?, 5 attempts JSON,
+-- 6 events channel, 7 retention s, 8 key prefix, 9 now ms, 10 bulk queue,
+-- 11 arq job key prefix, 12 arq job ttl ms, 13.. field/value pairs
+local prefix, now, retention = ARGV[8], ARGV[9], tonumber(ARGV[7])
+
+local function add_event(subject_key, subject, event, kind, tenant)
+  local event_key = prefix .. ':wh:event:' .. event
+  if redis.call('EXISTS', event_key) == 1 then return end
+  redis.call('HSET', event_key, 'subject', subject, 'type', kind, 'tenant', tenant,
+    'state', 'pending', 'attempts', 0, 'created_at', now)
+  redis.call('EXPIRE', event_key, retention)
+  redis.call('RPUSH', subject_key .. ':wh-events', event)
+  redis.call('EXPIRE', subject_key .. ':wh-events', retention)
+  redis.call('ZADD', prefix .. ':wh:outbox', now, event)
+end
+
+local function is_terminal(s)
+  return s == 'succeeded' or s == 'failed' or s == 'canceled'
+end
+
+local function add_usage(bkey, outcome)
+  local ok, decoded = pcall(cjson.decode, outcome)
+  if not ok or type(decoded.usage) ~= 'table' then return end
+  local usage = decoded.usage
+  for _, name in ipairs({'total_tokens', 'input_tokens', 'output_tokens'}) do
+    if type(usage[name]) == 'number' then
+      redis.call('HINCRBY', bkey, 'u_' .. name, math.floor(usage[name]))
+    end
+  end
+  if type(usage.input_tokens_details) == 'table' then
+    for name, value in pairs(usage.input_tokens_details) do
+      if type(value) == 'number' then
+        redis.call('HINCRBY', bkey, 'ud_' .. name, math.floor(value))
+      end
+    end
+  end
+end
+
+local function release_next(bkey)
+  local item = redis.call('LPOP', bkey .. ':pending')
+  if not item then return end
+  local sep = string.find(item, '|', 1, true)
+  local arq_id = string.sub(item, 1, sep - 1)
+  redis.call('PSETEX', ARGV[11] .. arq_id, ARGV[12], string.sub(item, sep + 1))
+  redis.call('ZADD', ARGV[10], now, arq_id)
+end
+
+local function update_batch(batch, previous, target, job_key)
+  local bkey = prefix .. ':batch:' .. batch
+  redis.call('HINCRBY', bkey, 'n_' .. previous, -1)
+  redis.call('HINCRBY', bkey, 'n_' .. target, 1)
+  if target == 'succeeded' then add_usage(bkey, redis.call('HGET', job_key, 'outcome')) end
+  local bstatus = redis.call('HGET', bkey, 'status')
+  if is_terminal(target) and not is_terminal(previous) then
+    release_next(bkey)
+    local counts = redis.call('HMGET', bkey, 'total', 'n_succeeded', 'n_failed', 'n_canceled')
+    local done = tonumber(counts[2] or 0) + tonumber(counts[3] or 0) + tonumber(counts[4] or 0)
+    if done == tonumber(counts[1]) then
+      bstatus = redis.call('HGET', bkey, 'cancel_requested') and 'canceled' or 'completed'
+      local round = redis.call('HINCRBY', bkey, 'completions', 1)
+      redis.call('HSET', bkey, 'status', bstatus, 'finished_at', now)
+      local subscribed = redis.call('HGET', bkey, 'webhook_events')
+      if subscribed and string.find(subscribed, ' batch.completed ', 1, true) then
+        add_event(bkey, batch, 'evt_' .. string.sub(batch, 7) .. '_completed_' .. round,
+          'batch.completed', redis.call('HGET', bkey, 'tenant'))
+      end
+    end
+  elseif is_terminal(previous) and not is_terminal(target) and bstatus ~= 'running' then
+    bstatus = 'running'
+    redis.call('HSET', bkey, 'status', bstatus)
+    redis.call('HDEL', bkey, 'finished_at')
+  end
+  redis.call('PUBLISH', ARGV[6],
+    string.format('{"id":"%s","status":"%s","run":0}', batch, bstatus))
+end
+
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, '', 0} end
 local run = tonumber(redis.call('HGET', KEYS[1], 'run'))
@@ -46,28 +126,21 @@ if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'attempts', existing)
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'run', run)
-for i = 10, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
+redis.call('EXPIRE', KEYS[1], retention)
 local id = string.match(KEYS[1], '[^:]+$')
 local subscribed = redis.call('HGET', KEYS[1], 'webhook_events')
 if subscribed and string.find(subscribed, ' job.' .. ARGV[2] .. ' ', 1, true) then
-  local event = 'evt_' .. string.sub(id, 5) .. '_' .. run .. '_' .. ARGV[2]
-  local event_key = ARGV[8] .. ':wh:event:' .. event
-  if redis.call('EXISTS', event_key) == 0 then
-    redis.call('HSET', event_key, 'job_id', id, 'type', 'job.' .. ARGV[2],
-      'tenant', redis.call('HGET', KEYS[1], 'tenant'), 'state', 'pending', 'attempts', 0,
-      'created_at', ARGV[9])
-    redis.call('EXPIRE', event_key, tonumber(ARGV[7]))
-    redis.call('RPUSH', KEYS[1] .. ':wh-events', event)
-    redis.call('EXPIRE', KEYS[1] .. ':wh-events', tonumber(ARGV[7]))
-    redis.call('ZADD', ARGV[8] .. ':wh:outbox', ARGV[9], event)
-  end
+  add_event(KEYS[1], id, 'evt_' .. string.sub(id, 5) .. '_' .. run .. '_' .. ARGV[2],
+    'job.' .. ARGV[2], redis.call('HGET', KEYS[1], 'tenant'))
 end
 redis.call('PUBLISH', ARGV[6],
   string.format('{"id":"%s","status":"%s","run":%d}', id, ARGV[2], run))
+local batch = redis.call('HGET', KEYS[1], 'batch')
+if batch then update_batch(batch, status, ARGV[2], KEYS[1]) end
 return {1, status, run}
 """
 
@@ -115,9 +188,12 @@ class JobPage:
 class JobStore:
     """Reads and writes job records; every status change is atomic and fenced."""
 
-    def __init__(self, redis: Redis, *, prefix: str, retention_s: int) -> None:
+    def __init__(
+        self, redis: Redis, *, prefix: str, retention_s: int, bulk_queue: str = ""
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._bulk_queue = bulk_queue
         self._retention_s = retention_s
         self._transition = redis.register_script(TRANSITION_SCRIPT)
         self._append = redis.register_script(APPEND_ATTEMPTS_SCRIPT)
@@ -211,6 +287,9 @@ class JobStore:
             self._retention_s,
             self._prefix,
             int(time.time() * 1000),
+            self._bulk_queue,
+            job_key_prefix,
+            ARQ_JOB_TTL_MS,
         ]
         for name, value in (fields or {}).items():
             args.extend([name, "" if value is None else value])

@@ -10,7 +10,9 @@ from app.jobs import Job
 from app.storage import ObjectStore
 
 
-async def render_job(job: Job, storage: ObjectStore, *, inline: bool = False) -> dict[str, Any]:
+async def render_job(
+    job: Job, storage: ObjectStore, *, inline: bool = False, queue_position: int | None = None
+) -> dict[str, Any]:
     """The public job object; a succeeded job's result carries presigned URLs, or
     ``b64_json`` when the request asked for it and ``inline`` is set (single-job reads)."""
     data: list[dict[str, Any]] | None = None
@@ -21,4 +23,4 @@ async def render_job(job: Job, storage: ObjectStore, *, inline: bool = False) ->
             data = [{"b64_json": base64.b64encode(blob).decode()} for blob in blobs]
         else:
             data = [{"url": storage.presigned_url(output.key)} for output in outputs]
-    return job.public(data)
+    return job.public(data, queue_position)

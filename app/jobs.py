@@ -59,8 +59,17 @@ def sources_of(target: JobStatus) -> frozenset[JobStatus]:
 
 def new_job_id(now: float | None = None) -> str:
     """A job id that sorts by creation time: ``job_`` + 12 hex digits of ms + 12 random."""
+    return f"job_{_time_ordered(now)}"
+
+
+def new_batch_id(now: float | None = None) -> str:
+    """A batch id that sorts by creation time, like job ids."""
+    return f"batch_{_time_ordered(now)}"
+
+
+def _time_ordered(now: float | None) -> str:
     millis = int((time.time() if now is None else now) * 1000)
-    return f"job_{millis:012x}{os.urandom(6).hex()}"
+    return f"{millis:012x}{os.urandom(6).hex()}"
 
 
 class Usage(BaseModel):
@@ -149,6 +158,8 @@ class JobSpec(BaseModel):
     created_at: float
     request: EditParams
     inputs: JobInputs
+    batch_id: str | None = None
+    variant_index: int | None = None
 
 
 class Job(BaseModel):
@@ -168,7 +179,9 @@ class Job(BaseModel):
     def id(self) -> str:
         return self.spec.id
 
-    def public(self, urls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    def public(
+        self, urls: list[dict[str, Any]] | None, queue_position: int | None = None
+    ) -> dict[str, Any]:
         """The API's job object; ``urls`` is the ``data`` list of the result, if any."""
         request = self.spec.request.model_dump(mode="json", exclude={"metadata"})
         request["images"] = [_describe(image) for image in self.spec.inputs.images]
@@ -197,6 +210,9 @@ class Job(BaseModel):
             "error": self.error.model_dump(mode="json") if self.error else None,
             "result": result,
             "cached": self.cached,
+            "batch_id": self.spec.batch_id,
+            "variant_index": self.spec.variant_index,
+            "queue_position": queue_position if self.status == JobStatus.QUEUED else None,
             "metadata": self.spec.request.metadata,
         }
 

@@ -12,9 +12,11 @@ from redis.asyncio import Redis
 
 from app.app_keys import (
     API_KEYS,
+    BATCH_SERVICE,
     EVENTS,
     FETCH_SESSION,
     IMAGE_EXECUTOR,
+    JOB_SERVICE,
     JOB_STORE,
     PROVIDERS,
     QUEUE,
@@ -23,13 +25,14 @@ from app.app_keys import (
     WEBHOOKS,
 )
 from app.auth import ApiKeys
-from app.handlers.jobs import JOB_SERVICE
+from app.batch_service import BatchService
+from app.batch_store import BatchStore
 from app.job_events import JobEventHub
 from app.job_service import JobService
 from app.job_store import JobStore
 from app.middleware import auth_middleware, errors_middleware
 from app.providers_config import ProvidersConfig
-from app.queue import EditQueue, deserialize, serialize
+from app.queue import EditQueue, deserialize, lane_queue, serialize
 from app.routes import add_routes
 from app.settings import Settings
 from app.storage import ObjectStore
@@ -61,7 +64,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         default_queue_name=settings.queue_name,
     )
     storage = ObjectStore(settings)
-    store = JobStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+    bulk_queue = lane_queue(settings.queue_name, bulk=True)
+    store = JobStore(
+        redis, prefix=settings.key_prefix, retention_s=settings.retention_s, bulk_queue=bulk_queue
+    )
     events = JobEventHub(redis, store.events_channel)
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="images")
     queue = EditQueue(arq_pool, settings.queue_name)
@@ -83,6 +89,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         queue=queue,
         events=events,
         providers=app[PROVIDERS],
+        allow_private_urls=settings.allow_private_urls,
+    )
+    app[BATCH_SERVICE] = BatchService(
+        batches=BatchStore(
+            redis,
+            prefix=settings.key_prefix,
+            retention_s=settings.retention_s,
+            bulk_queue=bulk_queue,
+        ),
+        jobs=store,
+        job_service=app[JOB_SERVICE],
+        queue=queue,
+        events=events,
+        window=settings.batch_window,
         allow_private_urls=settings.allow_private_urls,
     )
     await events.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.handlers import docs, health, jobs, models, webhooks
+from app.handlers import batches, docs, health, images_compat, jobs, models, webhooks
 
 
 def add_routes(app: web.Application) -> None:
@@ -21,3 +21,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{job_id}/deliveries", webhooks.list_deliveries)
     app.router.add_post("/v1/jobs/{job_id}/deliveries/redeliver", webhooks.redeliver)
     app.router.add_get("/v1/webhooks/secret", webhooks.webhook_secret)
+    app.router.add_post("/v1/batches", batches.submit_batch)
+    app.router.add_get("/v1/batches", batches.list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", batches.get_batch)
+    app.router.add_get("/v1/batches/{batch_id}/jobs", batches.batch_jobs)
+    app.router.add_get("/v1/batches/{batch_id}/results", batches.batch_results)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", batches.cancel_batch)
+    app.router.add_post("/v1/images/edits", images_compat.edit_image)
+    app.router.add_post("/v2/router/images/edits", images_compat.edit_image)

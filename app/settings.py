@@ -54,6 +54,9 @@ class Settings(BaseSettings):
 
     attempt_budget_s: float = Field(300.0, gt=0, description="upstream time per job attempt")
     max_wait_s: float = Field(300.0, ge=0, description="longest ?wait= long-poll")
+    sync_wait_limit_s: float = Field(
+        330.0, gt=0, description="longest wait of a synchronous /images/edits request"
+    )
     job_lease_s: float = Field(
         10.0, gt=0, description="a running job's lease, renewed by its worker"
     )
@@ -69,6 +72,14 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(15.0, gt=0, description="a 2xx must arrive within this")
     webhook_claim_lease_s: float = Field(
         60.0, gt=0, description="an event being delivered is re-sent if not settled by then"
+    )
+
+    max_batch_variants: int = Field(10_000, ge=1)
+    batch_window: int = Field(
+        200, ge=1, description="variants of one batch in the bulk queue at once (fair share)"
+    )
+    interactive_reserve: float = Field(
+        0.1, ge=0, lt=1, description="share of each upstream's slots kept for single jobs"
     )
 
     worker_max_jobs: int = Field(1000, ge=1)

@@ -43,7 +43,9 @@ class Submission:
 
 
 @dataclass
-class _RawRequest:
+class RawRequest:
+    """A request's fields and undecoded image bytes (each with the param naming it)."""
+
     fields: dict[str, Any]
     images: list[tuple[str, bytes]]
     mask: tuple[str, bytes] | None
@@ -59,6 +61,15 @@ async def read_submission(
 
     ``fetch_session`` (a ``url_guard.guarded_session``) fetches remote ``image_url`` inputs.
     """
+    raw = await read_raw(request, settings, fetch_session)
+    params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
+    return await check_inputs(raw.images, raw.mask, settings, executor, params)
+
+
+async def read_raw(
+    request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
+) -> RawRequest:
+    """The request's fields and image bytes, in either shape, with sizes enforced."""
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise PayloadTooLarge(
             f"request body is {request.content_length} bytes; the limit is "
@@ -70,7 +81,7 @@ async def read_submission(
         raw = await _read_json(request, settings, fetch_session)
     elif request.content_type == "application/x-www-form-urlencoded":
         form = await request.post()  # fields only: files need multipart
-        raw = _RawRequest(
+        raw = RawRequest(
             fields={k: v for k, v in form.items() if isinstance(v, str)}, images=[], mask=None
         )
     else:
@@ -78,8 +89,7 @@ async def read_submission(
             f"content type {request.content_type or 'none'} is not accepted; "
             "send multipart/form-data or application/json"
         )
-    params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
-    return await check_inputs(raw.images, raw.mask, settings, executor, params)
+    return raw
 
 
 async def check_inputs(
@@ -109,8 +119,8 @@ async def check_inputs(
     return Submission(params=params, images=checked, mask=checked_mask)
 
 
-async def _read_multipart(request: web.Request, settings: Settings) -> _RawRequest:
-    raw = _RawRequest(fields={}, images=[], mask=None)
+async def _read_multipart(request: web.Request, settings: Settings) -> RawRequest:
+    raw = RawRequest(fields={}, images=[], mask=None)
     budget = _Budget(settings.max_body_bytes)
     try:
         reader = await request.multipart()
@@ -124,7 +134,7 @@ async def _read_multipart(request: web.Request, settings: Settings) -> _RawReque
 
 
 async def _read_part(
-    part: BodyPartReader, raw: _RawRequest, settings: Settings, budget: _Budget
+    part: BodyPartReader, raw: RawRequest, settings: Settings, budget: _Budget
 ) -> None:
     name = part.name
     if not name:
@@ -171,7 +181,13 @@ class _Budget:
 
 async def _read_json(
     request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
-) -> _RawRequest:
+) -> RawRequest:
+    document = await read_json_object(request, settings)
+    return await document_images(document, settings, fetch_session)
+
+
+async def read_json_object(request: web.Request, settings: Settings) -> dict[str, Any]:
+    """The request body as a JSON object, size-limited; InvalidRequest otherwise."""
     body = await _read_body(request, settings.max_body_bytes)
     try:
         document = json.loads(body)
@@ -179,6 +195,18 @@ async def _read_json(
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(document, dict):
         raise InvalidRequest("request body must be a JSON object")
+    return document
+
+
+async def document_images(
+    document: dict[str, Any],
+    settings: Settings,
+    fetch_session: aiohttp.ClientSession,
+    *,
+    prefix: str = "",
+) -> RawRequest:
+    """Take ``images``/``mask`` out of a JSON request object and load their bytes;
+    the rest of the object is the request's fields. ``prefix`` goes before params."""
     images = document.pop("images", None)
     mask = document.pop("mask", None)
     if images is None and isinstance(document.get("image"), list | dict | str):
@@ -186,20 +214,23 @@ async def _read_json(
     if isinstance(images, dict | str):
         images = [images]
     if not isinstance(images, list) or not images:
-        raise InvalidRequest("images must be a non-empty list of {image_url}", param="images")
+        raise InvalidRequest(
+            "images must be a non-empty list of {image_url}", param=f"{prefix}images"
+        )
     if len(images) > settings.max_images:  # before anything is decoded or fetched
         raise InvalidRequest(
-            f"{len(images)} images sent; at most {settings.max_images} are allowed", param="images"
+            f"{len(images)} images sent; at most {settings.max_images} are allowed",
+            param=f"{prefix}images",
         )
-    references = [_image_reference(item, f"images[{i}]") for i, item in enumerate(images)]
+    references = [_image_reference(item, f"{prefix}images[{i}]") for i, item in enumerate(images)]
     if mask is not None:
-        references.append(_image_reference(mask, "mask"))
+        references.append(_image_reference(mask, f"{prefix}mask"))
     loaded = await _gather_or_cancel(
         [_load_image(param, url, settings, fetch_session) for param, url in references]
     )
     if mask is not None:
-        return _RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
-    return _RawRequest(fields=document, images=loaded, mask=None)
+        return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
+    return RawRequest(fields=document, images=loaded, mask=None)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

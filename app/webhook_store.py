@@ -3,14 +3,15 @@ signing secrets and receivers that said 410 Gone.
 
 Layout (``P`` is the key prefix)::
 
-    P:wh:event:{event id}       hash: job_id, type, tenant, state (pending | delivered |
-                                failed), attempts, created_at (ms), body (the JSON
-                                body, fixed at the first attempt)
+    P:wh:event:{event id}       hash: subject (job or batch id), type, tenant, state
+                                (pending | delivered | failed), attempts, created_at
+                                (ms), body (the JSON body, fixed at the first attempt)
     P:wh:outbox                 sorted set of pending event ids by due time (ms); a
                                 dispatcher moves a due event a lease ahead while it is
                                 being delivered, so a crash only delays it
     P:job:{id}:wh-events        list of the job's event ids, oldest first
     P:job:{id}:deliveries       list of delivery attempts (JSON), oldest first
+                                (a batch's events: P:batch:{id}:wh-events, ...)
     P:wh:secret:{tenant}        the tenant's generated signing secret
     P:wh:gone:{tenant}:{hash}   a URL that answered 410: nothing more is sent to it
 
@@ -58,7 +59,7 @@ class WebhookEvent:
     """An event as stored."""
 
     id: str
-    job_id: str
+    subject: str  # the job or batch the event is about
     type: str
     tenant: str
     state: str
@@ -95,8 +96,9 @@ class WebhookStore:
     def _event_key(self, event_id: str) -> str:
         return f"{self._prefix}:wh:event:{event_id}"
 
-    def _job_key(self, job_id: str, part: str) -> str:
-        return f"{self._prefix}:job:{job_id}:{part}"
+    def _subject_key(self, subject: str, part: str) -> str:
+        kind = "batch" if subject.startswith("batch_") else "job"
+        return f"{self._prefix}:{kind}:{subject}:{part}"
 
     async def secret_for(self, tenant: str) -> str:
         """The tenant's signing secret, generated and stored on first use."""
@@ -112,7 +114,7 @@ class WebhookStore:
             return None
         return WebhookEvent(
             id=event_id,
-            job_id=row["job_id"],
+            subject=row["subject"],
             type=row["type"],
             tenant=row["tenant"],
             state=row["state"],
@@ -121,10 +123,11 @@ class WebhookStore:
             body=row.get("body"),
         )
 
-    async def events_of(self, job_id: str) -> list[WebhookEvent]:
-        """The job's events, oldest first."""
+    async def events_of(self, subject: str) -> list[WebhookEvent]:
+        """The events of a job or batch, oldest first."""
         ids = await cast(
-            Awaitable[list[str]], self._redis.lrange(self._job_key(job_id, "wh-events"), 0, -1)
+            Awaitable[list[str]],
+            self._redis.lrange(self._subject_key(subject, "wh-events"), 0, -1),
         )
         events = [await self.get(event_id) for event_id in ids]
         return [event for event in events if event is not None]
@@ -150,7 +153,7 @@ class WebhookStore:
         self, event: WebhookEvent, attempt: DeliveryAttempt, next_due: float | None
     ) -> None:
         """Log an attempt and settle the event: delivered/failed, or due again at ``next_due``."""
-        log_key = self._job_key(event.job_id, "deliveries")
+        log_key = self._subject_key(event.subject, "deliveries")
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.rpush(log_key, attempt.model_dump_json())
             pipe.expire(log_key, self._retention_s)
@@ -167,10 +170,11 @@ class WebhookStore:
                 pipe.zadd(self.outbox_key, {event.id: int(next_due * 1000)})
             await pipe.execute()
 
-    async def deliveries(self, job_id: str) -> list[DeliveryAttempt]:
-        """Every delivery attempt of the job's events, oldest first."""
+    async def deliveries(self, subject: str) -> list[DeliveryAttempt]:
+        """Every delivery attempt of a job's (or batch's) events, oldest first."""
         rows = await cast(
-            Awaitable[list[str]], self._redis.lrange(self._job_key(job_id, "deliveries"), 0, -1)
+            Awaitable[list[str]],
+            self._redis.lrange(self._subject_key(subject, "deliveries"), 0, -1),
         )
         return [DeliveryAttempt.model_validate_json(row) for row in rows]
 

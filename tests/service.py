@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from arq.worker import Worker
 
 from app.embedded import free_port
 from app.main import create_app
 from app.providers_config import ProvidersConfig
 from app.settings import Settings
 from tests.images import png
-from worker.settings import worker_settings
+from worker.lanes import LaneWorkers
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -32,8 +30,7 @@ class RunningService:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._runner: web.AppRunner | None = None
-        self._worker: Worker | None = None
-        self._worker_task: asyncio.Task[None] | None = None
+        self._worker: LaneWorkers | None = None
         self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
 
     async def start(self, *, worker: bool = True) -> RunningService:
@@ -46,26 +43,15 @@ class RunningService:
         return self
 
     async def start_worker(self) -> None:
-        """Start an arq worker in this event loop."""
-        self._worker = Worker(
-            **worker_settings(self.settings, self.providers), handle_signals=False
-        )
-        self._worker_task = asyncio.create_task(self._worker.async_run())
+        """Start a worker (both lanes) in this event loop."""
+        self._worker = LaneWorkers(self.settings, self.providers)
+        await self._worker.start()
 
     async def stop_worker(self) -> None:
-        """Stop the worker (its running jobs are cancelled)."""
+        """Stop the worker (its running jobs are handed back)."""
         if self._worker is not None:
-            # arq's close() gathers its job tasks after cancelling them and aborts
-            # (skipping on_shutdown) if one ends cancelled; drain them first.
-            self._worker.handle_sig(signal.SIGUSR1)
-            await asyncio.gather(*self._worker.tasks.values(), return_exceptions=True)
-            self._worker.tasks.clear()
-            await self._worker.close()
+            await self._worker.stop()
             self._worker = None
-        if self._worker_task is not None:
-            self._worker_task.cancel()
-            await asyncio.gather(self._worker_task, return_exceptions=True)
-            self._worker_task = None
 
     async def stop(self) -> None:
         """Stop everything and close the client."""

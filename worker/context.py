@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
+from app.batch_store import BatchStore
 from app.job_events import JobEventHub
 from app.job_store import JobStore
 from app.providers_config import ProvidersConfig
+from app.queue import deserialize, lane_queue, serialize
 from app.settings import Settings
 from app.storage import ObjectStore
 from app.url_guard import guarded_session
@@ -35,6 +38,7 @@ class WorkerContext:
     settings: Settings
     providers: ProvidersConfig
     redis: Redis
+    arq: ArqRedis
     store: JobStore
     storage: ObjectStore
     events: JobEventHub
@@ -43,6 +47,7 @@ class WorkerContext:
     gate: UpstreamGate
     cache: ResultCache
     webhooks: WebhookStore
+    batches: BatchStore
     dispatcher: WebhookDispatcher
     webhook_http: aiohttp.ClientSession
     http: aiohttp.ClientSession
@@ -55,11 +60,22 @@ class WorkerContext:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """arq ``on_startup``: connect to everything and start the background loops."""
+    """Connect to everything and start the background loops (before any lane polls)."""
     settings: Settings = ctx["settings"]
     providers: ProvidersConfig = ctx["providers"]
     redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
-    store = JobStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+    arq = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=settings.queue_name,
+    )
+    store = JobStore(
+        redis,
+        prefix=settings.key_prefix,
+        retention_s=settings.retention_s,
+        bulk_queue=lane_queue(settings.queue_name, bulk=True),
+    )
     events = JobEventHub(redis, store.events_channel)
     cancellations = CancellationWatcher(events)
     await events.start()
@@ -67,9 +83,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
     gate = UpstreamGate(redis, prefix=settings.key_prefix, lease_s=settings.job_lease_s)
     leases = LeaseKeeper(
-        ctx["redis"],
+        arq,
         gate,
-        queue_name=settings.queue_name,
         lease_s=settings.job_lease_s,
         caps={upstream.name: upstream.max_concurrency for upstream in providers.upstreams},
     )
@@ -77,7 +92,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     webhooks = WebhookStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
     dispatcher = WebhookDispatcher(
         webhooks,
-        ctx["redis"],
+        arq,
         events,
         queue_name=settings.queue_name,
         lease_s=settings.webhook_claim_lease_s,
@@ -90,6 +105,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings=settings,
         providers=providers,
         redis=redis,
+        arq=arq,
         store=store,
         storage=ObjectStore(settings),
         events=events,
@@ -98,6 +114,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         gate=gate,
         cache=ResultCache(redis, settings.key_prefix),
         webhooks=webhooks,
+        batches=BatchStore(
+            redis,
+            prefix=settings.key_prefix,
+            retention_s=settings.retention_s,
+            bulk_queue=lane_queue(settings.queue_name, bulk=True),
+        ),
         dispatcher=dispatcher,
         webhook_http=webhook_http,
         http=http,
@@ -107,7 +129,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """arq ``on_shutdown``: stop the loops and release every connection."""
+    """Stop the loops and release every connection (after both lanes stopped)."""
     context: WorkerContext | None = ctx.pop(CONTEXT_KEY, None)
     if context is None:
         return
@@ -120,4 +142,5 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await context.http.close()
     context.storage.close()
     context.executor.shutdown(wait=False, cancel_futures=True)
+    await context.arq.aclose()
     await context.redis.aclose()

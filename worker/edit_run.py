@@ -4,6 +4,7 @@ through ``upstream_calls``), convert and store each output."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import Counter
@@ -28,12 +29,20 @@ class _Output:
     usage: Usage | None
 
 
-def slot_needs(context: WorkerContext, plans: list[list[str]]) -> dict[str, tuple[int, int]]:
-    """Slots a job needs per upstream of its first choices: (min(calls, cap), cap)."""
+def slot_needs(
+    context: WorkerContext, plans: list[list[str]], *, bulk: bool = False
+) -> dict[str, tuple[int, int]]:
+    """Slots a job needs per upstream of its first choices: (min(calls, cap), cap).
+
+    Bulk work (batch variants) sees each cap less the share kept for single jobs, so
+    a draining batch never takes the last slots an interactive job would wait for.
+    """
     counts = Counter(context.providers.edit_model(plan[0]).upstream for plan in plans)
     needs = {}
     for name, count in counts.items():
         cap = context.providers.upstream(name).max_concurrency
+        if bulk:
+            cap = max(1, cap - math.ceil(cap * context.settings.interactive_reserve))
         needs[name] = (min(count, cap), cap)
     return needs
 

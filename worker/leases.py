@@ -35,6 +35,7 @@ class Lease:
     """One running job's lease and the upstream slots it holds."""
 
     arq_job_id: str
+    queue_name: str
     slots: list[SlotGrant] = field(default_factory=list)
 
 
@@ -46,13 +47,11 @@ class LeaseKeeper:
         pool: ArqRedis,
         gate: UpstreamGate,
         *,
-        queue_name: str,
         lease_s: float,
         caps: Mapping[str, int],
     ) -> None:
         self._pool = pool
         self._gate = gate
-        self._queue_name = queue_name
         self._lease_ms = int(lease_s * 1000)
         self._caps = dict(caps)
         self._held: dict[str, Lease] = {}
@@ -70,13 +69,13 @@ class LeaseKeeper:
                 await self._task
 
     @contextlib.asynccontextmanager
-    async def hold(self, arq_job_id: str) -> AsyncIterator[Lease]:
-        """Lease ``arq_job_id`` for as long as the block runs; slots added to the
-        lease are renewed with it and released when the block ends."""
-        lease = Lease(arq_job_id)
+    async def hold(self, arq_job_id: str, queue_name: str) -> AsyncIterator[Lease]:
+        """Lease ``arq_job_id`` (in ``queue_name``) for as long as the block runs; slots
+        added to the lease are renewed with it and released when the block ends."""
+        lease = Lease(arq_job_id, queue_name)
         self._held[arq_job_id] = lease
         try:
-            await self._extend([arq_job_id])
+            await self._extend([lease])
             yield lease
         finally:
             self._held.pop(arq_job_id, None)
@@ -91,19 +90,19 @@ class LeaseKeeper:
             except (RedisError, OSError) as exc:
                 log.warning("could not release %s slots (they expire): %s", grant.upstream, exc)
 
-    async def hand_back(self, arq_job_id: str) -> None:
+    async def hand_back(self, arq_job_id: str, queue_name: str) -> None:
         """Make a job this worker gives up (shutdown) ready for another worker now."""
         async with self._pool.pipeline(transaction=True) as pipe:
-            pipe.zadd(self._queue_name, {arq_job_id: _now_ms()}, xx=True)
+            pipe.zadd(queue_name, {arq_job_id: _now_ms()}, xx=True)
             pipe.delete(in_progress_key_prefix + arq_job_id)
             await pipe.execute()
 
-    async def _extend(self, arq_job_ids: list[str]) -> None:
+    async def _extend(self, leases: list[Lease]) -> None:
         deadline = _now_ms() + self._lease_ms
         async with self._pool.pipeline(transaction=False) as pipe:
-            for arq_job_id in arq_job_ids:
-                pipe.zadd(self._queue_name, {arq_job_id: deadline}, xx=True)
-                pipe.pexpire(in_progress_key_prefix + arq_job_id, self._lease_ms)
+            for lease in leases:
+                pipe.zadd(lease.queue_name, {lease.arq_job_id: deadline}, xx=True)
+                pipe.pexpire(in_progress_key_prefix + lease.arq_job_id, self._lease_ms)
             await pipe.execute()
 
     async def _renew_forever(self) -> None:
@@ -118,7 +117,7 @@ class LeaseKeeper:
     async def _tick(self) -> None:
         held = list(self._held.values())
         if held:
-            await self._extend([lease.arq_job_id for lease in held])
+            await self._extend(held)
             await self._gate.renew([grant for lease in held for grant in lease.slots])
         for upstream, cap in self._caps.items():
             await self._gate.reap(upstream, cap)

@@ -13,11 +13,12 @@ import os
 import sys
 
 from arq.connections import RedisSettings
-from arq.worker import Worker, async_check_health
+from arq.worker import async_check_health
 
-from app.providers_config import ProvidersFileError, load_providers
+from app.providers_config import ProvidersConfig, ProvidersFileError, load_providers
 from app.settings import Settings
-from worker.settings import health_check_key, worker_settings
+from worker.lanes import LaneWorkers
+from worker.settings import health_check_key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except ProvidersFileError as exc:
         print(f"editq worker: {exc}", file=sys.stderr)
         return 2
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    Worker(**worker_settings(settings, providers)).run()
+    asyncio.run(_serve(settings, providers))
     return 0
+
+
+async def _serve(settings: Settings, providers: ProvidersConfig) -> None:
+    # arq's Worker captures the event loop when it is built: build it inside ours.
+    await LaneWorkers(settings, providers).run()

@@ -16,9 +16,8 @@ from arq.connections import RedisSettings
 from arq.worker import func
 
 from app.providers_config import ProvidersConfig
-from app.queue import EDIT_TASK, deserialize, serialize
+from app.queue import EDIT_TASK, deserialize, lane_queue, serialize
 from app.settings import Settings
-from worker.context import shutdown, startup
 from worker.tasks import run_edit
 from worker.webhook_delivery import deliver_webhook
 from worker.webhook_dispatcher import DELIVER_TASK
@@ -29,13 +28,19 @@ STORE_MARGIN_S = 60
 MAX_DELIVERIES = 1_000_000_000
 
 
-def health_check_key(settings: Settings) -> str:
+def health_check_key(settings: Settings, *, bulk: bool = False) -> str:
     """The Redis key a live worker refreshes (probe with ``editq worker --check``)."""
-    return f"{settings.queue_name}:health-check"
+    return f"{lane_queue(settings.queue_name, bulk=bulk)}:health-check"
 
 
-def worker_settings(settings: Settings, providers: ProvidersConfig) -> dict[str, Any]:
-    """Keyword arguments for ``arq.worker.Worker``."""
+def worker_settings(
+    settings: Settings, providers: ProvidersConfig, *, bulk: bool = False
+) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` serving one lane (interactive or bulk).
+
+    Start-up and shutdown are the caller's (``worker.lanes``): both lanes of a
+    process share one context.
+    """
     return {
         "functions": [
             func(run_edit, name=EDIT_TASK, max_tries=MAX_DELIVERIES),
@@ -46,11 +51,8 @@ def worker_settings(settings: Settings, providers: ProvidersConfig) -> dict[str,
                 timeout=settings.webhook_timeout_s + STORE_MARGIN_S,
             ),
         ],
-        "queue_name": settings.queue_name,
+        "queue_name": lane_queue(settings.queue_name, bulk=bulk),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "on_startup": startup,
-        "on_shutdown": shutdown,
-        "ctx": {"settings": settings, "providers": providers},
         "max_jobs": settings.worker_max_jobs,
         "job_timeout": settings.attempt_budget_s + STORE_MARGIN_S,
         "keep_result": 0,
@@ -59,6 +61,6 @@ def worker_settings(settings: Settings, providers: ProvidersConfig) -> dict[str,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "health_check_interval": settings.worker_health_check_interval_s,
-        "health_check_key": health_check_key(settings),
+        "health_check_key": health_check_key(settings, bulk=bulk),
         "max_tries": MAX_DELIVERIES,
     }

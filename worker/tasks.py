@@ -18,7 +18,7 @@ from arq.worker import RetryJob
 
 from app.errors import EditqError
 from app.jobs import Attempt, Job, JobError, JobOutcome, JobStatus, StoredImage
-from app.queue import arq_job_id
+from app.queue import arq_job_id, lane_queue
 from app.storage import output_key
 from worker.context import CONTEXT_KEY, WorkerContext
 from worker.edit_run import execute_run, slot_needs
@@ -45,13 +45,14 @@ async def run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
     if job is None or job.run != run or job.status.terminal:
         log.info("job %s run %d skipped: no longer current", job_id, run)
         return
+    queue = lane_queue(context.settings.queue_name, bulk=job.spec.batch_id is not None)
     with context.cancellations.watch(job_id):
         try:
             if await _answer_from_cache(context, job):
                 return
             plans = _plan(job)
-            grants = await _admit(context, ctx, job, plans, arq_id)
-            async with context.leases.hold(arq_id) as lease:
+            grants = await _admit(context, ctx, job, plans, arq_id, queue)
+            async with context.leases.hold(arq_id, queue) as lease:
                 lease.slots.extend(grants)
                 if not await _claim(context, job):
                     return
@@ -60,7 +61,7 @@ async def run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
             if context.cancellations.was_canceled(job_id):
                 log.info("job %s run %d abandoned: canceled by its client", job_id, run)
                 return
-            await asyncio.shield(context.leases.hand_back(arq_id))
+            await asyncio.shield(context.leases.hand_back(arq_id, queue))
             raise
 
 
@@ -71,7 +72,12 @@ def _plan(job: Job) -> list[list[str]]:
 
 
 async def _admit(
-    context: WorkerContext, ctx: dict[str, Any], job: Job, plans: list[list[str]], arq_id: str
+    context: WorkerContext,
+    ctx: dict[str, Any],
+    job: Job,
+    plans: list[list[str]],
+    arq_id: str,
+    queue: str,
 ) -> list[SlotGrant]:
     """Take the job's upstream slots, or park it as a waiter and end this delivery.
 
@@ -82,9 +88,9 @@ async def _admit(
     """
     enqueued_ms = ctx["enqueue_time"].timestamp() * 1000 if "enqueue_time" in ctx else 0
     grants = await context.gate.admit(
-        slot_needs(context, plans),
+        slot_needs(context, plans, bulk=job.spec.batch_id is not None),
         holder=arq_id,
-        ticket=f"{context.settings.queue_name}|{arq_id}",
+        ticket=f"{queue}|{arq_id}",
         ticket_score=enqueued_ms,
         park_s=WAITER_SAFETY_DEFER_S,
     )

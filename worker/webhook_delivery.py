@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,6 @@ import aiohttp
 
 from app.errors import EditqError
 from app.job_views import render_job
-from app.jobs import Job
 from app.url_guard import check_url
 from app.webhook_store import DeliveryAttempt, WebhookEvent
 from app.webhooks import event_body, next_delay, signed_headers
@@ -48,24 +48,44 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> None:
     event = await context.webhooks.get(event_id)
     if event is None or event.state != "pending":
         return
-    job = await context.store.get(event.job_id)
-    url = job.spec.request.webhook_url if job is not None else None
-    if job is None or url is None:
-        await _settle(context, event, url or "", PostResult(None, "the job expired", None, 0))
+    subject = await _subject(context, event.subject)
+    if subject is None:
+        await _settle(context, event, "", PostResult(None, "its job or batch expired", None, 0))
         return
+    url, data = subject
     if await context.webhooks.is_gone(event.tenant, url):
         result = PostResult(None, "the receiver answered 410 Gone earlier", None, 0)
         await _settle(context, event, url, result, final=True)
         return
-    body = event.body or await _fix_body(context, event, job)
+    body = event.body
+    if body is None:
+        body = event_body(event.type, event.created_at, await data())
+        await context.webhooks.keep_body(event.id, body)
     result = await _post(context, event, url, body)
     await _settle(context, event, url, result)
 
 
-async def _fix_body(context: WorkerContext, event: WebhookEvent, job: Job) -> str:
-    body = event_body(event.type, event.created_at, await render_job(job, context.storage))
-    await context.webhooks.keep_body(event.id, body)
-    return body
+async def _subject(
+    context: WorkerContext, subject_id: str
+) -> tuple[str, Callable[[], Awaitable[dict[str, Any]]]] | None:
+    """The webhook URL of a job or batch and how to render it for the event body."""
+    if subject_id.startswith("batch_"):
+        batch = await context.batches.get(subject_id)
+        if batch is None or batch.spec.webhook_url is None:
+            return None
+
+        async def batch_data() -> dict[str, Any]:
+            return batch.public()
+
+        return batch.spec.webhook_url, batch_data
+    job = await context.store.get(subject_id)
+    if job is None or job.spec.request.webhook_url is None:
+        return None
+
+    async def job_data() -> dict[str, Any]:
+        return await render_job(job, context.storage)
+
+    return job.spec.request.webhook_url, job_data
 
 
 async def _post(context: WorkerContext, event: WebhookEvent, url: str, body: str) -> PostResult:

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.app_keys import FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
+from app.app_keys import (
+    BATCH_SERVICE,
+    FETCH_SESSION,
+    IMAGE_EXECUTOR,
+    JOB_SERVICE,
+    SETTINGS,
+    STORAGE,
+)
 from app.errors import InvalidRequest
-from app.job_service import JobService, parse_status
+from app.job_service import parse_status
 from app.job_views import render_job
 from app.middleware import TENANT
 from app.submissions import read_submission
 
-JOB_SERVICE = web.AppKey("job_service", JobService)
 MAX_PAGE = 100
 
 
-def _float_query(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+def float_query(request: web.Request, name: str, default: float, low: float, high: float) -> float:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -42,18 +48,21 @@ async def submit_job(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     """GET /v1/jobs/{id}[?wait=N]: the job, after waiting up to N s for it to finish."""
     app = request.app
-    wait = _float_query(request, "wait", 0, 0, app[SETTINGS].max_wait_s)
+    wait = float_query(request, "wait", 0, 0, app[SETTINGS].max_wait_s)
     service = app[JOB_SERVICE]
     job_id = request.match_info["job_id"]
     tenant = request[TENANT]
     job = await (service.wait(job_id, tenant, wait) if wait else service.get(job_id, tenant))
-    return web.json_response(await render_job(job, app[STORAGE], inline=True))
+    position = await app[BATCH_SERVICE].queue_position(job)
+    return web.json_response(
+        await render_job(job, app[STORAGE], inline=True, queue_position=position)
+    )
 
 
 async def list_jobs(request: web.Request) -> web.Response:
     """GET /v1/jobs?status=&limit=&after=: the caller's jobs, newest first."""
     app = request.app
-    limit = int(_float_query(request, "limit", 20, 1, MAX_PAGE))
+    limit = int(float_query(request, "limit", 20, 1, MAX_PAGE))
     page = await app[JOB_SERVICE].list(
         request[TENANT],
         status=parse_status(request.query.get("status")),

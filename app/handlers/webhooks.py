@@ -6,9 +6,8 @@ import json
 
 from aiohttp import web
 
-from app.app_keys import JOB_STORE, SETTINGS, WEBHOOKS
+from app.app_keys import JOB_SERVICE, JOB_STORE, SETTINGS, WEBHOOKS
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.handlers.jobs import JOB_SERVICE
 from app.middleware import TENANT
 from app.webhook_store import WebhookEvent
 

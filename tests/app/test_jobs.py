@@ -145,6 +145,9 @@ PUBLIC_KEYS = {
     "error",
     "result",
     "cached",
+    "batch_id",
+    "variant_index",
+    "queue_position",
     "metadata",
 }
 

@@ -1,0 +1,113 @@
+"""HTTP handlers of batches: submit, read, wait, list, page, results, cancel."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from app.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
+from app.batch_submissions import read_batch_submission
+from app.handlers.jobs import MAX_PAGE, float_query
+from app.job_service import parse_status
+from app.job_views import render_job
+from app.jobs import Job
+from app.middleware import TENANT
+from app.storage import ObjectStore
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    """POST /v1/batches: shared defaults plus variants (or n copies); 202 with the batch."""
+    app = request.app
+    submission = await read_batch_submission(
+        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+    )
+    batch = await app[BATCH_SERVICE].accept(submission, request[TENANT])
+    return web.json_response(
+        batch.public(), status=202, headers={"Location": f"/v1/batches/{batch.id}"}
+    )
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    """GET /v1/batches/{id}[?wait=N]: the batch, after waiting up to N s for it to finish."""
+    app = request.app
+    wait = float_query(request, "wait", 0, 0, app[SETTINGS].max_wait_s)
+    service, batch_id, tenant = app[BATCH_SERVICE], request.match_info["batch_id"], request[TENANT]
+    batch = await (service.wait(batch_id, tenant, wait) if wait else service.get(batch_id, tenant))
+    return web.json_response(batch.public())
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    """GET /v1/batches?limit=&after=: the caller's batches, newest first."""
+    limit = int(float_query(request, "limit", 20, 1, MAX_PAGE))
+    batches, more = await request.app[BATCH_SERVICE].page(
+        request[TENANT], limit=limit, after=request.query.get("after") or None
+    )
+    data = [batch.public() for batch in batches]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "has_more": more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    )
+
+
+async def batch_jobs(request: web.Request) -> web.Response:
+    """GET /v1/batches/{id}/jobs?status=&limit=&after=: the variants' jobs, in order."""
+    app = request.app
+    service = app[BATCH_SERVICE]
+    batch = await service.get(request.match_info["batch_id"], request[TENANT])
+    jobs, more = await service.jobs_page(
+        batch,
+        status=parse_status(request.query.get("status")),
+        limit=int(float_query(request, "limit", 20, 1, MAX_PAGE)),
+        after=request.query.get("after") or None,
+    )
+    data = [await render_job(job, app[STORAGE]) for job in jobs]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "has_more": more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    )
+
+
+async def batch_results(request: web.Request) -> web.StreamResponse:
+    """GET /v1/batches/{id}/results: JSON Lines, one per variant in order (index, job id,
+    status, output URLs or error)."""
+    app = request.app
+    service = app[BATCH_SERVICE]
+    batch = await service.get(request.match_info["batch_id"], request[TENANT])
+    response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+    await response.prepare(request)
+    index = 0
+    async for job in service.all_jobs(batch):
+        line = _result_line(index, job, app[STORAGE])
+        await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        index += 1
+    await response.write_eof()
+    return response
+
+
+def _result_line(index: int, job: Job | None, storage: ObjectStore) -> dict[str, object]:
+    if job is None:
+        return {"index": index, "job_id": None, "status": "expired"}
+    line: dict[str, object] = {"index": index, "job_id": job.id, "status": job.status.value}
+    if job.outcome is not None:
+        line["outputs"] = [storage.presigned_url(output.key) for output in job.outcome.outputs]
+        line["usage"] = job.outcome.usage.model_dump(mode="json")
+    if job.error is not None:
+        line["error"] = job.error.model_dump(mode="json")
+    return line
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    """POST /v1/batches/{id}/cancel: cancel every variant not yet finished."""
+    batch = await request.app[BATCH_SERVICE].cancel(request.match_info["batch_id"], request[TENANT])
+    return web.json_response(batch.public())
