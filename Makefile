@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The browser the dashboard's end-to-end tests drive (Debian's package; nothing downloaded).
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: install run test test-fast lint types check bench clean
 
@@ -16,12 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CHROMIUM):
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+install: $(STAMP) $(CHROMIUM)
 
 run: $(STAMP)
 	$(BIN)/editq dev
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -9,11 +9,16 @@ from aiohttp import web
 
 from app.auth import ApiKeys
 from app.batch_service import BatchService
+from app.idempotency_store import IdempotencyStore
 from app.job_events import JobEventHub
 from app.job_service import JobService
 from app.job_store import JobStore
+from app.metrics import Metrics
+from app.openapi import ApiDocument
 from app.providers_config import ProvidersConfig
 from app.queue import EditQueue
+from app.queue_stats import QueueStats
+from app.rate_limits import RateLimiter
 from app.settings import Settings
 from app.storage import ObjectStore
 from app.webhook_store import WebhookStore
@@ -24,9 +29,15 @@ API_KEYS = web.AppKey("api_keys", ApiKeys)
 JOB_STORE = web.AppKey("job_store", JobStore)
 STORAGE = web.AppKey("storage", ObjectStore)
 QUEUE = web.AppKey("queue", EditQueue)
+QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
+METRICS = web.AppKey("metrics", Metrics)
 EVENTS = web.AppKey("events", JobEventHub)
 IMAGE_EXECUTOR = web.AppKey("image_executor", Executor)
 FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 BATCH_SERVICE = web.AppKey("batch_service", BatchService)
+API_DOCUMENT = web.AppKey("api_document", ApiDocument)
+DOCS_PAGE = web.AppKey("docs_page", str)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

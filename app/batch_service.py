@@ -54,6 +54,7 @@ class BatchService:
         batch_id = new_batch_id()
         inputs = await self._job_service.store_inputs(batch_id, submission.images, submission.mask)
         now = time.time()
+        base = await self._batches.fair_clock()
         spec = BatchSpec(
             id=batch_id,
             tenant=tenant,
@@ -73,6 +74,7 @@ class BatchService:
                 inputs=inputs,
                 batch_id=batch_id,
                 variant_index=index,
+                rank=base + index,
             )
             for index, params in enumerate(submission.variants)
         ]
@@ -84,6 +86,10 @@ class BatchService:
         if batch is None or batch.spec.tenant != tenant:
             raise NotFound(f"no batch {batch_id}", param="batch_id")
         return batch
+
+    def batch_key(self, batch_id: str) -> str:
+        """The Redis key of a batch's hash (its transition log is ``<key>:log``)."""
+        return self._batches.batch_key(batch_id)
 
     async def wait(self, batch_id: str, tenant: str, timeout: float) -> Batch:
         """The batch once it is no longer running, or as it is after ``timeout`` seconds."""

@@ -8,7 +8,10 @@ Layout (``P`` is the key prefix)::
                                webhook_events
     P:batch:{id}:jobs          list of the variants' job ids, in variant order
     P:batch:{id}:pending       list of ``arq_id|payload`` of variants not yet released
+    P:batch:{id}:log           stream of the batch's status and counts at creation and
+                               after every variant transition (the ids its SSE resume from)
     P:tenant:{tenant}:batches  sorted set of batch ids (lexical = creation order)
+    P:bulk:clock               the bulk lane's fair-share virtual clock (``fair_clock``)
 
 Only a window of each batch's variants sits in the bulk queue at a time; each
 variant that finishes releases the next one (inside the transition script), so
@@ -18,8 +21,9 @@ holding it until it is done, and a 10,000-variant batch costs the queue nothing.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from arq.constants import job_key_prefix
@@ -37,8 +41,17 @@ CHUNK = 1000
 class BatchStore:
     """Creates batches with their jobs in bulk and reads them back."""
 
-    def __init__(self, redis: Redis, *, prefix: str, retention_s: int, bulk_queue: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        retention_s: int,
+        bulk_queue: str,
+        on_transition: Callable[[JobStatus, int], None] | None = None,
+    ) -> None:
         self._redis = redis
+        self._on_transition = on_transition  # told how many queued jobs it created (metrics)
         self._prefix = prefix
         self._retention_s = retention_s
         self._bulk_queue = bulk_queue
@@ -63,9 +76,15 @@ class BatchStore:
         if spec.webhook_url and "batch.completed" in spec.webhook_events:
             fields["webhook_events"] = " batch.completed "
         now_ms = int(time.time() * 1000)
+        counts = {status.value: 0 for status in JobStatus} | {JobStatus.QUEUED.value: spec.total}
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self._retention_s)
+            pipe.xadd(
+                f"{key}:log",
+                {"status": BatchStatus.RUNNING.value, "counts": json.dumps(counts), "at": now_ms},
+            )
+            pipe.expire(f"{key}:log", self._retention_s)
             pipe.zadd(f"{self._prefix}:tenant:{spec.tenant}:batches", {spec.id: 0})
             for start in range(0, len(jobs), CHUNK):
                 chunk = jobs[start : start + CHUNK]
@@ -74,6 +93,8 @@ class BatchStore:
                     self._add_job(pipe, job, spec)
             await pipe.execute()
         await self._enqueue(key, jobs, window, now_ms)
+        if self._on_transition is not None:
+            self._on_transition(JobStatus.QUEUED, len(jobs))
         batch = await self.get(spec.id)
         assert batch is not None
         return batch
@@ -93,6 +114,8 @@ class BatchStore:
         key = self._job_key(job.id)
         pipe.hset(key, mapping=fields)
         pipe.expire(key, self._retention_s)
+        pipe.xadd(f"{key}:log", {"status": "queued", "run": 1, "at": int(job.created_at * 1000)})
+        pipe.expire(f"{key}:log", self._retention_s)
 
     async def _enqueue(self, key: str, jobs: Sequence[JobSpec], window: int, now_ms: int) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -107,6 +130,16 @@ class BatchStore:
             pipe.expire(f"{key}:pending", self._retention_s)
             pipe.expire(f"{key}:jobs", self._retention_s)
             await pipe.execute()
+
+    async def fair_clock(self) -> float:
+        """The bulk lane's virtual clock: the highest rank admitted to an upstream so far.
+
+        A new batch's variants rank from here, so it shares capacity with the batches
+        already running from the moment it arrives — neither behind them (first come,
+        first served) nor ahead of them (catching up from rank 0).
+        """
+        value = await self._redis.get(f"{self._prefix}:bulk:clock")
+        return float(value) if value else 0.0
 
     async def get(self, batch_id: str) -> Batch | None:
         """The batch, or None."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -17,13 +16,14 @@ from aiohttp import web
 
 from app.cli_client import CLIENT_COMMANDS, add_client_commands, run_client_command
 from app.dev import serve_dev
+from app.logs import configure_logging
 from app.main import create_app
 from app.providers_config import ProvidersConfig, ProvidersFileError, load_providers
 from app.settings import Settings
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the chosen subcommand."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``editq`` command line; ``worker``'s own options are ``worker.main``'s."""
     parser = argparse.ArgumentParser(prog="editq", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--port", type=int, default=8080)
     commands.add_parser("worker", help="run a worker (python -m worker)", add_help=False)
     add_client_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen subcommand."""
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "worker":
         os.execv(sys.executable, [sys.executable, "-m", "worker", *rest])
@@ -43,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in CLIENT_COMMANDS:
         return run_client_command(args)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    if args.command == "dev" and settings.log_format is None:
+        # People read dev logs; the worker it starts inherits this through the environment.
+        settings = settings.model_copy(update={"log_format": "text"})
+    configure_logging(settings)
     try:
         providers = load_providers(settings.providers_file, os.environ)
     except ProvidersFileError as exc:

@@ -48,6 +48,8 @@ async def serve_dev(base: Settings, providers: ProvidersConfig, host: str, port:
             overrides["s3_endpoint_url"] = s3.endpoint_url
             overrides["s3_access_key_id"] = SecretStr(DEV_S3_ACCESS_KEY)
             overrides["s3_secret_access_key"] = SecretStr(DEV_S3_SECRET_KEY)
+        if "worker_drain_s" not in base.model_fields_set:
+            overrides["worker_drain_s"] = 5.0  # Ctrl-C in development: hand back quickly
         settings = base.model_copy(update=overrides)
         storage = ObjectStore(settings)
         try:

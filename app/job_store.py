@@ -6,6 +6,9 @@ Layout (``P`` is the key prefix)::
                                finished_at, attempts (JSON array), error, outcome
     P:tenant:{tenant}:jobs     sorted set of job ids, all score 0: lexical order is
                                creation order because ids are time-ordered
+    P:retention                job and batch ids by expiry (ms), for the S3 janitor
+    P:job:{id}:log             stream of the job's creation and transitions (status, run, at ms):
+                               the ids Server-Sent Events resume from
     P:events                   pub/sub channel: {"id", "status", "run"} per transition
     P:wh:event:{event id}      a webhook event (see ``app.webhook_store``), created by
     P:wh:outbox                the transition script when the job subscribed to it
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,7 +40,8 @@ ARQ_JOB_TTL_MS = 24 * 3600 * 1000
 TRANSITION_SCRIPT = """
 -- ARGV: 1 allowed sources, 2 target, 3 expected run, 4 next run?, 5 attempts JSON,
 -- 6 events channel, 7 retention s, 8 key prefix, 9 now ms, 10 bulk queue,
--- 11 arq job key prefix, 12 arq job ttl ms, 13.. field/value pairs
+-- 11 arq job key prefix, 12 arq job ttl ms, 13 expected attempt, 14 next attempt?,
+-- 15.. field/value pairs
 local prefix, now, retention = ARGV[8], ARGV[9], tonumber(ARGV[7])
 
 local function add_event(subject_key, subject, event, kind, tenant)
@@ -84,6 +88,8 @@ end
 
 local function update_batch(batch, previous, target, job_key)
   local bkey = prefix .. ':batch:' .. batch
+  redis.call('EXPIRE', bkey, retention)
+  redis.call('ZADD', prefix .. ':retention', tonumber(now) + retention * 1000, batch)
   redis.call('HINCRBY', bkey, 'n_' .. previous, -1)
   redis.call('HINCRBY', bkey, 'n_' .. target, 1)
   if target == 'succeeded' then add_usage(bkey, redis.call('HGET', job_key, 'outcome')) end
@@ -107,41 +113,57 @@ local function update_batch(batch, previous, target, job_key)
     redis.call('HSET', bkey, 'status', bstatus)
     redis.call('HDEL', bkey, 'finished_at')
   end
+  local n = redis.call('HMGET', bkey, 'n_queued', 'n_running', 'n_succeeded', 'n_failed',
+    'n_canceled')
+  redis.call('XADD', bkey .. ':log', 'MAXLEN', '~', 50000, '*', 'status', bstatus,
+    'counts', string.format(
+      '{"queued":%d,"running":%d,"succeeded":%d,"failed":%d,"canceled":%d}',
+      tonumber(n[1] or 0), tonumber(n[2] or 0), tonumber(n[3] or 0), tonumber(n[4] or 0),
+      tonumber(n[5] or 0)),
+    'at', now)
+  redis.call('EXPIRE', bkey .. ':log', retention)
   redis.call('PUBLISH', ARGV[6],
     string.format('{"id":"%s","status":"%s","run":0}', batch, bstatus))
 end
 
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {0, '', 0} end
+if not status then return {0, '', 0, 0} end
 local run = tonumber(redis.call('HGET', KEYS[1], 'run'))
-if ARGV[3] ~= '' and run ~= tonumber(ARGV[3]) then return {-1, status, run} end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if ARGV[3] ~= '' and run ~= tonumber(ARGV[3]) then return {-1, status, run, attempt} end
+if ARGV[13] ~= '' and attempt ~= tonumber(ARGV[13]) then return {-1, status, run, attempt} end
 if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
-  return {-2, status, run}
+  return {-2, status, run, attempt}
 end
 if ARGV[4] == '1' then run = run + 1 end
+if ARGV[14] == '1' then attempt = attempt + 1 end
 if ARGV[5] ~= '' then
   local existing = redis.call('HGET', KEYS[1], 'attempts') or '[]'
   if existing == '[]' then existing = ARGV[5]
   else existing = string.sub(existing, 1, -2) .. ',' .. string.sub(ARGV[5], 2) end
   redis.call('HSET', KEYS[1], 'attempts', existing)
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'run', run)
-for i = 13, #ARGV, 2 do
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'run', run, 'attempt', attempt)
+for i = 15, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('EXPIRE', KEYS[1], retention)
 local id = string.match(KEYS[1], '[^:]+$')
+redis.call('ZADD', prefix .. ':retention', tonumber(now) + retention * 1000, id)
 local subscribed = redis.call('HGET', KEYS[1], 'webhook_events')
 if subscribed and string.find(subscribed, ' job.' .. ARGV[2] .. ' ', 1, true) then
   add_event(KEYS[1], id, 'evt_' .. string.sub(id, 5) .. '_' .. run .. '_' .. ARGV[2],
     'job.' .. ARGV[2], redis.call('HGET', KEYS[1], 'tenant'))
 end
+redis.call('XADD', KEYS[1] .. ':log', 'MAXLEN', '~', 1000, '*', 'status', ARGV[2],
+  'run', run, 'at', now)
+redis.call('EXPIRE', KEYS[1] .. ':log', retention)
 redis.call('PUBLISH', ARGV[6],
   string.format('{"id":"%s","status":"%s","run":%d}', id, ARGV[2], run))
 local batch = redis.call('HGET', KEYS[1], 'batch')
 if batch then update_batch(batch, status, ARGV[2], KEYS[1]) end
-return {1, status, run}
+return {1, status, run, attempt}
 """
 
 APPEND_ATTEMPTS_SCRIPT = """
@@ -159,13 +181,14 @@ return 1
 class TransitionResult:
     """What a transition did: ``applied``, or why not (``missing``, ``stale``, ``refused``).
 
-    ``previous`` is the status the job had when the transition was tried; ``run`` its
-    run number afterwards.
+    ``previous`` is the status the job had when the transition was tried; ``run`` and
+    ``attempt`` its run and attempt numbers afterwards.
     """
 
     outcome: str  # applied | missing | stale | refused
     previous: JobStatus | None
     run: int
+    attempt: int = 0
 
     @property
     def applied(self) -> bool:
@@ -189,9 +212,16 @@ class JobStore:
     """Reads and writes job records; every status change is atomic and fenced."""
 
     def __init__(
-        self, redis: Redis, *, prefix: str, retention_s: int, bulk_queue: str = ""
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        retention_s: int,
+        bulk_queue: str = "",
+        on_transition: Callable[[JobStatus, int], None] | None = None,
     ) -> None:
         self._redis = redis
+        self._on_transition = on_transition  # told each applied status change (metrics)
         self._prefix = prefix
         self._bulk_queue = bulk_queue
         self._retention_s = retention_s
@@ -202,6 +232,11 @@ class JobStore:
     def events_channel(self) -> str:
         """The pub/sub channel every transition is published on."""
         return f"{self._prefix}:events"
+
+    @property
+    def retention_key(self) -> str:
+        """Sorted set of job and batch ids by the time (ms) their records expire."""
+        return f"{self._prefix}:retention"
 
     def job_key(self, job_id: str) -> str:
         """The Redis key of one job's hash."""
@@ -221,6 +256,17 @@ class JobStore:
         """Raise unless Redis answers."""
         await self._redis.ping()
 
+    async def log_since(
+        self, subject_key: str, last_id: str | None, count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries of a job's (or batch's) transition log after ``last_id``, oldest first.
+
+        ``subject_key`` is the job's or batch's hash key; the log is ``<key>:log``.
+        """
+        start = f"({last_id}" if last_id else "-"
+        entries = await self._redis.xrange(f"{subject_key}:log", min=start, count=count)
+        return [(str(entry_id), dict(fields)) for entry_id, fields in entries]
+
     async def create(self, spec: JobSpec) -> Job:
         """Store a new queued job (run 1) and index it for its tenant."""
         job = Job(spec=spec, status=JobStatus.QUEUED)
@@ -238,8 +284,14 @@ class JobStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self._retention_s)
+            # The log starts with the queued state, so a stream replays the whole life.
+            at_ms = int(spec.created_at * 1000)
+            pipe.xadd(f"{key}:log", {"status": job.status.value, "run": job.run, "at": at_ms})
+            pipe.expire(f"{key}:log", self._retention_s)
             pipe.zadd(self._tenant_key(spec.tenant), {spec.id: 0})
             await pipe.execute()
+        if self._on_transition is not None:
+            self._on_transition(JobStatus.QUEUED, 1)
         return job
 
     async def get(self, job_id: str) -> Job | None:
@@ -261,20 +313,25 @@ class JobStore:
         target: JobStatus,
         *,
         expect_run: int | None = None,
+        expect_attempt: int | None = None,
         sources: Iterable[JobStatus] | None = None,
         next_run: bool = False,
+        next_attempt: bool = False,
         attempts: Iterable[Attempt] = (),
         fields: dict[str, str | float | None] | None = None,
     ) -> TransitionResult:
-        """Move the job to ``target`` if its status allows it and its run is ``expect_run``.
+        """Move the job to ``target`` if its status allows it and its run is ``expect_run``
+        (and its attempt ``expect_attempt``: the fencing token of one worker's go at a run).
 
-        ``sources`` narrows the statuses it may move from (default: all that
-        ``TRANSITIONS`` allows); ``next_run`` starts a new run (retry, re-queue);
-        ``attempts`` are appended; ``fields`` are set (None deletes). Every change
-        restarts the retention clock.
+        ``next_attempt`` starts a new attempt (a claim or take-over); ``sources``
+        narrows the statuses it may move from (default: all that ``TRANSITIONS``
+        allows); ``next_run`` starts a new run (retry); ``attempts`` are appended;
+        ``fields`` are set (None deletes). Every change restarts the retention clock.
         """
         allowed = sources_of(target)
-        if sources is not None:
+        if sources is None:
+            allowed = allowed - {target}  # a take-over (running -> running) is asked for
+        else:
             allowed = allowed & frozenset(sources)
         source_names = " ".join(status.value for status in allowed)
         args: list[str | int | float] = [
@@ -290,14 +347,19 @@ class JobStore:
             self._bulk_queue,
             job_key_prefix,
             ARQ_JOB_TTL_MS,
+            "" if expect_attempt is None else expect_attempt,
+            "1" if next_attempt else "0",
         ]
         for name, value in (fields or {}).items():
             args.extend([name, "" if value is None else value])
-        code, status, run = await self._transition(keys=[self.job_key(job_id)], args=args)
+        code, status, run, attempt = await self._transition(keys=[self.job_key(job_id)], args=args)
+        if int(code) == 1 and self._on_transition is not None:
+            self._on_transition(target, 1)
         return TransitionResult(
             outcome=_OUTCOMES[int(code)],
             previous=JobStatus(status) if status else None,
             run=int(run),
+            attempt=int(attempt),
         )
 
     async def append_attempts(self, job_id: str, run: int, attempts: Iterable[Attempt]) -> bool:
@@ -365,6 +427,7 @@ def _job_from_hash(row: dict[str, str]) -> Job | None:
         "spec": JobSpec.model_validate_json(row["spec"]),
         "status": JobStatus(row["status"]),
         "run": int(row.get("run", 1)),
+        "attempt": int(row.get("attempt", 0)),
         "attempts": json.loads(row.get("attempts") or "[]"),
     }
     for name in ("started_at", "finished_at"):

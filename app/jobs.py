@@ -2,14 +2,16 @@
 
 Status moves only along ``TRANSITIONS``::
 
-    queued ──> running ──> succeeded
+    queued ──> running ──> succeeded      (running ──> running: a take-over)
        │          │──────> failed ───┐
        │          └──────> canceled ─┤ (retry)
        └─────────────────> canceled  └──> queued
 
-``run`` counts the job's runs (1 for the first, +1 per retry or re-queue); it is
-the fencing token a worker must present, so a late duplicate of an earlier run can
-never move the job.
+``run`` counts the job's runs (1 for the first, +1 per retry); ``attempt`` counts
+the workers' goes at them (+1 per claim, including a take-over from a worker that
+died or stalled). A worker presents both when it records the end of its attempt,
+so a late duplicate of an earlier run or attempt can never move the job, and its
+outputs (written under its attempt's own keys) are never the committed ones.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
     JobStatus.RUNNING: frozenset(
-        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.QUEUED}
+        {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELED,
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,  # another worker takes over a run whose worker died
+        }
     ),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
@@ -160,6 +168,7 @@ class JobSpec(BaseModel):
     inputs: JobInputs
     batch_id: str | None = None
     variant_index: int | None = None
+    rank: float | None = Field(None, description="a variant's place in fair-share order")
 
 
 class Job(BaseModel):
@@ -168,6 +177,7 @@ class Job(BaseModel):
     spec: JobSpec
     status: JobStatus
     run: int = 1
+    attempt: int = 0
     started_at: float | None = None
     finished_at: float | None = None
     attempts: tuple[Attempt, ...] = ()

@@ -11,15 +11,21 @@ from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from app.app_keys import (
+    API_DOCUMENT,
     API_KEYS,
     BATCH_SERVICE,
+    DOCS_PAGE,
     EVENTS,
     FETCH_SESSION,
+    IDEMPOTENCY,
     IMAGE_EXECUTOR,
     JOB_SERVICE,
     JOB_STORE,
+    METRICS,
     PROVIDERS,
     QUEUE,
+    QUEUE_STATS,
+    RATE_LIMITER,
     SETTINGS,
     STORAGE,
     WEBHOOKS,
@@ -27,12 +33,26 @@ from app.app_keys import (
 from app.auth import ApiKeys
 from app.batch_service import BatchService
 from app.batch_store import BatchStore
+from app.docs_page import render_docs_page
+from app.idempotency import idempotency_middleware
+from app.idempotency_store import IdempotencyStore
 from app.job_events import JobEventHub
 from app.job_service import JobService
 from app.job_store import JobStore
-from app.middleware import auth_middleware, errors_middleware
+from app.metrics import Metrics
+from app.middleware import (
+    PUBLIC_PATHS,
+    auth_middleware,
+    errors_middleware,
+    log_fields_middleware,
+    rate_limit_headers,
+    rate_limit_middleware,
+)
+from app.openapi import build_document
 from app.providers_config import ProvidersConfig
 from app.queue import EditQueue, deserialize, lane_queue, serialize
+from app.queue_stats import QueueStats
+from app.rate_limits import RateLimiter
 from app.routes import add_routes
 from app.settings import Settings
 from app.storage import ObjectStore
@@ -43,14 +63,24 @@ from app.webhook_store import WebhookStore
 def create_app(settings: Settings, providers: ProvidersConfig) -> web.Application:
     """The API application; connections open on start-up and close on clean-up."""
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[
+            errors_middleware,
+            auth_middleware,
+            log_fields_middleware,
+            rate_limit_middleware,
+            idempotency_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[PROVIDERS] = providers
+    app[METRICS] = Metrics()
     app[API_KEYS] = ApiKeys(key.get_secret_value() for key in settings.api_keys)
+    app.on_response_prepare.append(rate_limit_headers)
     app.cleanup_ctx.append(_resources)
     add_routes(app)
+    app[API_DOCUMENT] = build_document(app, public_paths=PUBLIC_PATHS)
+    app[DOCS_PAGE] = render_docs_page(app[API_DOCUMENT].spec)
     return app
 
 
@@ -63,10 +93,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         job_deserializer=deserialize,
         default_queue_name=settings.queue_name,
     )
-    storage = ObjectStore(settings)
+    metrics = app[METRICS]
+    storage = ObjectStore(settings, on_error=metrics.s3_error)
     bulk_queue = lane_queue(settings.queue_name, bulk=True)
     store = JobStore(
-        redis, prefix=settings.key_prefix, retention_s=settings.retention_s, bulk_queue=bulk_queue
+        redis,
+        prefix=settings.key_prefix,
+        retention_s=settings.retention_s,
+        bulk_queue=bulk_queue,
+        on_transition=metrics.job_transition,
     )
     events = JobEventHub(redis, store.events_channel)
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="images")
@@ -79,8 +114,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         redis, prefix=settings.key_prefix, retention_s=settings.retention_s
     )
     app[JOB_STORE] = store
+    app[IDEMPOTENCY] = IdempotencyStore(redis, prefix=settings.key_prefix)
+    app[RATE_LIMITER] = RateLimiter(
+        redis, prefix=settings.key_prefix, per_minute=settings.rate_limit_per_minute
+    )
     app[EVENTS] = events
     app[QUEUE] = queue
+    app[QUEUE_STATS] = QueueStats(
+        redis, queue, prefix=settings.key_prefix, providers=app[PROVIDERS]
+    )
     app[IMAGE_EXECUTOR] = executor
     app[FETCH_SESSION] = fetch_session
     app[JOB_SERVICE] = JobService(
@@ -97,6 +139,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             prefix=settings.key_prefix,
             retention_s=settings.retention_s,
             bulk_queue=bulk_queue,
+            on_transition=metrics.job_transition,
         ),
         jobs=store,
         job_service=app[JOB_SERVICE],

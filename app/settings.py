@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -51,6 +51,10 @@ class Settings(BaseSettings):
         False, description="let outbound URLs reach private, loopback and link-local addresses"
     )
     remote_fetch_timeout_s: float = Field(20.0, gt=0, description="time to fetch one image_url")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="time a client has to send a whole request body (else 408)"
+    )
+    rate_limit_per_minute: int = Field(600, ge=1, description="requests per API key per minute")
 
     attempt_budget_s: float = Field(300.0, gt=0, description="upstream time per job attempt")
     max_wait_s: float = Field(300.0, ge=0, description="longest ?wait= long-poll")
@@ -60,7 +64,8 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(
         10.0, gt=0, description="a running job's lease, renewed by its worker"
     )
-    retention_s: int = Field(7 * 24 * 3600, ge=60)
+    retention_s: int = Field(7 * 24 * 3600, ge=1, description="job records and images live")
+    janitor_interval_s: float = Field(60.0, gt=0, description="how often expired S3 objects go")
 
     webhook_secret: SecretStr | None = Field(
         None, description="one signing secret for every key (else one per key, generated)"
@@ -78,15 +83,26 @@ class Settings(BaseSettings):
     batch_window: int = Field(
         200, ge=1, description="variants of one batch in the bulk queue at once (fair share)"
     )
-    interactive_reserve: float = Field(
-        0.1, ge=0, lt=1, description="share of each upstream's slots kept for single jobs"
+    interactive_reserve_slots: int = Field(
+        1, ge=0, description="slots of each upstream (cap >= 2) batches leave for single jobs"
     )
 
+    worker_drain_s: float = Field(
+        300.0, ge=0, description="on SIGTERM, time running jobs get to finish before hand-back"
+    )
     worker_max_jobs: int = Field(1000, ge=1)
     worker_poll_delay_s: float = Field(0.005, gt=0)
     worker_health_check_interval_s: float = Field(10.0, gt=0)
+    worker_metrics_host: str = Field("0.0.0.0", description="where a worker serves /metrics")
+    worker_metrics_port: int = Field(
+        9464, ge=0, le=65535, description="a worker's Prometheus port (0: not served)"
+    )
+    metrics_public: bool = Field(False, description="serve the API's GET /metrics without a key")
 
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] | None = Field(
+        None, description="log line format (default: json for api and worker, text for dev)"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

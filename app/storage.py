@@ -8,6 +8,7 @@ is pure computation (HMAC) and runs inline. Failures of the store surface as
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -34,15 +35,19 @@ def mask_key(job_id: str, extension: str) -> str:
     return f"inputs/{job_id}/mask.{extension}"
 
 
-def output_key(job_id: str, index: int, extension: str) -> str:
-    """Where output ``index`` of a job goes; a re-run overwrites rather than duplicates."""
-    return f"outputs/{job_id}/{index}.{extension}"
+def output_key(job_id: str, index: int, extension: str, attempt: int = 0) -> str:
+    """Where output ``index`` of a job's ``attempt`` goes: each attempt writes its own
+    keys, so a stale attempt never overwrites the outputs another one committed."""
+    return f"outputs/{job_id}/a{attempt}/{index}.{extension}"
 
 
 class ObjectStore:
     """An S3 bucket reached through boto3, with async methods that never block the loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, on_error: Callable[[str], None] | None = None
+    ) -> None:
+        self._on_error = on_error  # told the failed operation's name (metrics)
         self._bucket = settings.s3_bucket
         self._expiry_s = settings.url_expiry_s
         self._executor = ThreadPoolExecutor(
@@ -82,6 +87,8 @@ class ObjectStore:
         try:
             return await loop.run_in_executor(self._executor, partial(func, **kwargs))
         except (BotoCoreError, ClientError) as exc:
+            if self._on_error is not None:
+                self._on_error(getattr(func, "__name__", "unknown").lstrip("_"))
             raise ServiceUnavailable(f"object storage failed: {exc}", retry_after=5) from exc
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
@@ -114,6 +121,27 @@ class ObjectStore:
             Key=target_key,
             CopySource={"Bucket": self._bucket, "Key": source_key},
         )
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``."""
+        return list(await self._run(self._list_sync, prefix=prefix))
+
+    def _list_sync(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete these objects (in requests of at most 1000 keys)."""
+        for start in range(0, len(keys), 1000):
+            objects: list[ObjectIdentifierTypeDef] = [
+                {"Key": key} for key in keys[start : start + 1000]
+            ]
+            await self._run(
+                self._client.delete_objects, Bucket=self._bucket, Delete={"Objects": objects}
+            )
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object whose key starts with ``prefix``; returns how many."""

@@ -6,24 +6,28 @@
 concurrently, through the SSRF guard (``app.url_guard``). Both end as one
 ``Submission``: validated parameters and decoded, checked images. Sizes are enforced
 while reading, so an oversized body or remote image is refused before it is held in
-memory.
+memory, and the whole body must arrive within ``body_read_timeout_s`` (else 408), so a
+stalled or slow-loris upload cannot hold a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Executor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import aiohttp
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
+from app.concurrency import gather_or_cancel
 from app.edit_request import EditParams, parse_edit_params
-from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from app.images import CheckedImage, check_image, check_mask, decode_data_url
 from app.settings import Settings
 from app.url_guard import check_url, fetch_bounded
@@ -76,11 +80,13 @@ async def read_raw(
             f"{settings.max_body_bytes}"
         )
     if request.content_type == "multipart/form-data":
-        raw = await _read_multipart(request, settings)
+        async with body_deadline(settings):
+            raw = await _read_multipart(request, settings)
     elif request.content_type == "application/json":
         raw = await _read_json(request, settings, fetch_session)
     elif request.content_type == "application/x-www-form-urlencoded":
-        form = await request.post()  # fields only: files need multipart
+        async with body_deadline(settings):
+            form = await request.post()  # fields only: files need multipart
         raw = RawRequest(
             fields={k: v for k, v in form.items() if isinstance(v, str)}, images=[], mask=None
         )
@@ -90,6 +96,20 @@ async def read_raw(
             "send multipart/form-data or application/json"
         )
     return raw
+
+
+@asynccontextmanager
+async def body_deadline(settings: Settings) -> AsyncIterator[None]:
+    """Reading a request body inside must end within ``body_read_timeout_s``;
+    RequestTimeout (408) otherwise, InvalidRequest if the client hangs up mid-body."""
+    seconds = settings.body_read_timeout_s
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
+    except ConnectionError:  # not the job store's: the client left before its body ended
+        raise InvalidRequest("the connection closed before the whole body arrived") from None
 
 
 async def check_inputs(
@@ -128,7 +148,7 @@ async def _read_multipart(request: web.Request, settings: Settings) -> RawReques
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("nested multipart bodies are not accepted")
             await _read_part(part, raw, settings, budget)
-    except ValueError as exc:  # aiohttp's multipart parser reports bad framing this way
+    except (ValueError, BadHttpMessage) as exc:  # bad framing, or a part's bad headers
         raise InvalidRequest(f"malformed multipart body: {exc}") from None
     return raw
 
@@ -188,7 +208,8 @@ async def _read_json(
 
 async def read_json_object(request: web.Request, settings: Settings) -> dict[str, Any]:
     """The request body as a JSON object, size-limited; InvalidRequest otherwise."""
-    body = await _read_body(request, settings.max_body_bytes)
+    async with body_deadline(settings):
+        body = await _read_body(request, settings.max_body_bytes)
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -225,7 +246,7 @@ async def document_images(
     references = [_image_reference(item, f"{prefix}images[{i}]") for i, item in enumerate(images)]
     if mask is not None:
         references.append(_image_reference(mask, f"{prefix}mask"))
-    loaded = await _gather_or_cancel(
+    loaded = await gather_or_cancel(
         [_load_image(param, url, settings, fetch_session) for param, url in references]
     )
     if mask is not None:
@@ -283,17 +304,3 @@ async def _load_image(
             param=param,
         )
     return param, decode_data_url(url, param=param, max_bytes=settings.max_image_bytes)
-
-
-async def _gather_or_cancel(
-    loads: list[Awaitable[tuple[str, bytes]]],
-) -> list[tuple[str, bytes]]:
-    """Run ``loads`` concurrently; the first failure cancels the rest and is raised."""
-    tasks = [asyncio.ensure_future(load) for load in loads]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

@@ -73,6 +73,7 @@ async def settings(redis_url: str, s3_endpoint: str) -> AsyncIterator[Settings]:
         s3_secret_access_key=SecretStr(DEV_S3_SECRET_KEY),
         api_keys=tuple(SecretStr(key) for key in API_KEYS),
         retention_s=3600,
+        worker_metrics_port=0,  # tests run side by side: no worker may claim a fixed port
     )
     storage = ObjectStore(settings)
     await storage.ensure_bucket()

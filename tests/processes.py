@@ -62,10 +62,21 @@ class WorkerProcess:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait()
 
+    def send(self, signum: signal.Signals) -> None:
+        """Send ``signum`` (SIGTERM to drain, SIGSTOP/SIGCONT to pause) without waiting."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signum)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended, else None."""
+        return None if self._process is None else self._process.poll()
+
     def stop(self, timeout_s: float = 15) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
+        """SIGTERM (after SIGCONT, in case it was paused), then SIGKILL if it lingers."""
         if self._process is None or self._process.poll() is not None:
             return
+        self._process.send_signal(signal.SIGCONT)
         self._process.terminate()
         try:
             self._process.wait(timeout_s)

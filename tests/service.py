@@ -47,10 +47,10 @@ class RunningService:
         self._worker = LaneWorkers(self.settings, self.providers)
         await self._worker.start()
 
-    async def stop_worker(self) -> None:
-        """Stop the worker (its running jobs are handed back)."""
+    async def stop_worker(self, drain_s: float = 0) -> None:
+        """Stop the worker; jobs still running after ``drain_s`` are handed back."""
         if self._worker is not None:
-            await self._worker.stop()
+            await self._worker.stop(drain_s)
             self._worker = None
 
     async def stop(self) -> None:

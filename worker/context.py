@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from app.batch_store import BatchStore
 from app.job_events import JobEventHub
 from app.job_store import JobStore
+from app.metrics import Metrics
 from app.providers_config import ProvidersConfig
 from app.queue import deserialize, lane_queue, serialize
 from app.settings import Settings
@@ -21,7 +22,9 @@ from app.storage import ObjectStore
 from app.url_guard import guarded_session
 from app.webhook_store import WebhookStore
 from worker.cancellations import CancellationWatcher
+from worker.janitor import RetentionJanitor
 from worker.leases import LeaseKeeper
+from worker.metrics_server import MetricsServer
 from worker.providers.base import Upstream
 from worker.providers.registry import build_upstreams
 from worker.result_cache import ResultCache
@@ -49,10 +52,13 @@ class WorkerContext:
     webhooks: WebhookStore
     batches: BatchStore
     dispatcher: WebhookDispatcher
+    janitor: RetentionJanitor
     webhook_http: aiohttp.ClientSession
     http: aiohttp.ClientSession
     upstreams: dict[str, Upstream]
     executor: ThreadPoolExecutor
+    metrics: Metrics
+    metrics_server: MetricsServer
 
     def upstream(self, name: str) -> Upstream:
         """The adapter of upstream ``name``."""
@@ -63,6 +69,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Connect to everything and start the background loops (before any lane polls)."""
     settings: Settings = ctx["settings"]
     providers: ProvidersConfig = ctx["providers"]
+    metrics = Metrics()
     redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
     arq = await create_pool(
         RedisSettings.from_dsn(settings.redis_url),
@@ -75,6 +82,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         prefix=settings.key_prefix,
         retention_s=settings.retention_s,
         bulk_queue=lane_queue(settings.queue_name, bulk=True),
+        on_transition=metrics.job_transition,
     )
     events = JobEventHub(redis, store.events_channel)
     cancellations = CancellationWatcher(events)
@@ -101,13 +109,26 @@ async def startup(ctx: dict[str, Any]) -> None:
     webhook_http = guarded_session(
         allow_private=settings.allow_private_urls, timeout_s=settings.webhook_timeout_s
     )
+    metrics_server = MetricsServer(
+        metrics,
+        gate,
+        providers.upstreams,
+        host=settings.worker_metrics_host,
+        port=settings.worker_metrics_port,
+    )
+    await metrics_server.start()
+    storage = ObjectStore(settings)
+    janitor = RetentionJanitor(
+        redis, storage, prefix=settings.key_prefix, interval_s=settings.janitor_interval_s
+    )
+    janitor.start()
     ctx[CONTEXT_KEY] = WorkerContext(
         settings=settings,
         providers=providers,
         redis=redis,
         arq=arq,
         store=store,
-        storage=ObjectStore(settings),
+        storage=ObjectStore(settings, on_error=metrics.s3_error),
         events=events,
         cancellations=cancellations,
         leases=leases,
@@ -121,10 +142,13 @@ async def startup(ctx: dict[str, Any]) -> None:
             bulk_queue=lane_queue(settings.queue_name, bulk=True),
         ),
         dispatcher=dispatcher,
+        janitor=janitor,
         webhook_http=webhook_http,
         http=http,
         upstreams=build_upstreams(providers, http, executor),
         executor=executor,
+        metrics=metrics,
+        metrics_server=metrics_server,
     )
 
 
@@ -133,8 +157,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     context: WorkerContext | None = ctx.pop(CONTEXT_KEY, None)
     if context is None:
         return
+    await context.metrics_server.stop()
     await context.leases.stop()
     await context.dispatcher.stop()
+    await context.janitor.stop()
     await context.events.stop()
     await context.webhook_http.close()
     for upstream in context.upstreams.values():

@@ -4,14 +4,16 @@ through ``upstream_calls``), convert and store each output."""
 from __future__ import annotations
 
 import asyncio
-import math
+import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from app.concurrency import gather_or_cancel
+from app.errors import ServiceUnavailable
 from app.jobs import Attempt, Job, JobInputs, JobOutcome, StoredImage, Usage
 from app.storage import ObjectStore, output_key
 from worker.context import WorkerContext
@@ -21,6 +23,10 @@ from worker.providers.base import EditCall, InputImage
 from worker.upstream_calls import OutputCalls, call_with_routing
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# How long an object-store outage is waited out, past the upstream budget for outputs.
+STORE_RETRY_S = 55.0
+STORE_RETRY_MAX_DELAY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -34,15 +40,15 @@ def slot_needs(
 ) -> dict[str, tuple[int, int]]:
     """Slots a job needs per upstream of its first choices: (min(calls, cap), cap).
 
-    Bulk work (batch variants) sees each cap less the share kept for single jobs, so
-    a draining batch never takes the last slots an interactive job would wait for.
+    Bulk work (batch variants) sees each cap less the slots kept for single jobs, so
+    a draining batch never takes the last slot an interactive job would wait for.
     """
     counts = Counter(context.providers.edit_model(plan[0]).upstream for plan in plans)
     needs = {}
     for name, count in counts.items():
         cap = context.providers.upstream(name).max_concurrency
         if bulk:
-            cap = max(1, cap - math.ceil(cap * context.settings.interactive_reserve))
+            cap = max(1, cap - context.settings.interactive_reserve_slots)
         needs[name] = (min(count, cap), cap)
     return needs
 
@@ -62,7 +68,11 @@ async def execute_run(
     upstream take turns on the slots the job was admitted with.
     """
     request = job.spec.request
-    images, mask = await _load_inputs(context.storage, job.spec.inputs)
+    images, mask = await with_storage_retries(
+        lambda: _load_inputs(context.storage, job.spec.inputs),
+        until=asyncio.get_running_loop().time() + STORE_RETRY_S,
+        what=f"loading the inputs of {job.id}",
+    )
     base = EditCall(
         model="",
         prompt=request.prompt,
@@ -85,9 +95,15 @@ async def execute_run(
         calls = OutputCalls(context, job, index, plan, deadline, lease, attempts, rng)
         async with turns[context.providers.edit_model(plan[0]).upstream]:
             result = await call_with_routing(calls, base)
-        return await _store_output(context, job, index, result.image, result.usage)
+        # The upstream's bytes stay in memory until stored: an object-store outage is
+        # retried here and never costs a second upstream call.
+        return await with_storage_retries(
+            lambda: _store_output(context, job, index, result.image, result.usage),
+            until=deadline + STORE_RETRY_S,
+            what=f"storing output {index} of {job.id}",
+        )
 
-    outputs = await all_or_cancel([produce(index) for index in range(request.n)])
+    outputs = await gather_or_cancel([produce(index) for index in range(request.n)])
     usage = Usage()
     for output in outputs:
         if output.usage is not None:
@@ -103,16 +119,25 @@ async def execute_run(
     )
 
 
-async def all_or_cancel(awaitables: list[Awaitable[T]]) -> list[T]:
-    """Run all concurrently; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+async def with_storage_retries(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    until: float,
+    what: str,
+    retry_on: tuple[type[Exception], ...] = (ServiceUnavailable,),
+) -> T:
+    """Run ``operation``, retrying with backoff while object storage (or whatever raises
+    ``retry_on``) is unavailable, until loop time ``until``; then the last error is raised."""
+    loop, delay = asyncio.get_running_loop(), 0.25
+    while True:
+        try:
+            return await operation()
+        except retry_on as exc:
+            if loop.time() + delay > until:
+                raise
+            log.warning("%s failed (%s); retrying in %.2f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
 
 
 async def _load_inputs(
@@ -141,7 +166,7 @@ async def _store_output(
         request.output_compression,
         request.background,
     )
-    key = output_key(job.id, index, request.output_format)
+    key = output_key(job.id, index, request.output_format, job.attempt)
     await context.storage.put(key, converted.data, converted.content_type)
     stored = StoredImage(
         key=key,

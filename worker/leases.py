@@ -81,6 +81,12 @@ class LeaseKeeper:
             self._held.pop(arq_job_id, None)
             await asyncio.shield(self.release_slots(lease))
 
+    async def cover(self, arq_job_id: str) -> None:
+        """Cut arq's in-progress guard (``job_timeout + 10`` s) to one lease the moment a
+        job starts: a worker killed before the job is leased then strands it for
+        seconds, not minutes."""
+        await self._pool.pexpire(in_progress_key_prefix + arq_job_id, self._lease_ms)
+
     async def release_slots(self, lease: Lease) -> None:
         """Give back every slot of ``lease`` (waking waiters)."""
         grants, lease.slots = lease.slots, []
@@ -99,9 +105,13 @@ class LeaseKeeper:
 
     async def _extend(self, leases: list[Lease]) -> None:
         deadline = _now_ms() + self._lease_ms
+        by_queue: dict[str, dict[str, int]] = {}
+        for lease in leases:
+            by_queue.setdefault(lease.queue_name, {})[lease.arq_job_id] = deadline
         async with self._pool.pipeline(transaction=False) as pipe:
+            for queue_name, scores in by_queue.items():  # one ZADD per queue, not per job
+                pipe.zadd(queue_name, scores, xx=True)
             for lease in leases:
-                pipe.zadd(lease.queue_name, {lease.arq_job_id: deadline}, xx=True)
                 pipe.pexpire(in_progress_key_prefix + lease.arq_job_id, self._lease_ms)
             await pipe.execute()
 

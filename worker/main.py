@@ -8,29 +8,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
 from arq.connections import RedisSettings
 from arq.worker import async_check_health
 
+from app.logs import configure_logging
 from app.providers_config import ProvidersConfig, ProvidersFileError, load_providers
 from app.settings import Settings
 from worker.lanes import LaneWorkers
 from worker.settings import health_check_key
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the worker until SIGINT/SIGTERM; returns the exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's command line (``python -m worker`` and ``editq worker``)."""
     parser = argparse.ArgumentParser(prog="editq worker", description=__doc__)
     parser.add_argument("--check", action="store_true", help="probe a running worker's health")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker until SIGINT/SIGTERM; returns the exit code."""
+    args = build_parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings)
     if args.check:
         return asyncio.run(
             async_check_health(

@@ -22,7 +22,7 @@ from worker.tasks import run_edit
 from worker.webhook_delivery import deliver_webhook
 from worker.webhook_dispatcher import DELIVER_TASK
 
-STORE_MARGIN_S = 60
+STORE_MARGIN_S = 90  # output stores may retry for 55 s past the upstream budget
 # Runs are re-delivered after crashes, shutdowns and slot waits; editq's records decide
 # whether a run is still current, so arq's try counter must not end a job first.
 MAX_DELIVERIES = 1_000_000_000

@@ -112,6 +112,7 @@ async def _call_once(
     started_at, began = time.time(), time.monotonic()
 
     def record(status: int | None, error_code: str | None) -> None:
+        context.metrics.upstream_call(upstream.name, status, error_code, time.monotonic() - began)
         calls.attempts.append(
             Attempt(
                 run=calls.job.run,

@@ -3,9 +3,10 @@ rate, and a cool-down after a 429.
 
 Slots: ``P:upstream:{name}:slots`` is a sorted set of slot tokens scored by lease
 expiry (ms). A job is *admitted* only when all the slots it needs are free; if not,
-its ticket (``queue|arq_job_id``, scored by enqueue time) goes into
-``P:upstream:{name}:waiting`` and the job goes back to the queue, deferred, holding
-no worker slot. Releasing slots wakes as many waiters as slots came free by moving
+its ticket (``queue|arq_job_id``, scored by its rank: see ``worker.tasks.waiter_rank``)
+goes into ``P:upstream:{name}:waiting`` and the job goes back to the queue, parked,
+holding no worker slot. Nobody jumps the queue: a free slot is not taken by a ticket
+ranked after a waiter. Releasing slots wakes as many waiters as slots came free by moving
 their arq jobs to the front of their queue: no one polls. Tokens are renewed with
 the job's lease; a crashed worker's tokens expire within one lease and the reaper
 (every worker, every third of a lease) frees them and wakes waiters.
@@ -31,7 +32,13 @@ for i = 1, k do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
 for i = 1, k do
   local need = tonumber(ARGV[5 + 2 * i])
   local cap = tonumber(ARGV[6 + 2 * i])
-  if redis.call('ZCARD', KEYS[i]) + need > cap then
+  local full = redis.call('ZCARD', KEYS[i]) + need > cap
+  if not full and ARGV[3] ~= '' then
+    -- no queue jumping: a waiter ranked before this ticket goes first
+    local first = redis.call('ZRANGE', KEYS[k + i], 0, 0, 'WITHSCORES')
+    full = first[1] ~= nil and first[1] ~= ARGV[3] and tonumber(first[2]) < tonumber(ARGV[4])
+  end
+  if full then
     if ARGV[3] ~= '' then
       redis.call('ZADD', KEYS[k + i], 'NX', ARGV[4], ARGV[3])
       if tonumber(ARGV[6]) > 0 then
@@ -84,6 +91,12 @@ end
 return earliest - now
 """
 
+ADVANCE_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 COOL_DOWN_SCRIPT = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then
@@ -113,6 +126,7 @@ class UpstreamGate:
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._permit = redis.register_script(PERMIT_SCRIPT)
         self._cool_down = redis.register_script(COOL_DOWN_SCRIPT)
+        self._advance = redis.register_script(ADVANCE_SCRIPT)
 
     def _key(self, upstream: str, part: str) -> str:
         return f"{self._prefix}:upstream:{upstream}:{part}"
@@ -177,9 +191,12 @@ class UpstreamGate:
         if not grants:
             return
         expiry = _now_ms() + self._lease_ms
+        by_key: dict[str, dict[str, int]] = {}
+        for grant in grants:
+            by_key.setdefault(grant.key, {}).update(dict.fromkeys(grant.tokens, expiry))
         async with self._redis.pipeline(transaction=False) as pipe:
-            for grant in grants:
-                pipe.zadd(grant.key, dict.fromkeys(grant.tokens, expiry), xx=True)
+            for key, scores in by_key.items():  # one ZADD per upstream, not per job
+                pipe.zadd(key, scores, xx=True)
             await pipe.execute()
 
     async def held(self, upstream: str) -> int:
@@ -197,6 +214,10 @@ class UpstreamGate:
         keys = [self._key(upstream, "cooldown"), self._key(upstream, "rate")]
         wait_ms = await self._permit(keys=keys, args=[_now_ms(), int(interval), int(burst)])
         return max(0.0, int(wait_ms) / 1000)
+
+    async def advance_clock(self, rank: float) -> None:
+        """Move the bulk lane's fair-share clock up to ``rank`` (never back)."""
+        await self._advance(keys=[f"{self._prefix}:bulk:clock"], args=[rank])
 
     async def cool_down(self, upstream: str, seconds: float) -> None:
         """Make every worker hold calls to ``upstream`` for ``seconds`` (after a 429)."""

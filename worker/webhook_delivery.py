@@ -165,4 +165,5 @@ async def _settle(
         outcome=outcome,
     )
     await asyncio.shield(context.webhooks.record(event, attempt, next_due))
+    context.metrics.webhook_deliveries.labels(outcome).inc()
     log.info("webhook %s attempt %d: %s (%s)", event.id, attempt_no, outcome, status)

@@ -6,16 +6,39 @@ import json
 
 from aiohttp import web
 
+from app.api_schema import (
+    BatchForm,
+    BatchJsonRequest,
+    BatchList,
+    BatchObject,
+    BatchResultLine,
+    IdempotencyHeaders,
+    JobList,
+    JobPageQuery,
+    PageQuery,
+    WaitQuery,
+)
 from app.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
 from app.batch_submissions import read_batch_submission
 from app.handlers.jobs import MAX_PAGE, float_query
 from app.job_service import parse_status
 from app.job_views import render_job
 from app.jobs import Job
-from app.middleware import TENANT
+from app.list_pages import list_page
+from app.middleware import REQUEST_ID, TENANT
+from app.openapi import Reply, operation
 from app.storage import ObjectStore
 
 
+@operation(
+    "Submit a batch",
+    tags=("batches",),
+    headers=IdempotencyHeaders,
+    json_body=BatchJsonRequest,
+    form_body=BatchForm,
+    replies={202: Reply(BatchObject, headers=("Location",))},
+    errors=(400, 408, 409, 413, 415, 422, 503),
+)
 async def submit_batch(request: web.Request) -> web.Response:
     """POST /v1/batches: shared defaults plus variants (or n copies); 202 with the batch."""
     app = request.app
@@ -28,6 +51,13 @@ async def submit_batch(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "Read a batch",
+    tags=("batches",),
+    query=WaitQuery,
+    replies={200: BatchObject},
+    errors=(400, 404, 503),
+)
 async def get_batch(request: web.Request) -> web.Response:
     """GET /v1/batches/{id}[?wait=N]: the batch, after waiting up to N s for it to finish."""
     app = request.app
@@ -37,6 +67,9 @@ async def get_batch(request: web.Request) -> web.Response:
     return web.json_response(batch.public())
 
 
+@operation(
+    "List batches", tags=("batches",), query=PageQuery, replies={200: BatchList}, errors=(400, 503)
+)
 async def list_batches(request: web.Request) -> web.Response:
     """GET /v1/batches?limit=&after=: the caller's batches, newest first."""
     limit = int(float_query(request, "limit", 20, 1, MAX_PAGE))
@@ -44,17 +77,16 @@ async def list_batches(request: web.Request) -> web.Response:
         request[TENANT], limit=limit, after=request.query.get("after") or None
     )
     data = [batch.public() for batch in batches]
-    return web.json_response(
-        {
-            "object": "list",
-            "data": data,
-            "has_more": more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
-    )
+    return web.json_response(list_page(data, has_more=more))
 
 
+@operation(
+    "A batch's jobs",
+    tags=("batches",),
+    query=JobPageQuery,
+    replies={200: JobList},
+    errors=(400, 404, 503),
+)
 async def batch_jobs(request: web.Request) -> web.Response:
     """GET /v1/batches/{id}/jobs?status=&limit=&after=: the variants' jobs, in order."""
     app = request.app
@@ -67,24 +99,24 @@ async def batch_jobs(request: web.Request) -> web.Response:
         after=request.query.get("after") or None,
     )
     data = [await render_job(job, app[STORAGE]) for job in jobs]
-    return web.json_response(
-        {
-            "object": "list",
-            "data": data,
-            "has_more": more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
-    )
+    return web.json_response(list_page(data, has_more=more))
 
 
+@operation(
+    "A batch's results",
+    tags=("batches",),
+    replies={200: Reply(BatchResultLine, media_type="application/jsonl")},
+    errors=(404, 503),
+)
 async def batch_results(request: web.Request) -> web.StreamResponse:
     """GET /v1/batches/{id}/results: JSON Lines, one per variant in order (index, job id,
     status, output URLs or error)."""
     app = request.app
     service = app[BATCH_SERVICE]
     batch = await service.get(request.match_info["batch_id"], request[TENANT])
-    response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/jsonl", "x-request-id": request[REQUEST_ID]}
+    )
     await response.prepare(request)
     index = 0
     async for job in service.all_jobs(batch):
@@ -107,6 +139,7 @@ def _result_line(index: int, job: Job | None, storage: ObjectStore) -> dict[str,
     return line
 
 
+@operation("Cancel a batch", tags=("batches",), replies={200: BatchObject}, errors=(404, 409, 503))
 async def cancel_batch(request: web.Request) -> web.Response:
     """POST /v1/batches/{id}/cancel: cancel every variant not yet finished."""
     batch = await request.app[BATCH_SERVICE].cancel(request.match_info["batch_id"], request[TENANT])

@@ -7,17 +7,25 @@ import asyncio
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from app.api_schema import Health, NotReadyBody, Readiness
 from app.app_keys import JOB_STORE, STORAGE
 from app.errors import EditqError, ServiceUnavailable
+from app.openapi import Reply, operation
 
 PROBE_TIMEOUT_S = 2.0
 
 
+@operation("Liveness", tags=("health",), replies={200: Health})
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the process is up."""
     return web.json_response({"status": "ok"})
 
 
+@operation(
+    "Readiness",
+    tags=("health",),
+    replies={200: Readiness, 503: Reply(NotReadyBody, headers=("Retry-After",))},
+)
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: Redis and object storage answer; 503 naming what does not."""
     checks: dict[str, str] = {}

@@ -20,11 +20,14 @@ import dataclasses
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from app.api_schema import EditForm, EditJsonRequest, IdempotencyHeaders, ImagesResponse
 from app.app_keys import FETCH_SESSION, IMAGE_EXECUTOR, JOB_SERVICE, SETTINGS, STORAGE
 from app.errors import Conflict, EditqError, ServiceUnavailable, SyncWaitExceeded
+from app.idempotency import SYNC_JOB
 from app.job_views import render_job
 from app.jobs import JobError, JobStatus
 from app.middleware import REQUEST_ID, TENANT, error_response
+from app.openapi import Reply, operation
 from app.submissions import Submission, read_submission
 
 JOB_ID_HEADER = "x-job-id"
@@ -43,9 +46,37 @@ FAILED_JOB_STATUS: dict[str, int] = {
 """The HTTP status a failed job's error code is answered with (else by its type)."""
 
 
+@operation(
+    "Edit an image synchronously",
+    tags=("images",),
+    headers=IdempotencyHeaders,
+    json_body=EditJsonRequest,
+    form_body=EditForm,
+    replies={200: Reply(ImagesResponse, headers=(JOB_ID_HEADER,))},
+    errors={400, 408, 409, 413, 415, 422, 500, 502, 503, 504, *FAILED_JOB_STATUS.values()},
+)
 async def edit_image(request: web.Request) -> web.Response:
     """POST /v1/images/edits, /v2/router/images/edits: edit synchronously (a queued job
-    waited for); 200 with the OpenAI images response and ``x-job-id``."""
+    waited for); 200 with the OpenAI images response and ``x-job-id``. A retry with the
+    same ``Idempotency-Key`` (``SYNC_JOB`` set) answers from the first request's job."""
+    job_id = request.get(SYNC_JOB) or await _accept(request)
+    try:
+        response = await _finished_job_response(request, job_id)
+    except EditqError as exc:
+        response = error_response(exc, request[REQUEST_ID])
+    except (RedisError, ConnectionError):
+        unavailable = ServiceUnavailable(
+            f"the job store is unavailable; job {job_id} was accepted: read it later at "
+            f"GET /v1/jobs/{job_id}",
+            retry_after=5,
+        )
+        response = error_response(unavailable, request[REQUEST_ID])
+    response.headers[JOB_ID_HEADER] = job_id
+    return response
+
+
+async def _accept(request: web.Request) -> str:
+    """Read, check and accept the request's edit; the new job's id (also as ``SYNC_JOB``)."""
     app = request.app
     submission = await read_submission(
         request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
@@ -54,19 +85,8 @@ async def edit_image(request: web.Request) -> web.Response:
     job = await asyncio.shield(
         app[JOB_SERVICE].accept(with_sync_defaults(submission), request[TENANT])
     )
-    try:
-        response = await _finished_job_response(request, job.id)
-    except EditqError as exc:
-        response = error_response(exc, request[REQUEST_ID])
-    except (RedisError, ConnectionError):
-        unavailable = ServiceUnavailable(
-            f"the job store is unavailable; job {job.id} was accepted: read it later at "
-            f"GET /v1/jobs/{job.id}",
-            retry_after=5,
-        )
-        response = error_response(unavailable, request[REQUEST_ID])
-    response.headers[JOB_ID_HEADER] = job.id
-    return response
+    request[SYNC_JOB] = job.id
+    return job.id
 
 
 def with_sync_defaults(submission: Submission) -> Submission:

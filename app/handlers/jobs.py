@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.api_schema import (
+    EditForm,
+    EditJsonRequest,
+    IdempotencyHeaders,
+    JobList,
+    JobObject,
+    JobPageQuery,
+    WaitQuery,
+)
 from app.app_keys import (
     BATCH_SERVICE,
     FETCH_SESSION,
@@ -15,7 +24,9 @@ from app.app_keys import (
 from app.errors import InvalidRequest
 from app.job_service import parse_status
 from app.job_views import render_job
+from app.list_pages import list_page
 from app.middleware import TENANT
+from app.openapi import Reply, operation
 from app.submissions import read_submission
 
 MAX_PAGE = 100
@@ -34,6 +45,15 @@ def float_query(request: web.Request, name: str, default: float, low: float, hig
     return value
 
 
+@operation(
+    "Submit an edit job",
+    tags=("jobs",),
+    headers=IdempotencyHeaders,
+    json_body=EditJsonRequest,
+    form_body=EditForm,
+    replies={202: Reply(JobObject, headers=("Location",))},
+    errors=(400, 408, 409, 413, 415, 422, 503),
+)
 async def submit_job(request: web.Request) -> web.Response:
     """POST /v1/jobs: validate, store the inputs, enqueue; 202 with the job."""
     app = request.app
@@ -45,6 +65,13 @@ async def submit_job(request: web.Request) -> web.Response:
     return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
+@operation(
+    "Read a job",
+    tags=("jobs",),
+    query=WaitQuery,
+    replies={200: JobObject},
+    errors=(400, 404, 503),
+)
 async def get_job(request: web.Request) -> web.Response:
     """GET /v1/jobs/{id}[?wait=N]: the job, after waiting up to N s for it to finish."""
     app = request.app
@@ -59,6 +86,13 @@ async def get_job(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "List jobs",
+    tags=("jobs",),
+    query=JobPageQuery,
+    replies={200: JobList},
+    errors=(400, 503),
+)
 async def list_jobs(request: web.Request) -> web.Response:
     """GET /v1/jobs?status=&limit=&after=: the caller's jobs, newest first."""
     app = request.app
@@ -70,23 +104,22 @@ async def list_jobs(request: web.Request) -> web.Response:
         after=request.query.get("after") or None,
     )
     data = [await render_job(job, app[STORAGE]) for job in page.jobs]
-    return web.json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": page.last_id,
-            "has_more": page.has_more,
-        }
-    )
+    return web.json_response(list_page(data, has_more=page.has_more, last_id=page.last_id))
 
 
+@operation("Cancel a job", tags=("jobs",), replies={200: JobObject}, errors=(404, 409, 503))
 async def cancel_job(request: web.Request) -> web.Response:
     """POST /v1/jobs/{id}/cancel."""
     job = await request.app[JOB_SERVICE].cancel(request.match_info["job_id"], request[TENANT])
     return web.json_response(await render_job(job, request.app[STORAGE]))
 
 
+@operation(
+    "Retry a job",
+    tags=("jobs",),
+    replies={202: Reply(JobObject, headers=("Location",))},
+    errors=(404, 409, 503),
+)
 async def retry_job(request: web.Request) -> web.Response:
     """POST /v1/jobs/{id}/retry: a failed or canceled job runs again under the same id."""
     job = await request.app[JOB_SERVICE].retry(request.match_info["job_id"], request[TENANT])

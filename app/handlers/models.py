@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.api_schema import ModelList
 from app.app_keys import PROVIDERS
+from app.openapi import operation
 
 
+@operation("List models", tags=("models",), replies={200: ModelList})
 async def list_models(request: web.Request) -> web.Response:
     """The models of the providers file, in the OpenAI list shape."""
     providers = request.app[PROVIDERS]

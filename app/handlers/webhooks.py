@@ -6,12 +6,17 @@ import json
 
 from aiohttp import web
 
+from app.api_schema import Deliveries, DeliveryEvent, RedeliverRequest, WebhookSecret
 from app.app_keys import JOB_SERVICE, JOB_STORE, SETTINGS, WEBHOOKS
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.middleware import TENANT
+from app.openapi import operation
 from app.webhook_store import WebhookEvent
 
 
+@operation(
+    "Webhook signing secret", tags=("webhooks",), replies={200: WebhookSecret}, errors=(503,)
+)
 async def webhook_secret(request: web.Request) -> web.Response:
     """GET /v1/webhooks/secret: the secret (whsec_...) this key's webhooks are signed with."""
     configured = request.app[SETTINGS].webhook_secret
@@ -23,6 +28,9 @@ async def webhook_secret(request: web.Request) -> web.Response:
     return web.json_response({"object": "webhook.secret", "secret": secret})
 
 
+@operation(
+    "A job's webhook deliveries", tags=("webhooks",), replies={200: Deliveries}, errors=(404, 503)
+)
 async def list_deliveries(request: web.Request) -> web.Response:
     """GET /v1/jobs/{id}/deliveries: the job's events and every delivery attempt."""
     job = await request.app[JOB_SERVICE].get(request.match_info["job_id"], request[TENANT])
@@ -41,6 +49,14 @@ async def list_deliveries(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    "Redeliver a webhook event",
+    tags=("webhooks",),
+    json_body=RedeliverRequest,
+    body_required=False,
+    replies={202: DeliveryEvent},
+    errors=(400, 404, 409, 503),
+)
 async def redeliver(request: web.Request) -> web.Response:
     """POST /v1/jobs/{id}/deliveries/redeliver [{"event_id"}]: send an event again now
     (the latest one by default), as a fresh series of attempts with the same id."""

@@ -159,9 +159,25 @@ async def test_sources_narrow_the_table(store: JobStore) -> None:
     assert stored is not None
     assert (stored.status, stored.run) == (RUNNING, 1)
     # Sources outside the table never widen it.
-    assert not (await store.transition(job.id, RUNNING, sources=[RUNNING])).applied
+    assert not (await store.transition(job.id, SUCCEEDED, sources=[QUEUED])).applied
     requeued = await store.transition(job.id, QUEUED, next_run=True)
     assert (requeued.outcome, requeued.run) == ("applied", 2)
+
+
+async def test_a_take_over_fences_the_earlier_attempt(store: JobStore) -> None:
+    job = await store.create(spec())
+    first = await store.transition(job.id, RUNNING, expect_run=1, next_attempt=True)
+    assert (first.applied, first.attempt) == (True, 1)
+    second = await store.transition(
+        job.id, RUNNING, expect_run=1, sources=[QUEUED, RUNNING], next_attempt=True
+    )
+    assert (second.applied, second.previous, second.attempt) == (True, RUNNING, 2)
+    stale = await store.transition(job.id, SUCCEEDED, expect_run=1, expect_attempt=1)
+    assert stale.outcome == "stale"
+    current = await store.transition(job.id, SUCCEEDED, expect_run=1, expect_attempt=2)
+    assert current.applied
+    late = await store.transition(job.id, FAILED, expect_run=1, expect_attempt=2)
+    assert late.outcome == "refused"  # terminal stays terminal
 
 
 async def test_fields_set_and_deleted(store: JobStore, redis: Redis) -> None:

@@ -40,7 +40,7 @@ def test_terminal_states() -> None:
 def test_transition_table() -> None:
     assert {
         QUEUED: {RUNNING, CANCELED},
-        RUNNING: {SUCCEEDED, FAILED, CANCELED, QUEUED},
+        RUNNING: {SUCCEEDED, FAILED, CANCELED, QUEUED, RUNNING},  # RUNNING: a take-over
         SUCCEEDED: set(),
         FAILED: {QUEUED},
         CANCELED: {QUEUED},
@@ -63,7 +63,7 @@ def test_retry_edges(status: JobStatus) -> None:
     ("target", "sources"),
     [
         (QUEUED, {RUNNING, FAILED, CANCELED}),
-        (RUNNING, {QUEUED}),
+        (RUNNING, {QUEUED, RUNNING}),
         (SUCCEEDED, {RUNNING}),
         (FAILED, {RUNNING}),
         (CANCELED, {QUEUED, RUNNING}),

@@ -227,6 +227,7 @@ class FakeUpstream:
         finally:
             self.in_flight -= 1
         record.status = response.status
+        record.answered_at = time.monotonic()
         return response
 
     async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:

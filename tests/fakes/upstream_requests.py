@@ -38,7 +38,8 @@ class Upload:
 class RecordedRequest:
     """One edit request as the fake saw it; filled in as far as it could be read.
 
-    ``received_at`` is ``time.monotonic()``; ``path`` is the URL path it was sent to
+    ``received_at`` and ``answered_at`` (once its answer is built, about to be sent)
+    are ``time.monotonic()``; ``path`` is the URL path it was sent to
     (``/v1/images/edits`` or orq's ``/v2/router/images/edits``); ``status`` is what the
     fake answered (None while in flight, or when it never answered); ``error`` says why
     it refused.
@@ -52,6 +53,7 @@ class RecordedRequest:
     uploads: list[Upload] = field(default_factory=list)
     status: int | None = None
     error: str | None = None
+    answered_at: float | None = None
 
     @property
     def model(self) -> str | None:

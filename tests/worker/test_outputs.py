@@ -96,6 +96,23 @@ def test_png_compression_sets_the_zlib_level() -> None:
     assert decoded(stored).tobytes() == decoded(packed).tobytes()
 
 
+def test_an_image_already_as_asked_is_kept_byte_for_byte() -> None:
+    source = encoded(photo_like(64, 48))
+    kept = convert_output(source, "png", None, None)
+    assert (kept.data, kept.content_type, kept.width, kept.height) == (
+        source,
+        "image/png",
+        64,
+        48,
+    )
+    assert convert_output(source, "png", 50, None).data != source  # a level was asked for
+    assert decoded(convert_output(source, "jpeg", None, None).data).format == "JPEG"
+    transparent = encoded(half_transparent())
+    assert convert_output(transparent, "png", None, None).data == transparent
+    flat = convert_output(transparent, "png", None, "opaque").data
+    assert decoded(flat).convert("RGBA").getchannel("A").getextrema() == (255, 255)
+
+
 def test_palette_and_grayscale_inputs_convert() -> None:
     palette = Image.new("P", (8, 8), 3)
     assert decoded(convert_output(encoded(palette), "jpeg", None, None).data).mode == "RGB"

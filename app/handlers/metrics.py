@@ -1,0 +1,36 @@
+"""The Prometheus endpoint of the API."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from app.app_keys import METRICS, QUEUE
+from app.metrics import CONTENT_TYPE, lane_name
+from app.openapi import Reply, operation
+
+log = logging.getLogger(__name__)
+
+
+@operation(
+    "Prometheus metrics",
+    tags=("health",),
+    replies={200: Reply(media_type=CONTENT_TYPE, description="the Prometheus text format")},
+)
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: this process's metrics, with each lane's queue depth read now.
+
+    Needs an API key unless ``EDITQ_METRICS_PUBLIC`` is true. When Redis does not
+    answer, the depths are left out rather than reported stale.
+    """
+    registry = request.app[METRICS]
+    try:
+        for bulk in (False, True):
+            depth = await request.app[QUEUE].depth(bulk=bulk)
+            registry.queue_depth.labels(lane_name(bulk=bulk)).set(depth)
+    except (RedisError, OSError) as exc:
+        log.warning("queue depth unavailable for /metrics: %s", exc)
+        registry.queue_depth.clear()
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})

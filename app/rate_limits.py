@@ -1,0 +1,80 @@
+"""Per-API-key request limits: a fixed one-minute window counted in Redis.
+
+A key's window opens with its first request and lasts ``WINDOW_S``; one Lua script
+counts the request and reads the time left atomically, so every API process shares
+the count (``P:ratelimit:{tenant}``). Requests over the limit are counted too, but
+never stretch the window. When Redis cannot be reached the limiter lets requests
+through and logs once per outage: the job store answers 503 where it matters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 60
+
+COUNT_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """One key's current window once a request was counted in it."""
+
+    limit: int
+    count: int
+    reset_s: float
+    """Seconds until the window closes and the count starts again."""
+
+    @property
+    def remaining(self) -> int:
+        """Requests the key may still make in this window."""
+        return max(0, self.limit - self.count)
+
+    @property
+    def exceeded(self) -> bool:
+        """True when the request just counted was over the limit."""
+        return self.count > self.limit
+
+    def headers(self) -> dict[str, str]:
+        """``X-RateLimit-Limit`` and ``X-RateLimit-Remaining``."""
+        return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining)}
+
+
+class RateLimiter:
+    """Counts each tenant's requests against ``per_minute``; see the module docstring."""
+
+    def __init__(self, redis: Redis, *, prefix: str, per_minute: int) -> None:
+        self._prefix = prefix
+        self._limit = per_minute
+        self._count = redis.register_script(COUNT_SCRIPT)
+        self._unavailable = False
+
+    async def hit(self, tenant: str) -> RateWindow | None:
+        """Count one request of ``tenant``; None when Redis cannot be reached (fail open)."""
+        try:
+            count, ttl_ms = await self._count(
+                keys=[f"{self._prefix}:ratelimit:{tenant}"], args=[WINDOW_S * 1000]
+            )
+        except (RedisError, OSError) as exc:
+            if not self._unavailable:
+                log.warning("rate limits are not enforced while Redis is unreachable: %s", exc)
+                self._unavailable = True
+            return None
+        if self._unavailable:
+            log.info("rate limits are enforced again")
+            self._unavailable = False
+        return RateWindow(limit=self._limit, count=int(count), reset_s=int(ttl_ms) / 1000)

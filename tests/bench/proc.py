@@ -1,0 +1,33 @@
+"""A process's resident memory and CPU time, read from ``/proc/<pid>`` (Linux)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"/proc/{pid}/status has no {field}")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory now (``VmRSS``), in bytes."""
+    return _status_kb(pid, "VmRSS") * 1024
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Highest resident memory so far (``VmHWM``), in bytes."""
+    return _status_kb(pid, "VmHWM") * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used, in seconds."""
+    # The command name (field 2) may hold spaces; it ends at the last ')'.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,132 @@
+"""Fuzzing the live API from its own OpenAPI document with schemathesis.
+
+Every operation of ``/openapi.json`` gets ``MAX_EXAMPLES`` requests built from its
+schemas (positive mode) and as many that break them (negative mode), with a valid
+key. No answer may be a 5xx or take longer than ``REQUEST_TIMEOUT_S``, and every
+answer must have a documented status, content type, headers and body shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Ok
+from schemathesis.generation.case import Case as AnyCase
+from schemathesis.schemas import APIOperation as AnyOperation
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.service import RunningService
+
+pytestmark = pytest.mark.slow
+
+MAX_EXAMPLES = 50
+REQUEST_TIMEOUT_S = 10.0
+AUTH = RunningService.auth("key-a")
+Operation = AnyOperation[Any, Any, Any, Any]
+Case = AnyCase[Operation]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+@dataclass
+class Tally:
+    """What the fuzzing sent and what went wrong (each with a curl command to replay)."""
+
+    requests: int = 0
+    server_errors: list[str] = field(default_factory=list)
+    hangs: list[str] = field(default_factory=list)
+    nonconforming: list[str] = field(default_factory=list)
+    slowest_s: float = 0.0
+    unfuzzable: list[str] = field(default_factory=list)
+
+
+def fuzz(base_url: str) -> Tally:
+    """Run every operation of the live document in both modes (blocking: call it in a thread)."""
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", timeout=REQUEST_TIMEOUT_S)
+    tally = Tally()
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            assert isinstance(result, Ok), result
+            operation: Operation = result.ok()
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                try:
+                    run_examples(operation, mode, lambda case: send(case, base_url, session, tally))
+                except Unsatisfiable:  # nothing in the operation can be made invalid
+                    tally.unfuzzable.append(f"{mode.value} {operation.label}")
+    return tally
+
+
+def run_examples(operation: Operation, mode: GenerationMode, test: Callable[[Case], None]) -> None:
+    """Call ``test`` on up to MAX_EXAMPLES generated cases of ``operation``."""
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def examples(case: Case) -> None:
+        test(case)
+
+    examples()
+
+
+def send(case: Case, base_url: str, session: requests.Session, tally: Tally) -> None:
+    """Send one case and record how its answer fails the checks, if it does."""
+    replay = case.as_curl_command(headers=AUTH, base_url=base_url)
+    started = time.monotonic()
+    try:
+        response = case.call(
+            base_url=base_url, session=session, headers=AUTH, timeout=REQUEST_TIMEOUT_S
+        )
+    except requests.Timeout:
+        tally.hangs.append(replay)
+        return
+    tally.requests += 1
+    tally.slowest_s = max(tally.slowest_s, time.monotonic() - started)
+    if response.status_code >= 500:
+        tally.server_errors.append(f"{response.status_code} {response.text[:300]}\n{replay}")
+    try:
+        case.validate_response(response, checks=CHECKS, headers=AUTH)
+    except (AssertionError, FailureGroup) as exc:  # one failure, or several
+        tally.nonconforming.append(f"{exc}\n{replay}")
+
+
+@pytest.mark.timeout(240)
+async def test_fuzzing_every_operation_finds_no_server_error(service: RunningService) -> None:
+    started = time.monotonic()
+    tally = await asyncio.to_thread(fuzz, service.base_url)
+    print(
+        f"\nschemathesis: {tally.requests} requests in {time.monotonic() - started:.0f} s, "
+        f"{len(tally.server_errors)} 5xx, {len(tally.hangs)} hangs, "
+        f"{len(tally.nonconforming)} nonconforming, slowest {tally.slowest_s:.2f} s; "
+        f"nothing to negate in: {', '.join(tally.unfuzzable)}"
+    )
+    assert tally.requests >= 1000
+    assert tally.server_errors == []
+    assert tally.hangs == []
+    assert tally.nonconforming == [], "\n\n".join(tally.nonconforming[:5])
