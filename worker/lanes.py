@@ -49,6 +49,10 @@ class LaneWorkers:
             handle_signals=False,
             ctx=self.ctx,
         )
+        # A picked job's in-progress key starts at one lease, which its task renews
+        # (``LeaseKeeper.hold``), not at arq's job_timeout + 10 s: a worker killed after
+        # picking a job but before leasing it must not strand that job for minutes.
+        worker.in_progress_timeout_s = self.settings.job_lease_s
         self._workers[bulk] = worker
         return worker
 

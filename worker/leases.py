@@ -81,12 +81,6 @@ class LeaseKeeper:
             self._held.pop(arq_job_id, None)
             await asyncio.shield(self.release_slots(lease))
 
-    async def cover(self, arq_job_id: str) -> None:
-        """Cut arq's in-progress guard (``job_timeout + 10`` s) to one lease the moment a
-        job starts: a worker killed before the job is leased then strands it for
-        seconds, not minutes."""
-        await self._pool.pexpire(in_progress_key_prefix + arq_job_id, self._lease_ms)
-
     async def release_slots(self, lease: Lease) -> None:
         """Give back every slot of ``lease`` (waking waiters)."""
         grants, lease.slots = lease.slots, []

@@ -71,7 +71,6 @@ async def _run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
     context: WorkerContext = ctx[CONTEXT_KEY]
     bind_log_fields(job_id=job_id)  # arq runs each job in its own task: no reset needed
     arq_id = arq_job_id(job_id, run)
-    await context.leases.cover(arq_id)
     job = await context.store.get(job_id)
     if job is None or job.run != run or job.status.terminal:
         log.info("job %s run %d skipped: no longer current", job_id, run)

@@ -43,8 +43,14 @@ class PostResult:
 
 
 async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> None:
-    """Deliver event ``event_id`` once (arq task ``deliver_webhook``)."""
+    """Deliver event ``event_id`` once (arq task ``deliver_webhook``), under a lease like
+    every running task (so a delivery outliving one lease is not started twice)."""
     context: WorkerContext = ctx[CONTEXT_KEY]
+    async with context.leases.hold(ctx["job_id"], context.settings.queue_name):
+        await _deliver(context, event_id)
+
+
+async def _deliver(context: WorkerContext, event_id: str) -> None:
     event = await context.webhooks.get(event_id)
     if event is None or event.state != "pending":
         return

@@ -73,11 +73,16 @@ async def measure_batch() -> tuple[list[Row], str]:
             floor=IDEAL_S,
         ),
     ]
+    gap_ms = (makespan * (CAP - 1) - VARIANTS * LATENCY_S) / VARIANTS * 1000
     note = (
         f"batch: floor = the ideal makespan ceil({VARIANTS}/{CAP}) x {LATENCY_S:g} s = "
         f"{IDEAL_S:g} s; with the default reserve batches may use {CAP - 1} slots, so their "
         f"own ideal is {math.ceil(VARIANTS / (CAP - 1)) * LATENCY_S:g} s. Most calls in flight "
         f"at once: {widest} (default), {widest_unreserved} (no reserve). Makespan runs from "
-        "sending the batch to the long-poll seeing it completed; 1 worker process."
+        "sending the batch to the long-poll seeing it completed; 1 worker process. With the "
+        f"default reserve each of the {CAP - 1} slots sat idle {gap_ms:.0f} ms on average between "
+        "two calls: a slot is freed once its job has stored its output and recorded the "
+        "success, and the next variant must then be woken, picked up, claimed and have its "
+        "input read from S3 before its call starts."
     )
     return rows, note

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 
 from tests.bench.client import BenchClient, CallFinder, edit_body
 from tests.bench.figures import Row, ms
+from tests.bench.proc import cpu_seconds
 from tests.bench.stack import MODEL, BenchStack
 from tests.images import data_url, png
 
@@ -76,6 +78,8 @@ async def measure_pickup(idle_jobs: int = 200, busy_jobs: int = 150) -> tuple[li
     async with BenchStack(workers=1) as stack, BenchClient(stack.api_url) as client:
         idle = await pickups(stack, client, "idle", jobs=idle_jobs)
         stack.upstream.latency_s = BATCH_LATENCY_S
+        watched = {**stack.pids, "benchmark": os.getpid()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
         began = time.monotonic()
         batch = await client.post_json("/v1/batches", batch_body(BATCH_VARIANTS))
         drained = asyncio.ensure_future(client.wait_batch(batch["id"], timeout_s=300))
@@ -83,16 +87,19 @@ async def measure_pickup(idle_jobs: int = 200, busy_jobs: int = 150) -> tuple[li
         busy = await pickups(stack, client, "busy", jobs=busy_jobs, until=drained)
         elapsed = time.monotonic() - began
         counts = (await client.get(f"/v1/batches/{batch['id']}"))["counts"]
+        cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
         drained.cancel()
         await asyncio.gather(drained, return_exceptions=True)
     done = counts["succeeded"] + counts["failed"]
+    cpu = ", ".join(f"{name} {used * 1000 / done:.1f}" for name, used in cpu_used.items())
     note = (
         f"pickup: submit → upstream call start (the submit's round trip included), 1 worker "
         f"process. Idle: {len(idle.called)} jobs one at a time, median {idle.split()}. During: "
         f"{len(busy.called)} jobs one at a time while a {BATCH_VARIANTS}-variant batch "
         f"({BATCH_LATENCY_S:g} s per upstream call, default batch window) drained through the "
         f"same worker and upstream ({done} variants done in {elapsed:.0f} s, "
-        f"{done / elapsed:.0f}/s), median {busy.split()}."
+        f"{done / elapsed:.0f}/s), median {busy.split()}; CPU ms per variant meanwhile: {cpu} "
+        "(2 CPUs, shared with other work)."
     )
     rows = []
     for when, found in (("idle", idle), ("during a batch", busy)):
