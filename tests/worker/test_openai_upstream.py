@@ -27,7 +27,7 @@ from app.jobs import Usage
 from app.providers_config import UpstreamConfig
 from tests.fakes.upstream import FakeUpstream, Fault, estimated_usage
 from tests.fakes.upstream_edits import check_edit_request
-from worker.providers import openai as openai_module
+from worker.providers import http_upstream as http_upstream_module
 from worker.providers.base import EditCall, InputImage
 from worker.providers.http_errors import (
     MAX_MESSAGE_CHARS,
@@ -438,7 +438,7 @@ async def test_valid_base64_that_is_no_image_passes_through(
 async def test_oversized_answer_is_a_bad_response(
     fake: FakeUpstream, upstream: OpenAIUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(openai_module, "MAX_RESPONSE_BYTES", 100)
+    monkeypatch.setattr(http_upstream_module, "MAX_RESPONSE_BYTES", 100)
 
     with pytest.raises(UpstreamBadResponse, match="larger than 100 bytes"):
         await upstream.edit(edit_call())

@@ -195,3 +195,34 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[by
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+class HttpEditUpstream:
+    """An edit upstream over HTTP and a shared aiohttp session (which ``close`` leaves
+    open). Each call's mask is adapted to the config's ``mask_convention`` and
+    ``supports_mask``; subclasses say only where to send it (``edits_url``) and how
+    to encode it (``body``)."""
+
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+        self._client = HttpUpstreamClient(config, session)
+        self._config = config
+        self.name = config.name
+        self._url = self.edits_url(config.base_url or "")
+
+    def edits_url(self, base_url: str) -> str:
+        """The edit endpoint under the configured ``base_url``."""
+        raise NotImplementedError
+
+    async def body(self, call: EditCall) -> RequestBody:
+        """The request body of one call."""
+        raise NotImplementedError
+
+    async def edit(self, call: EditCall) -> EditOutput:
+        """Make one edit within ``call.timeout_s`` seconds; raises UpstreamError on failure."""
+        call = await adapt_mask(call, self._config)
+        return await self._client.post_edit(
+            self._url, await self.body(call), call.timeout_s, MAX_RESPONSE_BYTES
+        )
+
+    async def close(self) -> None:
+        """Nothing to release: the shared session is closed by its owner."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from app.providers_config import UpstreamConfig
-from worker.providers.base import EditCall, EditOutput
-from worker.providers.http_upstream import MAX_RESPONSE_BYTES, HttpUpstreamClient, adapt_mask
+from worker.providers.base import EditCall
+from worker.providers.http_upstream import MAX_RESPONSE_BYTES, HttpEditUpstream, RequestBody
 from worker.providers.images_response import parse_edit_response, usage_from
 
 __all__ = [
@@ -64,26 +63,14 @@ def build_form(call: EditCall) -> aiohttp.FormData:
     return form
 
 
-class OpenAIUpstream:
-    """An OpenAI-compatible image-edit upstream reached over a shared aiohttp session.
+class OpenAIUpstream(HttpEditUpstream):
+    """An OpenAI-compatible image-edit upstream (multipart, ``image``/``image[]``).
 
-    The session belongs to the caller: ``close`` leaves it open. Sends
-    ``Authorization: Bearer <api_key>`` when the config has a key; adapts the mask
-    to the config's ``mask_convention`` and ``supports_mask``.
+    Sends ``Authorization: Bearer <api_key>`` when the config has a key.
     """
 
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
-        self._client = HttpUpstreamClient(config, session)
-        self._config = config
-        self.name = config.name
-        self._url = edits_url(config.base_url or "")
+    def edits_url(self, base_url: str) -> str:
+        return edits_url(base_url)
 
-    async def edit(self, call: EditCall) -> EditOutput:
-        """Make one edit within ``call.timeout_s`` seconds; raises UpstreamError on failure."""
-        call = await adapt_mask(call, self._config)
-        return await self._client.post_edit(
-            self._url, build_form(call), call.timeout_s, MAX_RESPONSE_BYTES
-        )
-
-    async def close(self) -> None:
-        """Nothing to release: the shared session is closed by its owner."""
+    async def body(self, call: EditCall) -> RequestBody:
+        return build_form(call)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from app.providers_config import UpstreamConfig
-from worker.providers.base import EditCall, EditOutput
-from worker.providers.http_upstream import MAX_RESPONSE_BYTES, HttpUpstreamClient, adapt_mask
+from worker.providers.base import EditCall
+from worker.providers.http_upstream import HttpEditUpstream, RequestBody
 from worker.providers.openai import build_form
 
 EDITS_PATH = "/v2/router/images/edits"
@@ -31,24 +30,12 @@ def build_orq_form(call: EditCall) -> aiohttp.FormData:
     return form
 
 
-class OrqUpstream:
-    """orq.ai's router (base_url like ``https://api.orq.ai``) over a shared aiohttp session.
+class OrqUpstream(HttpEditUpstream):
+    """orq.ai's router (base_url like ``https://api.orq.ai``): OpenAI's multipart at
+    ``/v2/router/images/edits`` with ``response_format=b64_json``."""
 
-    The session belongs to the caller: ``close`` leaves it open. Adapts the mask to
-    the config's ``mask_convention`` and ``supports_mask``.
-    """
+    def edits_url(self, base_url: str) -> str:
+        return orq_edits_url(base_url)
 
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
-        self._client = HttpUpstreamClient(config, session)
-        self._config = config
-        self.name = config.name
-        self._url = orq_edits_url(config.base_url or "")
-
-    async def edit(self, call: EditCall) -> EditOutput:
-        """Make one edit within ``call.timeout_s`` seconds; raises UpstreamError on failure."""
-        call = await adapt_mask(call, self._config)
-        form = build_orq_form(call)
-        return await self._client.post_edit(self._url, form, call.timeout_s, MAX_RESPONSE_BYTES)
-
-    async def close(self) -> None:
-        """Nothing to release: the shared session is closed by its owner."""
+    async def body(self, call: EditCall) -> RequestBody:
+        return build_orq_form(call)

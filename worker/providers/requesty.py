@@ -14,9 +14,8 @@ import json
 
 import aiohttp
 
-from app.providers_config import UpstreamConfig
-from worker.providers.base import EditCall, EditOutput, InputImage
-from worker.providers.http_upstream import MAX_RESPONSE_BYTES, HttpUpstreamClient, adapt_mask
+from worker.providers.base import EditCall, InputImage
+from worker.providers.http_upstream import HttpEditUpstream, RequestBody
 from worker.providers.openai import edits_url
 
 
@@ -50,25 +49,13 @@ def build_json(call: EditCall) -> bytes:
     return json.dumps(document).encode()
 
 
-class RequestyUpstream:
-    """Requesty's router (base_url like ``https://router.requesty.ai/v1``) over a shared session.
+class RequestyUpstream(HttpEditUpstream):
+    """Requesty's router (base_url like ``https://router.requesty.ai/v1``): JSON bodies
+    with images as data URLs."""
 
-    The session belongs to the caller: ``close`` leaves it open. Adapts the mask to
-    the config's ``mask_convention`` and ``supports_mask``.
-    """
+    def edits_url(self, base_url: str) -> str:
+        return edits_url(base_url)
 
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
-        self._client = HttpUpstreamClient(config, session)
-        self._config = config
-        self.name = config.name
-        self._url = edits_url(config.base_url or "")
-
-    async def edit(self, call: EditCall) -> EditOutput:
-        """Make one edit within ``call.timeout_s`` seconds; raises UpstreamError on failure."""
-        call = await adapt_mask(call, self._config)
-        body = await asyncio.to_thread(build_json, call)
-        payload = aiohttp.BytesPayload(body, content_type="application/json")
-        return await self._client.post_edit(self._url, payload, call.timeout_s, MAX_RESPONSE_BYTES)
-
-    async def close(self) -> None:
-        """Nothing to release: the shared session is closed by its owner."""
+    async def body(self, call: EditCall) -> RequestBody:
+        encoded = await asyncio.to_thread(build_json, call)
+        return aiohttp.BytesPayload(encoded, content_type="application/json")
