@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 from app.batch_store import BatchStore
 from app.batch_submissions import BatchSubmission
 from app.batches import Batch, BatchSpec, BatchStatus
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, EditqError, NotFound
 from app.job_events import JobEventHub
 from app.job_service import JobService
 from app.job_store import JobStore
-from app.jobs import Job, JobSpec, JobStatus, new_batch_id, new_job_id
+from app.jobs import Job, JobSpec, JobStatus, Lane, new_batch_id, new_job_id
+from app.providers_config import ProvidersConfig
 from app.queue import EditQueue
 from app.url_guard import check_url
+from app.validation import check_models, in_variant
 
 CANCEL_CHUNK = 500
 
@@ -32,8 +34,10 @@ class BatchService:
         queue: EditQueue,
         events: JobEventHub,
         window: int,
+        providers: ProvidersConfig,
         allow_private_urls: bool,
     ) -> None:
+        self._providers = providers
         self._batches = batches
         self._jobs = jobs
         self._job_service = job_service
@@ -49,8 +53,11 @@ class BatchService:
             check_url(
                 options.webhook_url, param="webhook_url", allow_private=self._allow_private_urls
             )
-        for variant in {params.model for params in submission.variants}:
-            self._job_service.check_model_id(variant)
+        for index, params in enumerate(submission.variants):
+            try:
+                check_models(params, self._providers)
+            except EditqError as exc:
+                raise in_variant(exc, index, submission.overrides[index]) from None
         batch_id = new_batch_id()
         inputs = await self._job_service.store_inputs(batch_id, submission.images, submission.mask)
         now = time.time()
@@ -151,20 +158,19 @@ class BatchService:
                     job.id, JobStatus.CANCELED, fields={"finished_at": time.time()}
                 )
                 if result.applied and result.previous == JobStatus.QUEUED:
-                    await self._queue.withdraw(job.id, result.run, bulk=True)
+                    await self._queue.withdraw(job.id, result.run, job.lane)
         return await self.get(batch_id, tenant)
 
     async def queue_position(self, job: Job) -> int | None:
         """Roughly how many runs are ahead of a queued job in its lane."""
         if job.status != JobStatus.QUEUED:
             return None
-        bulk = job.spec.batch_id is not None
-        position = await self._queue.position(job.id, job.run, bulk=bulk)
+        position = await self._queue.position(job.id, job.run, job.lane)
         if position is not None or job.spec.batch_id is None:
             return position
         batch = await self._batches.get(job.spec.batch_id)
         if batch is None:
             return None
         released = batch.spec.total - await self._batches.pending(batch.id)
-        ahead_in_window = await self._queue.depth(bulk=True)
+        ahead_in_window = await self._queue.depth(Lane.BULK)
         return ahead_in_window + max(0, (job.spec.variant_index or 0) - released)

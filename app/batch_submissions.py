@@ -25,6 +25,7 @@ from app.errors import InvalidRequest, UnsupportedMediaType
 from app.images import CheckedImage
 from app.settings import Settings
 from app.submissions import check_inputs, document_images, read_json_object, read_raw
+from app.validation import in_variant
 
 BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
 
@@ -56,6 +57,7 @@ class BatchSubmission:
     images: list[CheckedImage]
     mask: CheckedImage | None
     options: BatchOptions
+    overrides: list[frozenset[str]]  # the fields each variant set itself
 
 
 async def read_batch_submission(
@@ -87,7 +89,13 @@ async def read_batch_submission(
         _variant(shared, override, index, settings) for index, override in enumerate(overrides)
     ]
     checked = await check_inputs(raw.images, raw.mask, settings, executor, variants[0])
-    return BatchSubmission(variants, checked.images, checked.mask, options)
+    return BatchSubmission(
+        variants,
+        checked.images,
+        checked.mask,
+        options,
+        [frozenset(override) for override in overrides],
+    )
 
 
 def _json_part(name: str, value: Any) -> Any:
@@ -139,8 +147,4 @@ def _variant(
     try:
         return parse_edit_params(fields, max_prompt_chars=settings.max_prompt_chars)
     except InvalidRequest as exc:
-        root = (exc.param or "").split(".")[0].split("[")[0]
-        where = f"variants[{index}]" if root in override else "defaults"
-        exc.param = f"{where}.{exc.param}" if exc.param else where
-        exc.message = f"{where}: {exc.message}"
-        raise
+        raise in_variant(exc, index, override) from None

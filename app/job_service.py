@@ -22,6 +22,7 @@ from app.queue import EditQueue
 from app.storage import ObjectStore, input_key, mask_key
 from app.submissions import Submission
 from app.url_guard import check_url
+from app.validation import check_models
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,7 @@ class JobService:
         url = submission.params.webhook_url
         if url is not None:
             check_url(url, param="webhook_url", allow_private=self._allow_private_urls)
-        self.check_models(submission)
-
-    def check_model_id(self, model: str) -> None:
-        """The model must exist and edit images (400 otherwise)."""
-        self._providers.edit_model(model)
-
-    def check_models(self, submission: Submission) -> None:
-        """Every model the request names must exist and edit images."""
-        self._providers.edit_model(submission.params.model)
-        routing = submission.params.routing
-        for index, fallback in enumerate(routing.fallbacks):
-            self._providers.edit_model(fallback.model, param=f"fallbacks[{index}].model")
-        if routing.load_balancer is not None:
-            for index, weighted in enumerate(routing.load_balancer.models):
-                self._providers.edit_model(
-                    weighted.model, param=f"load_balancer.models[{index}].model"
-                )
+        check_models(submission.params, self._providers)
 
     async def accept(self, submission: Submission, tenant: str) -> Job:
         """Store the inputs, record the job and enqueue its first run."""
@@ -84,7 +69,7 @@ class JobService:
         )
         job = await self._store.create(spec)
         try:
-            await self._queue.enqueue(job_id, job.run)
+            await self._queue.enqueue(job_id, job.run, job.lane)
         except Exception as exc:
             await self._fail_unqueued(job, exc)
             raise
@@ -161,7 +146,7 @@ class JobService:
                 f"job {job_id} is {job.status.value}; only queued or running jobs can be canceled"
             )
         if result.previous == JobStatus.QUEUED:
-            await self._queue.withdraw(job_id, result.run)
+            await self._queue.withdraw(job_id, result.run, job.lane)
         return await self.get(job_id, tenant)
 
     async def retry(self, job_id: str, tenant: str) -> Job:
@@ -184,7 +169,7 @@ class JobService:
             raise Conflict(
                 f"job {job_id} is {job.status.value}; only failed or canceled jobs can be retried"
             )
-        await self._queue.enqueue(job_id, result.run)
+        await self._queue.enqueue(job_id, result.run, job.lane)
         return await self.get(job_id, tenant)
 
 

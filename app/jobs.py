@@ -41,6 +41,16 @@ class JobStatus(StrEnum):
         return self in TERMINAL
 
 
+class Lane(StrEnum):
+    """Which poll loop serves a job: single jobs are interactive, batch variants bulk.
+
+    ``JobSpec.lane`` is the one place that decides it; everyone else asks the job.
+    """
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
@@ -170,6 +180,11 @@ class JobSpec(BaseModel):
     variant_index: int | None = None
     rank: float | None = Field(None, description="a variant's place in fair-share order")
 
+    @property
+    def lane(self) -> Lane:
+        """The lane the job runs on: bulk for a batch variant, else interactive."""
+        return Lane.BULK if self.batch_id is not None else Lane.INTERACTIVE
+
 
 class Job(BaseModel):
     """A job as stored: its spec plus everything that changes while it runs."""
@@ -188,6 +203,11 @@ class Job(BaseModel):
     @property
     def id(self) -> str:
         return self.spec.id
+
+    @property
+    def lane(self) -> Lane:
+        """The lane the job runs on (see ``JobSpec.lane``)."""
+        return self.spec.lane
 
     def public(
         self, urls: list[dict[str, Any]] | None, queue_position: int | None = None

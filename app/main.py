@@ -39,6 +39,7 @@ from app.idempotency_store import IdempotencyStore
 from app.job_events import JobEventHub
 from app.job_service import JobService
 from app.job_store import JobStore
+from app.jobs import Lane
 from app.metrics import Metrics
 from app.middleware import (
     PUBLIC_PATHS,
@@ -95,7 +96,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     metrics = app[METRICS]
     storage = ObjectStore(settings, on_error=metrics.s3_error)
-    bulk_queue = lane_queue(settings.queue_name, bulk=True)
+    bulk_queue = lane_queue(settings.queue_name, Lane.BULK)
     store = JobStore(
         redis,
         prefix=settings.key_prefix,
@@ -146,6 +147,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         queue=queue,
         events=events,
         window=settings.batch_window,
+        providers=app[PROVIDERS],
         allow_private_urls=settings.allow_private_urls,
     )
     await events.start()

@@ -21,19 +21,14 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from app.jobs import JobStatus
+from app.jobs import JobStatus, Lane
 
 # What generate_latest writes (newer clients advertise 1.0.0 as "latest").
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LANES = ("interactive", "bulk")
+LANES = tuple(lane.value for lane in Lane)
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
 PICKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 RUN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 240, 300, 360)
-
-
-def lane_name(*, bulk: bool) -> str:
-    """The ``lane`` label of a queue: ``bulk`` for batch variants, else ``interactive``."""
-    return LANES[1] if bulk else LANES[0]
 
 
 class Metrics:
@@ -104,11 +99,11 @@ class Metrics:
         """Count ``count`` jobs moved to ``status`` (a JobStore/BatchStore hook)."""
         self.job_transitions.labels(status.value).inc(count)
 
-    def pickup(self, enqueued_at: datetime | None, *, bulk: bool) -> None:
+    def pickup(self, enqueued_at: datetime | None, lane: Lane) -> None:
         """Record a claimed run's wait since arq's enqueue time (ignored when unknown)."""
         if enqueued_at is not None:
             seconds = (datetime.now(tz=UTC) - enqueued_at).total_seconds()
-            self.pickup_latency.labels(lane_name(bulk=bulk)).observe(max(0.0, seconds))
+            self.pickup_latency.labels(lane.value).observe(max(0.0, seconds))
 
     def upstream_call(
         self, upstream: str, status: int | None, error_code: str | None, seconds: float

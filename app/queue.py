@@ -14,6 +14,8 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 
+from app.jobs import Lane
+
 EDIT_TASK = "run_edit"
 
 
@@ -33,13 +35,13 @@ def arq_job_id(job_id: str, run: int) -> str:
     return f"{job_id}:{run}"
 
 
-def lane_queue(queue_name: str, *, bulk: bool) -> str:
+def lane_queue(queue_name: str, lane: Lane) -> str:
     """The arq queue of a lane: single jobs are interactive, batch variants bulk.
 
     Each lane has its own workers' poll loop, so a deep bulk queue never delays
     the pickup of an interactive job.
     """
-    return f"{queue_name}:bulk" if bulk else queue_name
+    return f"{queue_name}:bulk" if lane == Lane.BULK else queue_name
 
 
 def edit_payload(job_id: str, run: int, enqueued_ms: int) -> bytes:
@@ -54,36 +56,36 @@ class EditQueue:
         self._pool = pool
         self._queue_name = queue_name
 
-    def queue_for(self, *, bulk: bool) -> str:
+    def queue_for(self, lane: Lane) -> str:
         """The arq queue of the lane."""
-        return lane_queue(self._queue_name, bulk=bulk)
+        return lane_queue(self._queue_name, lane)
 
-    async def enqueue(self, job_id: str, run: int, *, bulk: bool = False) -> None:
+    async def enqueue(self, job_id: str, run: int, lane: Lane) -> None:
         """Queue run ``run`` of ``job_id`` for the next free worker of its lane."""
         await self._pool.enqueue_job(
             EDIT_TASK,
             job_id,
             run,
             _job_id=arq_job_id(job_id, run),
-            _queue_name=self.queue_for(bulk=bulk),
+            _queue_name=self.queue_for(lane),
         )
 
-    async def withdraw(self, job_id: str, run: int, *, bulk: bool = False) -> None:
+    async def withdraw(self, job_id: str, run: int, lane: Lane) -> None:
         """Remove a run that has not started yet (a canceled queued job)."""
         arq_id = arq_job_id(job_id, run)
         async with self._pool.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.queue_for(bulk=bulk), arq_id)
+            pipe.zrem(self.queue_for(lane), arq_id)
             pipe.delete(job_key_prefix + arq_id)
             await pipe.execute()
 
-    async def position(self, job_id: str, run: int, *, bulk: bool = False) -> int | None:
+    async def position(self, job_id: str, run: int, lane: Lane) -> int | None:
         """How many runs are ahead of this one in its lane (None if not in the queue)."""
-        queue = self.queue_for(bulk=bulk)
+        queue = self.queue_for(lane)
         score = await self._pool.zscore(queue, arq_job_id(job_id, run))
         if score is None:
             return None
         return int(await self._pool.zcount(queue, "-inf", f"({score}"))
 
-    async def depth(self, *, bulk: bool = False) -> int:
+    async def depth(self, lane: Lane) -> int:
         """How many runs wait in (or are leased from) a lane's queue."""
-        return int(await self._pool.zcard(self.queue_for(bulk=bulk)))
+        return int(await self._pool.zcard(self.queue_for(lane)))

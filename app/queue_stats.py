@@ -16,13 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
+from app.jobs import Lane
 from app.providers_config import ProvidersConfig
 from app.queue import EditQueue
-
-LANES: tuple[tuple[Literal["interactive", "bulk"], bool], ...] = (
-    ("interactive", False),
-    ("bulk", True),
-)
 
 
 def upstream_key(prefix: str, upstream: str, part: str) -> str:
@@ -79,19 +75,21 @@ class QueueStats:
 
     async def read(self) -> QueueSnapshot:
         """The current snapshot; raises RedisError when Redis is unreachable."""
-        depths = await asyncio.gather(*(self._queue.depth(bulk=bulk) for _, bulk in LANES))
+        depths = await asyncio.gather(*(self._queue.depth(lane) for lane in Lane))
         now_ms = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for _, bulk in LANES:
-                pipe.get(f"{self._queue.queue_for(bulk=bulk)}:health-check")
+            for lane in Lane:
+                pipe.get(f"{self._queue.queue_for(lane)}:health-check")
             for name, _ in self._upstreams:
                 pipe.zcount(upstream_key(self._prefix, name, "slots"), now_ms, "+inf")
                 pipe.zcard(upstream_key(self._prefix, name, "waiting"))
             replies = await pipe.execute()
-        reports, counts = replies[: len(LANES)], replies[len(LANES) :]
+        reports, counts = replies[: len(Lane)], replies[len(Lane) :]
         lanes = tuple(
-            LaneStats(name=name, depth=depth, worker_alive=report is not None, worker_report=report)
-            for (name, _), depth, report in zip(LANES, depths, reports, strict=True)
+            LaneStats(
+                name=lane.value, depth=depth, worker_alive=report is not None, worker_report=report
+            )
+            for lane, depth, report in zip(Lane, depths, reports, strict=True)
         )
         upstreams = tuple(
             UpstreamStats(

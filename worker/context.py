@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from app.batch_store import BatchStore
 from app.job_events import JobEventHub
 from app.job_store import JobStore
+from app.jobs import Lane
 from app.metrics import Metrics
 from app.providers_config import ProvidersConfig
 from app.queue import deserialize, lane_queue, serialize
@@ -81,7 +82,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis,
         prefix=settings.key_prefix,
         retention_s=settings.retention_s,
-        bulk_queue=lane_queue(settings.queue_name, bulk=True),
+        bulk_queue=lane_queue(settings.queue_name, Lane.BULK),
         on_transition=metrics.job_transition,
     )
     events = JobEventHub(redis, store.events_channel)
@@ -139,7 +140,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             redis,
             prefix=settings.key_prefix,
             retention_s=settings.retention_s,
-            bulk_queue=lane_queue(settings.queue_name, bulk=True),
+            bulk_queue=lane_queue(settings.queue_name, Lane.BULK),
         ),
         dispatcher=dispatcher,
         janitor=janitor,

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -20,6 +19,7 @@ from worker.context import WorkerContext
 from worker.leases import Lease
 from worker.outputs import convert_output
 from worker.providers.base import EditCall, InputImage
+from worker.run_plan import RunPlan
 from worker.upstream_calls import OutputCalls, call_with_routing
 
 T = TypeVar("T")
@@ -35,37 +35,20 @@ class _Output:
     usage: Usage | None
 
 
-def slot_needs(
-    context: WorkerContext, plans: list[list[str]], *, bulk: bool = False
-) -> dict[str, tuple[int, int]]:
-    """Slots a job needs per upstream of its first choices: (min(calls, cap), cap).
-
-    Bulk work (batch variants) sees each cap less the slots kept for single jobs, so
-    a draining batch never takes the last slot an interactive job would wait for.
-    """
-    counts = Counter(context.providers.edit_model(plan[0]).upstream for plan in plans)
-    needs = {}
-    for name, count in counts.items():
-        cap = context.providers.upstream(name).max_concurrency
-        if bulk:
-            cap = max(1, cap - context.settings.interactive_reserve_slots)
-        needs[name] = (min(count, cap), cap)
-    return needs
-
-
 async def execute_run(
     context: WorkerContext,
     job: Job,
     *,
-    plans: list[list[str]],
+    plan: RunPlan,
     lease: Lease,
     deadline: float,
     attempts: list[Attempt],
 ) -> JobOutcome:
     """Produce and store all of ``job``'s outputs; raises on the first failed output.
 
-    ``plans`` holds each output's models in order; calls whose first choice shares an
-    upstream take turns on the slots the job was admitted with.
+    ``plan`` holds each output's models in order; calls whose first choice shares an
+    upstream take turns on the slots the job was admitted with (``plan.slots``), so
+    a run never has more calls in flight than it holds slots.
     """
     request = job.spec.request
     images, mask = await with_storage_retries(
@@ -85,15 +68,13 @@ async def execute_run(
         output_compression=request.output_compression,
         user=request.user,
     )
-    turns = {
-        name: asyncio.Semaphore(need) for name, (need, _) in slot_needs(context, plans).items()
-    }
+    turns = {name: asyncio.Semaphore(slots.need) for name, slots in plan.slots.items()}
     rng = random.Random()
 
     async def produce(index: int) -> _Output:
-        plan = plans[index]
-        calls = OutputCalls(context, job, index, plan, deadline, lease, attempts, rng)
-        async with turns[context.providers.edit_model(plan[0]).upstream]:
+        models = plan.models[index]
+        calls = OutputCalls(context, job, index, models, deadline, lease, attempts, rng)
+        async with turns[plan.upstreams[index]]:
             result = await call_with_routing(calls, base)
         # The upstream's bytes stay in memory until stored: an object-store outage is
         # retried here and never costs a second upstream call.

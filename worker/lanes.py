@@ -23,6 +23,7 @@ from typing import Any
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from app.jobs import Lane
 from app.providers_config import ProvidersConfig
 from app.settings import Settings
 from worker.context import shutdown, startup
@@ -39,13 +40,13 @@ class LaneWorkers:
         self.settings = settings
         self.providers = providers
         self.ctx: dict[str, Any] = {"settings": settings, "providers": providers}
-        self._workers: dict[bool, Worker] = {}
+        self._workers: dict[Lane, Worker] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    def _new_worker(self, bulk: bool) -> Worker:
+    def _new_worker(self, lane: Lane) -> Worker:
         worker = Worker(
-            **worker_settings(self.settings, self.providers, bulk=bulk),
+            **worker_settings(self.settings, self.providers, lane),
             handle_signals=False,
             ctx=self.ctx,
         )
@@ -53,21 +54,20 @@ class LaneWorkers:
         # (``LeaseKeeper.hold``), not at arq's job_timeout + 10 s: a worker killed after
         # picking a job but before leasing it must not strand that job for minutes.
         worker.in_progress_timeout_s = self.settings.job_lease_s
-        self._workers[bulk] = worker
+        self._workers[lane] = worker
         return worker
 
     async def start(self) -> None:
         """Build the shared context, then start polling both lanes."""
         await startup(self.ctx)
         self._supervisors = [
-            asyncio.create_task(self._supervise(bulk), name=f"lane-{'bulk' if bulk else 'fast'}")
-            for bulk in (False, True)
+            asyncio.create_task(self._supervise(lane), name=f"lane-{lane.value}") for lane in Lane
         ]
 
-    async def _supervise(self, bulk: bool) -> None:
+    async def _supervise(self, lane: Lane) -> None:
         delay = 0.5
         while not self._stopping:
-            worker = self._new_worker(bulk)
+            worker = self._new_worker(lane)
             try:
                 await worker.async_run()
                 return
@@ -78,7 +78,7 @@ class LaneWorkers:
             except (RedisError, OSError) as exc:
                 log.warning(
                     "lane %s lost Redis (%s); restarting in %.1f s",
-                    "bulk" if bulk else "interactive",
+                    lane.value,
                     exc,
                     delay,
                 )

@@ -15,6 +15,7 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import func
 
+from app.jobs import Lane
 from app.providers_config import ProvidersConfig
 from app.queue import EDIT_TASK, deserialize, lane_queue, serialize
 from app.settings import Settings
@@ -28,14 +29,12 @@ STORE_MARGIN_S = 90  # output stores may retry for 55 s past the upstream budget
 MAX_DELIVERIES = 1_000_000_000
 
 
-def health_check_key(settings: Settings, *, bulk: bool = False) -> str:
+def health_check_key(settings: Settings, lane: Lane = Lane.INTERACTIVE) -> str:
     """The Redis key a live worker refreshes (probe with ``editq worker --check``)."""
-    return f"{lane_queue(settings.queue_name, bulk=bulk)}:health-check"
+    return f"{lane_queue(settings.queue_name, lane)}:health-check"
 
 
-def worker_settings(
-    settings: Settings, providers: ProvidersConfig, *, bulk: bool = False
-) -> dict[str, Any]:
+def worker_settings(settings: Settings, providers: ProvidersConfig, lane: Lane) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` serving one lane (interactive or bulk).
 
     Start-up and shutdown are the caller's (``worker.lanes``): both lanes of a
@@ -51,7 +50,7 @@ def worker_settings(
                 timeout=settings.webhook_timeout_s + STORE_MARGIN_S,
             ),
         ],
-        "queue_name": lane_queue(settings.queue_name, bulk=bulk),
+        "queue_name": lane_queue(settings.queue_name, lane),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "max_jobs": settings.worker_max_jobs,
         "job_timeout": settings.attempt_budget_s + STORE_MARGIN_S,
@@ -61,6 +60,6 @@ def worker_settings(
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "health_check_interval": settings.worker_health_check_interval_s,
-        "health_check_key": health_check_key(settings, bulk=bulk),
+        "health_check_key": health_check_key(settings, lane),
         "max_tries": MAX_DELIVERIES,
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from typing import Any
 
@@ -19,15 +18,15 @@ from arq.worker import RetryJob
 from redis.exceptions import RedisError
 
 from app.errors import EditqError
-from app.jobs import Attempt, Job, JobError, JobOutcome, JobStatus, StoredImage
+from app.jobs import Attempt, Job, JobError, JobOutcome, JobStatus, Lane, StoredImage
 from app.logs import bind_log_fields
 from app.queue import arq_job_id, lane_queue
 from app.storage import output_key
 from worker.context import CONTEXT_KEY, WorkerContext
-from worker.edit_run import STORE_RETRY_S, execute_run, slot_needs, with_storage_retries
+from worker.edit_run import STORE_RETRY_S, execute_run, with_storage_retries
 from worker.leases import Lease
 from worker.result_cache import request_digest
-from worker.routing import plan_models
+from worker.run_plan import RunPlan, plan_run
 from worker.upstream_gate import SlotGrant
 
 log = logging.getLogger(__name__)
@@ -76,21 +75,26 @@ async def _run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
         log.info("job %s run %d skipped: no longer current", job_id, run)
         return
     bind_log_fields(tenant=job.spec.tenant)
-    queue = lane_queue(context.settings.queue_name, bulk=job.spec.batch_id is not None)
+    queue = lane_queue(context.settings.queue_name, job.lane)
     with context.cancellations.watch(job_id):
         try:
             if await _answer_from_cache(context, job):
                 return
-            plans = _plan(job)
-            grants = await _admit(context, ctx, job, plans, arq_id, queue)
+            plan = plan_run(
+                job.spec.request,
+                job.lane,
+                context.providers,
+                reserve=context.settings.interactive_reserve_slots,
+            )
+            grants = await _admit(context, ctx, job, plan, arq_id, queue)
             async with context.leases.hold(arq_id, queue) as lease:
                 lease.slots.extend(grants)
                 claimed = await _claim(context, job)
                 if claimed is None:
                     return
-                context.metrics.pickup(ctx.get("enqueue_time"), bulk=job.spec.batch_id is not None)
+                context.metrics.pickup(ctx.get("enqueue_time"), job.lane)
                 with context.metrics.run_duration.time():
-                    await _execute_and_record(context, claimed, plans, lease)
+                    await _execute_and_record(context, claimed, plan, lease)
         except asyncio.CancelledError:
             if context.cancellations.was_canceled(job_id):
                 log.info("job %s run %d abandoned: canceled by its client", job_id, run)
@@ -108,23 +112,17 @@ def waiter_rank(job: Job, ctx: dict[str, Any]) -> float:
     running at the same time are served in turn — one variant of each, then the next
     — rather than the first batch until it is done (start-time fair queuing).
     """
-    if job.spec.batch_id is not None:
+    if job.lane == Lane.BULK:
         return job.spec.rank if job.spec.rank is not None else float(job.spec.variant_index or 0)
     enqueued_ms = ctx["enqueue_time"].timestamp() * 1000 if "enqueue_time" in ctx else 0.0
     return enqueued_ms - SINGLE_JOB_PRIORITY_MS
-
-
-def _plan(job: Job) -> list[list[str]]:
-    """Each output's models in order; the load balancer chooses for each independently."""
-    request, rng = job.spec.request, random.Random()
-    return [plan_models(request.model, request.routing, rng) for _ in range(request.n)]
 
 
 async def _admit(
     context: WorkerContext,
     ctx: dict[str, Any],
     job: Job,
-    plans: list[list[str]],
+    plan: RunPlan,
     arq_id: str,
     queue: str,
 ) -> list[SlotGrant]:
@@ -137,13 +135,13 @@ async def _admit(
     """
     rank = waiter_rank(job, ctx)
     grants = await context.gate.admit(
-        slot_needs(context, plans, bulk=job.spec.batch_id is not None),
+        {name: (slots.need, slots.cap) for name, slots in plan.slots.items()},
         holder=arq_id,
         ticket=f"{queue}|{arq_id}",
         ticket_score=rank,
         park_s=WAITER_SAFETY_DEFER_S,
     )
-    if grants is not None and job.spec.batch_id is not None:
+    if grants is not None and job.lane == Lane.BULK:
         await context.gate.advance_clock(rank)
     if grants is None:
         raise RetryJob()
@@ -211,7 +209,7 @@ async def _copy_output(
 
 
 async def _execute_and_record(
-    context: WorkerContext, job: Job, plans: list[list[str]], lease: Lease
+    context: WorkerContext, job: Job, plan: RunPlan, lease: Lease
 ) -> None:
     attempts: list[Attempt] = []
     budget = context.settings.attempt_budget_s
@@ -220,7 +218,7 @@ async def _execute_and_record(
         # Upstream calls keep to ``deadline``; storing may take a little longer.
         async with asyncio.timeout(budget + STORE_RETRY_S):
             outcome = await execute_run(
-                context, job, plans=plans, lease=lease, deadline=deadline, attempts=attempts
+                context, job, plan=plan, lease=lease, deadline=deadline, attempts=attempts
             )
     except TimeoutError:
         error = JobError(

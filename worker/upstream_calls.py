@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from app.errors import UpstreamError, UpstreamTimeout
@@ -36,7 +36,7 @@ class OutputCalls:
     context: WorkerContext
     job: Job
     index: int
-    plan: list[str]  # model ids, first choice then fallbacks
+    plan: Sequence[str]  # model ids, first choice then fallbacks
     deadline: float  # loop time at which the attempt's budget runs out
     lease: Lease
     attempts: list[Attempt]

@@ -8,7 +8,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from app.app_keys import METRICS, QUEUE
-from app.metrics import CONTENT_TYPE, lane_name
+from app.jobs import Lane
+from app.metrics import CONTENT_TYPE
 from app.openapi import Reply, operation
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,9 @@ async def metrics(request: web.Request) -> web.Response:
     """
     registry = request.app[METRICS]
     try:
-        for bulk in (False, True):
-            depth = await request.app[QUEUE].depth(bulk=bulk)
-            registry.queue_depth.labels(lane_name(bulk=bulk)).set(depth)
+        for lane in Lane:
+            depth = await request.app[QUEUE].depth(lane)
+            registry.queue_depth.labels(lane.value).set(depth)
     except (RedisError, OSError) as exc:
         log.warning("queue depth unavailable for /metrics: %s", exc)
         registry.queue_depth.clear()

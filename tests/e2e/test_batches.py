@@ -218,7 +218,7 @@ async def test_per_job_events_when_asked_as_well(narrow_window: RunningService) 
     ("body", "param"),
     [
         (batch_body([{"prompt": "ok"}, {"size": "huge"}]), "variants[1].size"),
-        (batch_body([{"model": "nobody/unknown"}]), "model"),
+        (batch_body([{"model": "nobody/unknown"}]), "variants[0].model"),
         (batch_body([{"prompt": "x"}], n=3), "n"),
         (batch_body(n=0), "n"),
         (batch_body([]), "variants"),
