@@ -22,7 +22,7 @@
         ├── UpstreamRejected        the upstream refused the request (its 4xx, its code)
         └── UpstreamBadResponse     502 upstream_error: an answer that is not an image response
 
-One aiohttp middleware (``app.middleware``) turns any of them into the OpenAI error
+One aiohttp middleware (``app.http.middleware.errors``) turns any of them into the OpenAI error
 body ``{"error": {"message", "type", "code", "param"}}``; a job that fails records
 the same ``type``/``code``/``message`` in its ``error`` field.
 """

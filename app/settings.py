@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.webhooks import parse_schedule
+from app.core.webhooks import parse_schedule
 
 MB = 1024 * 1024
 

@@ -15,12 +15,12 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from app.embedded import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, EmbeddedRedis, EmbeddedS3
-from app.providers_config import ModelConfig, ProvidersConfig, UpstreamConfig
+from app.blobs import ObjectStore
+from app.cli.embedded import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, EmbeddedRedis, EmbeddedS3
+from app.core.providers_config import ModelConfig, ProvidersConfig, UpstreamConfig
 from app.settings import Settings
-from app.storage import ObjectStore
-from tests.fakes.upstream import FakeUpstream
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.service import RunningService
 
 API_KEYS = ("key-a", "key-b")
 

@@ -13,11 +13,11 @@ import pytest
 import yaml
 from aiohttp import web
 
-from app.cli import build_parser
-from app.main import create_app
-from app.providers_config import load_providers
+from app.cli.main import build_parser
+from app.core.providers_config import load_providers
+from app.http.app import create_app
 from app.settings import Settings
-from worker.main import build_parser as worker_parser
+from worker.process.main import build_parser as worker_parser
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"

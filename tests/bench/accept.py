@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from app.embedded import free_port
+from app.cli.embedded import free_port
 from tests.bench.client import edit_body, png_of_bytes
 from tests.bench.figures import Row, ms
 from tests.bench.proc import cpu_seconds

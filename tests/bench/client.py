@@ -15,8 +15,8 @@ import aiohttp
 from PIL import Image
 
 from tests.bench.stack import API_KEY, MODEL
-from tests.fakes.upstream import FakeUpstream, RecordedRequest
-from tests.images import data_url, encode
+from tests.support.fakes.upstream import FakeUpstream, RecordedRequest
+from tests.support.images import data_url, encode
 
 
 def noisy_png(side: int, seed: int = 8) -> bytes:

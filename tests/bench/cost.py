@@ -20,11 +20,11 @@ from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
-from app.embedded import EmbeddedRedis
+from app.cli.embedded import EmbeddedRedis
 from tests.bench.client import BenchClient, edit_body
 from tests.bench.figures import Row
 from tests.bench.stack import BenchStack
-from tests.images import png
+from tests.support.images import png
 
 JOBS = 200
 IDLE_S = 3.0

@@ -24,7 +24,7 @@ from aiohttp import web
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from botocore.config import Config
 
-from app.embedded import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
+from app.cli.embedded import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

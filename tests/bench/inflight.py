@@ -14,7 +14,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bench.stack import API_KEY, BenchStack
-from tests.images import encode
+from tests.support.images import encode
 
 MB = 1024 * 1024
 

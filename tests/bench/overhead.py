@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from app.blobs import ObjectStore
 from app.settings import Settings
-from app.storage import ObjectStore
 from tests.bench.client import BenchClient, CallFinder, edit_body, noisy_png
 from tests.bench.figures import Row, ms
 from tests.bench.stack import BenchStack
-from tests.images import decode, encode
-from worker.outputs import convert_output
+from tests.support.images import decode, encode
+from worker.runs.outputs import convert_output
 
 SIZE = "1000x1000"
 UPSTREAM_LATENCY_S = 0.3  # so the long-poll is in place before the answer

@@ -16,7 +16,7 @@ from tests.bench.client import BenchClient, CallFinder, edit_body
 from tests.bench.figures import Row, ms
 from tests.bench.proc import cpu_seconds
 from tests.bench.stack import MODEL, BenchStack
-from tests.images import data_url, png
+from tests.support.images import data_url, png
 
 BATCH_VARIANTS = 2000
 BATCH_LATENCY_S = 0.5  # each variant's upstream call

@@ -16,8 +16,8 @@ from types import TracebackType
 
 import aiohttp
 
-from app.embedded import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, EmbeddedRedis, free_port
-from tests.fakes.upstream import FakeUpstream
+from app.cli.embedded import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, EmbeddedRedis, free_port
+from tests.support.fakes.upstream import FakeUpstream
 
 API_KEY = "bench-key"
 MODEL = "fake/gpt-image-1"
@@ -140,8 +140,8 @@ class BenchStack:
         await asyncio.sleep(0.5)  # let the workers' lanes start polling
 
     async def _create_bucket(self, env: dict[str, str]) -> None:
+        from app.blobs import ObjectStore
         from app.settings import Settings
-        from app.storage import ObjectStore
 
         settings = Settings(
             s3_endpoint_url=env["EDITQ_S3_ENDPOINT_URL"],

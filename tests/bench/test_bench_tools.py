@@ -14,17 +14,17 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from app.embedded import EmbeddedRedis, free_port
+from app.blobs import ObjectStore
+from app.cli.embedded import EmbeddedRedis, free_port
 from app.settings import Settings
-from app.storage import ObjectStore
 from tests.bench.client import CallFinder, edit_body, png_of_bytes
 from tests.bench.cost import CommandCounter
 from tests.bench.figures import Row, ms, percentile
 from tests.bench.floor import floor_app
 from tests.bench.proc import cpu_seconds, peak_rss_bytes, rss_bytes
 from tests.bench.results import commit, render
-from tests.fakes.upstream import FakeUpstream
-from tests.images import png
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.images import png
 
 
 def test_percentiles_are_nearest_rank() -> None:

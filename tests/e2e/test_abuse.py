@@ -24,12 +24,12 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from app.embedded import free_port
-from app.providers_config import ProvidersConfig
+from app.blobs import ObjectStore
+from app.cli.embedded import free_port
+from app.core.providers_config import ProvidersConfig
 from app.settings import MB, Settings
-from app.storage import ObjectStore
-from tests.images import data_url, png
-from tests.service import RunningService
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
 
 BODY_TIMEOUT_S = 1.0
 

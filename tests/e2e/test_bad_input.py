@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from app.settings import Settings
-from tests.images import data_url, encode, mask, png
-from tests.service import RunningService
+from tests.support.images import data_url, encode, mask, png
+from tests.support.service import RunningService
 
 
 def _assert_error(body: dict[str, Any], code: str, param: str | None = None) -> None:

@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
-from app.providers_config import ProvidersConfig
+from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
-from tests.fakes.receiver import WebhookReceiver
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import data_url, decode, png
-from tests.service import RunningService
+from tests.support.fakes.receiver import WebhookReceiver
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import data_url, decode, png
+from tests.support.service import RunningService
 
 
 def batch_body(variants: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:

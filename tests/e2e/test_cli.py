@@ -1,5 +1,5 @@
 """The ``editq`` client commands against the real running service, run as
-``app.cli.main([...])`` in a thread (the test's event loop serves the API)."""
+``app.cli.main.main([...])`` in a thread (the test's event loop serves the API)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.embedded import free_port
-from tests.images import decode, png
-from tests.service import RunningService
+from app.cli.embedded import free_port
+from app.cli.main import main
+from tests.support.images import decode, png
+from tests.support.service import RunningService
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from app.client import AsyncEditqClient, EditqClient
-from app.client_models import EditqClientError, EditqConnectionError, ServerSentEvent
-from app.embedded import free_port
-from tests.images import decode, mask, png
-from tests.service import RunningService
+from app.cli.embedded import free_port
+from app.client.api import AsyncEditqClient, EditqClient
+from app.client.models import EditqClientError, EditqConnectionError, ServerSentEvent
+from tests.support.images import decode, mask, png
+from tests.support.service import RunningService
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import data_url, decode, mask, png
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import data_url, decode, mask, png
+from tests.support.service import RunningService
 
 
 async def wait_batch(service: RunningService, batch_id: str) -> dict[str, Any]:
@@ -48,7 +48,7 @@ async def test_the_dashboard_files_are_public_and_locked_to_this_origin(
 
     scripts = [
         entry.name
-        for entry in resources.files("app").joinpath("ui").iterdir()
+        for entry in resources.files("app.http").joinpath("ui").iterdir()
         if entry.name.endswith(".js")
     ]
     assert "app.js" in scripts

@@ -11,12 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from app.client import AsyncEditqClient
-from app.client_models import ServerSentEvent, SseDecoder
-from app.handlers import events as events_handler
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import data_url, png
-from tests.service import RunningService
+from app.client.api import AsyncEditqClient
+from app.client.models import ServerSentEvent, SseDecoder
+from app.http.handlers import events as events_handler
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
 
 
 class EventReader:

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from app.embedded import free_port
+from app.blobs import ObjectStore
+from app.cli.embedded import free_port
+from app.core.providers_config import load_providers
 from app.errors import EditqError
-from app.providers_config import load_providers
 from app.settings import Settings
-from app.storage import ObjectStore
-from tests.fakes.upstream import FakeUpstream
-from tests.images import data_url, png
-from tests.processes import WorkerProcess, write_providers
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.images import data_url, png
+from tests.support.processes import WorkerProcess, write_providers
+from tests.support.service import RunningService
 
 pytestmark = pytest.mark.slow
 CAP = 10

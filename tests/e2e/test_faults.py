@@ -26,15 +26,15 @@ import boto3
 import pytest
 from redis.asyncio import Redis
 
-from app.embedded import EmbeddedRedis
-from app.job_store import JobStore
-from app.providers_config import ProvidersConfig, load_providers
+from app.cli.embedded import EmbeddedRedis
+from app.core.providers_config import ProvidersConfig, load_providers
 from app.settings import Settings
-from tests.fakes.receiver import WebhookReceiver
-from tests.fakes.tcp_proxy import TcpProxy
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.processes import WorkerProcess, write_providers
-from tests.service import TERMINAL, RunningService
+from app.store.jobs import JobStore
+from tests.support.fakes.receiver import WebhookReceiver
+from tests.support.fakes.tcp_proxy import TcpProxy
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.processes import WorkerProcess, write_providers
+from tests.support.service import TERMINAL, RunningService
 
 pytestmark = pytest.mark.slow
 MODEL = "fake/gpt-image-1"

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.service import RunningService
+from tests.support.service import RunningService
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ import pytest
 from multidict import CIMultiDictProxy
 from PIL import Image
 
-from app.providers_config import ProvidersConfig
+from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
-from tests.fakes.upstream import FakeUpstream
-from tests.images import data_url, png
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
 
 KEY = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import data_url, decode, mask, png
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import data_url, decode, mask, png
+from tests.support.service import RunningService
 
 
 async def test_multipart_submit_poll_and_download(service: RunningService) -> None:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from app.providers_config import ModelConfig, ProvidersConfig, UpstreamConfig
+from app.core.providers_config import ModelConfig, ProvidersConfig, UpstreamConfig
 from app.settings import Settings
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import data_url, png
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
 
 CAP = 4
 

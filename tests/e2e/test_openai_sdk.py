@@ -15,13 +15,13 @@ import openai
 import pytest
 from aiohttp import web
 
-from app.embedded import free_port
-from app.main import create_app
-from app.providers_config import ProvidersConfig
+from app.cli.embedded import free_port
+from app.core.providers_config import ProvidersConfig
+from app.http.app import create_app
 from app.settings import Settings
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import data_url, decode, mask, png
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import data_url, decode, mask, png
+from tests.support.service import RunningService
 
 MODEL = "local/editor"
 UPSTREAM_MODEL = "fake/gpt-image-1"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded import free_port
-from tests.images import decode
+from app.cli.embedded import free_port
+from tests.support.images import decode
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from multidict import CIMultiDictProxy
 
-from app.providers_config import ProvidersConfig
+from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
-from tests.images import data_url, png
-from tests.service import RunningService
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
 
 LIMIT = 3
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from app.providers_config import ProvidersConfig
+from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
-from tests.images import data_url, mask, png
-from tests.service import RunningService
+from tests.support.images import data_url, mask, png
+from tests.support.service import RunningService
 
 MAX_IMAGE_BYTES = 200_000
 PARAM = "images[0].image_url"

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from app.providers_config import ProvidersConfig
+from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import png
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import png
+from tests.support.service import RunningService
 
 
 def _calls(job: dict[str, object]) -> list[tuple[str, int | None, str | None]]:

@@ -19,14 +19,14 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from app.auth import ApiKeys, tenant_of
+from app.core.providers_config import ProvidersConfig
 from app.errors import AuthenticationFailed
-from app.main import create_app
-from app.middleware import PUBLIC_PATHS
-from app.providers_config import ProvidersConfig
+from app.http.app import create_app
+from app.http.middleware.errors import PUBLIC_PATHS
+from app.services.auth import ApiKeys, tenant_of
 from app.settings import Settings
-from tests.images import data_url, png
-from tests.service import RunningService
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
 
 PUBLIC = {"/healthz", "/readyz", "/docs", "/openapi.json"}
 STATIC_UI = {"/ui", "/ui/{name}"}  # the dashboard's files: no data; the page asks for a key

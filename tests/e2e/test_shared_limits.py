@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app.providers_config import load_providers
+from app.core.providers_config import load_providers
 from app.settings import Settings
-from tests.fakes.upstream import FakeUpstream
-from tests.processes import WorkerProcess, write_providers
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.processes import WorkerProcess, write_providers
+from tests.support.service import RunningService
 
 pytestmark = pytest.mark.slow
 CAP = 5

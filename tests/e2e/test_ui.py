@@ -22,12 +22,12 @@ from playwright.async_api import (
     expect,
 )
 
-from app.providers_config import ProvidersConfig
+from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
 from tests.conftest import make_providers
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.images import data_url, png
-from tests.service import RunningService
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

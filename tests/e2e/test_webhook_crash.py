@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
-from app.providers_config import load_providers
+from app.core.providers_config import load_providers
 from app.settings import Settings
-from tests.fakes.receiver import WebhookReceiver
-from tests.processes import WorkerProcess
-from tests.service import RunningService
+from tests.support.fakes.receiver import WebhookReceiver
+from tests.support.processes import WorkerProcess
+from tests.support.service import RunningService
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from app.providers_config import ProvidersConfig
+from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
-from tests.fakes.receiver import Received, WebhookReceiver
-from tests.fakes.upstream import FakeUpstream, Fault
-from tests.service import RunningService
+from tests.support.fakes.receiver import Received, WebhookReceiver
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.service import RunningService
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.jobs import Usage
+from app.core.jobs import Usage
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import io
 
 from PIL import Image, ImageChops, UnidentifiedImageError
 
-from app.providers_config import MaskConvention
+from app.core.providers_config import MaskConvention
 
 
 def to_convention(mask_png: bytes, convention: MaskConvention) -> bytes:

@@ -2,9 +2,9 @@
 
 ``OpenAIUpstream.edit`` sends one multipart request (``n=1``) and returns the image
 the upstream answered with; sending, answer parsing and error mapping are
-``worker.providers.http_upstream``'s (see there for which failure raises what).
+``worker.providers.http.client``'s (see there for which failure raises what).
 ``usage_from`` and ``parse_edit_response`` are re-exported from
-``worker.providers.images_response``.
+``worker.providers.http.responses``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import aiohttp
 
 from worker.providers.base import EditCall
-from worker.providers.http_upstream import MAX_RESPONSE_BYTES, HttpEditUpstream, RequestBody
-from worker.providers.images_response import parse_edit_response, usage_from
+from worker.providers.http.client import MAX_RESPONSE_BYTES, HttpEditUpstream, RequestBody
+from worker.providers.http.responses import parse_edit_response, usage_from
 
 __all__ = [
     "MAX_RESPONSE_BYTES",

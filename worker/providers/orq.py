@@ -3,7 +3,7 @@
 The body is OpenAI's multipart shape (``worker.providers.openai.build_form``) plus
 ``response_format=b64_json``, since orq answers with a ``url`` by default. The answer
 is the OpenAI images shape. Sending, answer parsing and error mapping are
-``worker.providers.http_upstream``'s.
+``worker.providers.http.client``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import aiohttp
 
 from worker.providers.base import EditCall
-from worker.providers.http_upstream import HttpEditUpstream, RequestBody
+from worker.providers.http.client import HttpEditUpstream, RequestBody
 from worker.providers.openai import build_form
 
 EDITS_PATH = "/v2/router/images/edits"

@@ -7,9 +7,9 @@ from concurrent.futures import Executor
 
 import aiohttp
 
-from app.providers_config import ProvidersConfig, UpstreamConfig
+from app.core.providers_config import ProvidersConfig, UpstreamConfig
 from worker.providers.base import Upstream
-from worker.providers.local import LocalUpstream
+from worker.providers.local.editor import LocalUpstream
 from worker.providers.openai import OpenAIUpstream
 from worker.providers.orq import OrqUpstream
 from worker.providers.requesty import RequestyUpstream

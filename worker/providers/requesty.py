@@ -3,7 +3,7 @@
 Images travel as base64 ``data:`` URLs (``images: [{"image_url"}]``, ``mask:
 {"image_url"}``); the answer is the OpenAI images shape, and errors in Requesty's
 ``{"error": {"origin", "message"}}`` shape keep their message and origin. Sending,
-answer parsing and error mapping are ``worker.providers.http_upstream``'s.
+answer parsing and error mapping are ``worker.providers.http.client``'s.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import aiohttp
 
 from worker.providers.base import EditCall, InputImage
-from worker.providers.http_upstream import HttpEditUpstream, RequestBody
+from worker.providers.http.client import HttpEditUpstream, RequestBody
 from worker.providers.openai import edits_url
 
 

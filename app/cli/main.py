@@ -1,0 +1,73 @@
+"""The ``editq`` command: ``dev`` (everything embedded), ``api`` and ``worker``, and
+the client commands ``edit``, ``status``, ``wait``, ``cancel`` and ``batch``.
+
+``editq worker`` starts the worker program (``python -m worker``) by name, so the
+front end never imports worker code. The client commands live in ``app.cli.client_commands``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from aiohttp import web
+
+from app.cli.client_commands import CLIENT_COMMANDS, add_client_commands, run_client_command
+from app.cli.dev import serve_dev
+from app.core.providers_config import ProvidersConfig, ProvidersFileError, load_providers
+from app.http.app import create_app
+from app.obs.logs import configure_logging
+from app.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``editq`` command line; ``worker``'s own options are ``worker.process.main``'s."""
+    parser = argparse.ArgumentParser(prog="editq", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("dev", "run API, worker, Redis and S3 on this machine"),
+        ("api", "run the HTTP front end (configured from EDITQ_* variables)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8080)
+    commands.add_parser("worker", help="run a worker (python -m worker)", add_help=False)
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen subcommand."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "worker":
+        os.execv(sys.executable, [sys.executable, "-m", "worker", *rest])
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
+    settings = Settings()
+    if args.command == "dev" and settings.log_format is None:
+        # People read dev logs; the worker it starts inherits this through the environment.
+        settings = settings.model_copy(update={"log_format": "text"})
+    configure_logging(settings)
+    try:
+        providers = load_providers(settings.providers_file, os.environ)
+    except ProvidersFileError as exc:
+        print(f"editq: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "dev":
+        return asyncio.run(serve_dev(settings, providers, args.host, args.port))
+    return _serve_api(settings, providers, args.host, args.port)
+
+
+def _serve_api(settings: Settings, providers: ProvidersConfig, host: str, port: int) -> int:
+    if not settings.api_keys:
+        print(
+            "editq api: EDITQ_API_KEYS is empty, so no client could call the API", file=sys.stderr
+        )
+        return 2
+    web.run_app(create_app(settings, providers), host=host, port=port, print=None)
+    return 0

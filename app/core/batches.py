@@ -1,0 +1,93 @@
+"""The edit batch: many variants of one request, followed as one thing.
+
+A batch's variants are ordinary jobs (``batch_id`` and ``variant_index`` set) that
+share the batch's stored inputs. Its counts are kept by the job store's transition
+script, so they are exact under concurrent completions, duplicates and cancels,
+and reading a batch never scans its jobs.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.core.jobs import JobInputs, JobStatus
+
+BatchEventType = Literal[
+    "batch.completed", "job.running", "job.succeeded", "job.failed", "job.canceled"
+]
+DEFAULT_BATCH_EVENTS: tuple[BatchEventType, ...] = ("batch.completed",)
+
+
+class BatchStatus(StrEnum):
+    """``running`` until every variant is terminal, then ``completed`` (or ``canceled``)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+
+
+class BatchSpec(BaseModel):
+    """The part of a batch fixed at submission."""
+
+    id: str
+    tenant: str
+    created_at: float
+    total: int
+    inputs: JobInputs
+    metadata: dict[str, str] = Field(default_factory=dict)
+    webhook_url: str | None = None
+    webhook_events: tuple[BatchEventType, ...] = DEFAULT_BATCH_EVENTS
+
+
+class Batch(BaseModel):
+    """A batch as stored: its spec, status and counts by job status."""
+
+    spec: BatchSpec
+    status: BatchStatus
+    counts: dict[str, int]
+    usage: dict[str, Any]
+    finished_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def public(self) -> dict[str, Any]:
+        """The API's batch object."""
+        return {
+            "id": self.spec.id,
+            "object": "edit.batch",
+            "status": self.status.value,
+            "total": self.spec.total,
+            "counts": self.counts,
+            "created_at": int(self.spec.created_at),
+            "finished_at": None if self.finished_at is None else int(self.finished_at),
+            "usage": self.usage,
+            "metadata": self.spec.metadata,
+            "webhook_url": self.spec.webhook_url,
+        }
+
+
+def batch_from_hash(row: dict[str, str]) -> Batch | None:
+    """Rebuild a batch from its Redis hash (see ``app.store.batches``)."""
+    if not row or "spec" not in row:
+        return None
+    counts = {status.value: int(row.get(f"n_{status.value}", 0)) for status in JobStatus}
+    usage: dict[str, Any] = {
+        name: int(row.get(f"u_{name}", 0))
+        for name in ("total_tokens", "input_tokens", "output_tokens")
+    }
+    usage["input_tokens_details"] = {
+        key.removeprefix("ud_"): int(value) for key, value in row.items() if key.startswith("ud_")
+    }
+    finished = row.get("finished_at")
+    return Batch(
+        spec=BatchSpec.model_validate_json(row["spec"]),
+        status=BatchStatus(row["status"]),
+        counts=counts,
+        usage=usage,
+        finished_at=int(finished) / 1000 if finished else None,
+    )

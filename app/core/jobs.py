@@ -1,0 +1,260 @@
+"""The edit job: its status machine, what it records, and how new ids are made.
+
+Status moves only along ``TRANSITIONS``::
+
+    queued ──> running ──> succeeded      (running ──> running: a take-over)
+       │          │──────> failed ───┐
+       │          └──────> canceled ─┤ (retry)
+       └─────────────────> canceled  └──> queued
+
+``run`` counts the job's runs (1 for the first, +1 per retry); ``attempt`` counts
+the workers' goes at them (+1 per claim, including a take-over from a worker that
+died or stalled). A worker presents both when it records the end of its attempt,
+so a late duplicate of an earlier run or attempt can never move the job, and its
+outputs (written under its attempt's own keys) are never the committed ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.edit_params import EditParams
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        """True once nothing will change the job unless a client retries it."""
+        return self in TERMINAL
+
+
+class Lane(StrEnum):
+    """Which poll loop serves a job: single jobs are interactive, batch variants bulk.
+
+    ``JobSpec.lane`` is the one place that decides it; everyone else asks the job.
+    """
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELED,
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,  # another worker takes over a run whose worker died
+        }
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELED: frozenset({JobStatus.QUEUED}),
+}
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """Every status from which a job may move to ``target``."""
+    return frozenset(source for source, targets in TRANSITIONS.items() if target in targets)
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A job id that sorts by creation time: ``job_`` + 12 hex digits of ms + 12 random."""
+    return f"job_{_time_ordered(now)}"
+
+
+def new_batch_id(now: float | None = None) -> str:
+    """A batch id that sorts by creation time, like job ids."""
+    return f"batch_{_time_ordered(now)}"
+
+
+def _time_ordered(now: float | None) -> str:
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"{millis:012x}{os.urandom(6).hex()}"
+
+
+class Usage(BaseModel):
+    """Token usage in the OpenAI images shape; upstream extras are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_tokens_details: dict[str, int] = Field(
+        default_factory=lambda: {"text_tokens": 0, "image_tokens": 0}
+    )
+
+    def plus(self, other: Usage) -> Usage:
+        """The sum of two usages (details added key by key)."""
+        details = dict(self.input_tokens_details)
+        for key, value in other.input_tokens_details.items():
+            details[key] = details.get(key, 0) + value
+        return Usage(
+            total_tokens=self.total_tokens + other.total_tokens,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            input_tokens_details=details,
+        )
+
+
+class Attempt(BaseModel):
+    """One upstream call, successful or not."""
+
+    run: int
+    output_index: int
+    upstream: str
+    model: str
+    status: int | None = Field(None, description="the upstream's HTTP status, if it answered")
+    error_code: str | None = None
+    duration_ms: int
+    started_at: float
+    next_action: Literal["retry", "fallback"] | None = Field(
+        None, description="what followed this failed call, if anything"
+    )
+
+
+class JobError(BaseModel):
+    """Why a job failed, in the OpenAI error vocabulary."""
+
+    type: str
+    code: str
+    message: str
+
+
+class StoredImage(BaseModel):
+    """An image held in object storage, described without its bytes."""
+
+    key: str
+    content_type: str
+    bytes: int
+    width: int
+    height: int
+    sha256: str | None = None
+
+
+class JobInputs(BaseModel):
+    """The job's input images and mask, as stored."""
+
+    images: tuple[StoredImage, ...]
+    mask: StoredImage | None = None
+
+
+class JobOutcome(BaseModel):
+    """A succeeded job's outputs and what the upstream reported."""
+
+    created: int
+    outputs: tuple[StoredImage, ...]
+    output_format: str
+    size: str
+    quality: str
+    usage: Usage
+
+
+class JobSpec(BaseModel):
+    """The part of a job fixed at submission."""
+
+    id: str
+    tenant: str
+    created_at: float
+    request: EditParams
+    inputs: JobInputs
+    batch_id: str | None = None
+    variant_index: int | None = None
+    rank: float | None = Field(None, description="a variant's place in fair-share order")
+
+    @property
+    def lane(self) -> Lane:
+        """The lane the job runs on: bulk for a batch variant, else interactive."""
+        return Lane.BULK if self.batch_id is not None else Lane.INTERACTIVE
+
+
+class Job(BaseModel):
+    """A job as stored: its spec plus everything that changes while it runs."""
+
+    spec: JobSpec
+    status: JobStatus
+    run: int = 1
+    attempt: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: tuple[Attempt, ...] = ()
+    error: JobError | None = None
+    outcome: JobOutcome | None = None
+    cached: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def lane(self) -> Lane:
+        """The lane the job runs on (see ``JobSpec.lane``)."""
+        return self.spec.lane
+
+    def public(
+        self, urls: list[dict[str, Any]] | None, queue_position: int | None = None
+    ) -> dict[str, Any]:
+        """The API's job object; ``urls`` is the ``data`` list of the result, if any."""
+        request = self.spec.request.model_dump(mode="json", exclude={"metadata"})
+        request["images"] = [_describe(image) for image in self.spec.inputs.images]
+        if self.spec.inputs.mask is not None:
+            request["mask"] = _describe(self.spec.inputs.mask)
+        result = None
+        if self.outcome is not None and urls is not None:
+            result = {
+                "created": self.outcome.created,
+                "data": urls,
+                "output_format": self.outcome.output_format,
+                "size": self.outcome.size,
+                "quality": self.outcome.quality,
+                "usage": self.outcome.usage.model_dump(mode="json"),
+            }
+        return {
+            "id": self.spec.id,
+            "object": "edit.job",
+            "status": self.status.value,
+            "model": self.spec.request.model,
+            "created_at": int(self.spec.created_at),
+            "started_at": _seconds(self.started_at),
+            "finished_at": _seconds(self.finished_at),
+            "request": request,
+            "attempts": [attempt.model_dump(mode="json") for attempt in self.attempts],
+            "error": self.error.model_dump(mode="json") if self.error else None,
+            "result": result,
+            "cached": self.cached,
+            "batch_id": self.spec.batch_id,
+            "variant_index": self.spec.variant_index,
+            "queue_position": queue_position if self.status == JobStatus.QUEUED else None,
+            "metadata": self.spec.request.metadata,
+        }
+
+
+def _describe(image: StoredImage) -> dict[str, Any]:
+    return {
+        "content_type": image.content_type,
+        "bytes": image.bytes,
+        "width": image.width,
+        "height": image.height,
+    }
+
+
+def _seconds(value: float | None) -> int | None:
+    return None if value is None else int(value)

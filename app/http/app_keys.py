@@ -1,0 +1,43 @@
+"""The typed registry of what the aiohttp application holds (set up in ``app.http.app``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+import aiohttp
+from aiohttp import web
+
+from app.blobs import ObjectStore
+from app.core.providers_config import ProvidersConfig
+from app.dispatch import EditQueue
+from app.http.openapi import ApiDocument
+from app.obs.metrics import Metrics
+from app.services.auth import ApiKeys
+from app.services.batches import BatchService
+from app.services.jobs import JobService
+from app.services.queue_stats import QueueStats
+from app.settings import Settings
+from app.store.events import JobEventHub
+from app.store.idempotency import IdempotencyStore
+from app.store.jobs import JobStore
+from app.store.rate_limits import RateLimiter
+from app.store.webhooks import WebhookStore
+
+SETTINGS = web.AppKey("settings", Settings)
+PROVIDERS = web.AppKey("providers", ProvidersConfig)
+API_KEYS = web.AppKey("api_keys", ApiKeys)
+JOB_STORE = web.AppKey("job_store", JobStore)
+STORAGE = web.AppKey("storage", ObjectStore)
+QUEUE = web.AppKey("queue", EditQueue)
+QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
+METRICS = web.AppKey("metrics", Metrics)
+EVENTS = web.AppKey("events", JobEventHub)
+IMAGE_EXECUTOR = web.AppKey("image_executor", Executor)
+FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
+WEBHOOKS = web.AppKey("webhooks", WebhookStore)
+JOB_SERVICE = web.AppKey("job_service", JobService)
+BATCH_SERVICE = web.AppKey("batch_service", BatchService)
+API_DOCUMENT = web.AppKey("api_document", ApiDocument)
+DOCS_PAGE = web.AppKey("docs_page", str)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

@@ -1,0 +1,146 @@
+"""HTTP handlers of batches: submit, read, wait, list, page, results, cancel."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from app.blobs import ObjectStore
+from app.core.jobs import Job
+from app.http.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
+from app.http.handlers.jobs import MAX_PAGE, float_query
+from app.http.middleware.errors import REQUEST_ID, TENANT
+from app.http.openapi import Reply, operation
+from app.http.requests.batch_submissions import read_batch_submission
+from app.http.responses.lists import list_page
+from app.http.schema import (
+    BatchForm,
+    BatchJsonRequest,
+    BatchList,
+    BatchObject,
+    BatchResultLine,
+    IdempotencyHeaders,
+    JobList,
+    JobPageQuery,
+    PageQuery,
+    WaitQuery,
+)
+from app.services.job_views import render_job
+from app.services.jobs import parse_status
+
+
+@operation(
+    "Submit a batch",
+    tags=("batches",),
+    headers=IdempotencyHeaders,
+    json_body=BatchJsonRequest,
+    form_body=BatchForm,
+    replies={202: Reply(BatchObject, headers=("Location",))},
+    errors=(400, 408, 409, 413, 415, 422, 503),
+)
+async def submit_batch(request: web.Request) -> web.Response:
+    """POST /v1/batches: shared defaults plus variants (or n copies); 202 with the batch."""
+    app = request.app
+    submission = await read_batch_submission(
+        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+    )
+    batch = await app[BATCH_SERVICE].accept(submission, request[TENANT])
+    return web.json_response(
+        batch.public(), status=202, headers={"Location": f"/v1/batches/{batch.id}"}
+    )
+
+
+@operation(
+    "Read a batch",
+    tags=("batches",),
+    query=WaitQuery,
+    replies={200: BatchObject},
+    errors=(400, 404, 503),
+)
+async def get_batch(request: web.Request) -> web.Response:
+    """GET /v1/batches/{id}[?wait=N]: the batch, after waiting up to N s for it to finish."""
+    app = request.app
+    wait = float_query(request, "wait", 0, 0, app[SETTINGS].max_wait_s)
+    service, batch_id, tenant = app[BATCH_SERVICE], request.match_info["batch_id"], request[TENANT]
+    batch = await (service.wait(batch_id, tenant, wait) if wait else service.get(batch_id, tenant))
+    return web.json_response(batch.public())
+
+
+@operation(
+    "List batches", tags=("batches",), query=PageQuery, replies={200: BatchList}, errors=(400, 503)
+)
+async def list_batches(request: web.Request) -> web.Response:
+    """GET /v1/batches?limit=&after=: the caller's batches, newest first."""
+    limit = int(float_query(request, "limit", 20, 1, MAX_PAGE))
+    batches, more = await request.app[BATCH_SERVICE].page(
+        request[TENANT], limit=limit, after=request.query.get("after") or None
+    )
+    data = [batch.public() for batch in batches]
+    return web.json_response(list_page(data, has_more=more))
+
+
+@operation(
+    "A batch's jobs",
+    tags=("batches",),
+    query=JobPageQuery,
+    replies={200: JobList},
+    errors=(400, 404, 503),
+)
+async def batch_jobs(request: web.Request) -> web.Response:
+    """GET /v1/batches/{id}/jobs?status=&limit=&after=: the variants' jobs, in order."""
+    app = request.app
+    service = app[BATCH_SERVICE]
+    batch = await service.get(request.match_info["batch_id"], request[TENANT])
+    jobs, more = await service.jobs_page(
+        batch,
+        status=parse_status(request.query.get("status")),
+        limit=int(float_query(request, "limit", 20, 1, MAX_PAGE)),
+        after=request.query.get("after") or None,
+    )
+    data = [await render_job(job, app[STORAGE]) for job in jobs]
+    return web.json_response(list_page(data, has_more=more))
+
+
+@operation(
+    "A batch's results",
+    tags=("batches",),
+    replies={200: Reply(BatchResultLine, media_type="application/jsonl")},
+    errors=(404, 503),
+)
+async def batch_results(request: web.Request) -> web.StreamResponse:
+    """GET /v1/batches/{id}/results: JSON Lines, one per variant in order (index, job id,
+    status, output URLs or error)."""
+    app = request.app
+    service = app[BATCH_SERVICE]
+    batch = await service.get(request.match_info["batch_id"], request[TENANT])
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/jsonl", "x-request-id": request[REQUEST_ID]}
+    )
+    await response.prepare(request)
+    index = 0
+    async for job in service.all_jobs(batch):
+        line = _result_line(index, job, app[STORAGE])
+        await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        index += 1
+    await response.write_eof()
+    return response
+
+
+def _result_line(index: int, job: Job | None, storage: ObjectStore) -> dict[str, object]:
+    if job is None:
+        return {"index": index, "job_id": None, "status": "expired"}
+    line: dict[str, object] = {"index": index, "job_id": job.id, "status": job.status.value}
+    if job.outcome is not None:
+        line["outputs"] = [storage.presigned_url(output.key) for output in job.outcome.outputs]
+        line["usage"] = job.outcome.usage.model_dump(mode="json")
+    if job.error is not None:
+        line["error"] = job.error.model_dump(mode="json")
+    return line
+
+
+@operation("Cancel a batch", tags=("batches",), replies={200: BatchObject}, errors=(404, 409, 503))
+async def cancel_batch(request: web.Request) -> web.Response:
+    """POST /v1/batches/{id}/cancel: cancel every variant not yet finished."""
+    batch = await request.app[BATCH_SERVICE].cancel(request.match_info["batch_id"], request[TENANT])
+    return web.json_response(batch.public())

@@ -1,0 +1,216 @@
+"""Live progress of a job or a batch as Server-Sent Events.
+
+Every transition is appended to the subject's Redis stream (``<key>:log``, see
+``app.store.jobs``); each entry becomes one event whose ``id`` is its stream id:
+
+- a job: ``event: job.<status>`` (queued, running, succeeded, failed, canceled) and
+  ``data: {"status", "run", "at"}`` (``at`` in seconds). A terminal event that is
+  still the job's current state also carries ``"job"``, the job object.
+- a batch: ``event: batch.progress`` for every change of its counts while it runs,
+  then ``batch.completed`` or ``batch.canceled``; ``data: {"status", "counts", "at",
+  "batch"}``, ``batch`` being the batch object as it is when the event is sent.
+
+A stream first replays the entries after ``Last-Event-ID`` (the header, else
+``?last_event_id=``; the whole log without one), then sends new ones as the events
+channel (Redis pub/sub) announces them, rereading the log after the last id sent,
+so nothing is skipped or repeated. After 15 s of silence it sends a ``: keepalive``
+comment and rereads the log (a safety net should an announcement be lost). It ends
+after the last event that leaves the job terminal (the batch no longer running); a
+job retried later can be followed again by resuming from that event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from app.blobs import ObjectStore
+from app.core.batches import BatchStatus
+from app.core.jobs import TERMINAL
+from app.errors import NotFound
+from app.http.app_keys import BATCH_SERVICE, EVENTS, JOB_SERVICE, JOB_STORE, STORAGE
+from app.http.middleware.errors import REQUEST_ID, TENANT
+from app.http.openapi import Reply, operation
+from app.http.responses.sse import KEEPALIVE, encode_event, parse_stream_id
+from app.http.schema import EventsHeaders, EventsQuery
+from app.services.batches import BatchService
+from app.services.job_views import render_job
+from app.store.events import JobEventStream
+from app.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 15.0
+LOG_PAGE = 500
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+LogEntry = tuple[str, dict[str, str]]
+
+
+class _Feed(Protocol):
+    """What a stream follows: the subject's hash key, how entries read, when it ends."""
+
+    @property
+    def key(self) -> str: ...
+
+    def ends(self, status: str) -> bool: ...
+
+    async def frames(self, entries: list[LogEntry]) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class _JobFeed:
+    key: str
+    job_id: str
+    store: JobStore
+    storage: ObjectStore
+
+    def ends(self, status: str) -> bool:
+        return status in TERMINAL
+
+    async def frames(self, entries: list[LogEntry]) -> bytes:
+        frames = []
+        for entry_id, fields in entries:
+            data: dict[str, Any] = {
+                "status": fields.get("status", ""),
+                "run": int(fields.get("run") or 0),
+                "at": _seconds(fields.get("at")),
+            }
+            if self.ends(data["status"]):
+                job = await self.store.get(self.job_id)
+                if job is not None and (job.status.value, job.run) == (data["status"], data["run"]):
+                    data["job"] = await render_job(job, self.storage)
+            frames.append(encode_event(entry_id, f"job.{data['status']}", data))
+        return b"".join(frames)
+
+
+@dataclass(frozen=True)
+class _BatchFeed:
+    key: str
+    batch_id: str
+    tenant: str
+    service: BatchService
+
+    def ends(self, status: str) -> bool:
+        return status != BatchStatus.RUNNING.value
+
+    async def frames(self, entries: list[LogEntry]) -> bytes:
+        try:
+            batch: dict[str, Any] | None = (
+                await self.service.get(self.batch_id, self.tenant)
+            ).public()
+        except NotFound:  # expired while the stream was open
+            batch = None
+        frames = []
+        for entry_id, fields in entries:
+            status = fields.get("status", "")
+            data = {
+                "status": status,
+                "counts": json.loads(fields.get("counts") or "{}"),
+                "at": _seconds(fields.get("at")),
+                "batch": batch,
+            }
+            event = "batch.progress" if status == BatchStatus.RUNNING.value else f"batch.{status}"
+            frames.append(encode_event(entry_id, event, data))
+        return b"".join(frames)
+
+
+@operation(
+    "Follow a job's events",
+    tags=("jobs",),
+    query=EventsQuery,
+    headers=EventsHeaders,
+    replies={200: Reply(media_type="text/event-stream", description="Server-Sent Events")},
+    errors=(400, 404, 503),
+)
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/jobs/{id}/events: the job's transitions as Server-Sent Events (replayed
+    after Last-Event-ID), until it finishes."""
+    app = request.app
+    job_id, last_id = request.match_info["job_id"], _last_event_id(request)
+    store = app[JOB_STORE]
+    with app[EVENTS].listen(job_id) as events:
+        job = await app[JOB_SERVICE].get(job_id, request[TENANT])
+        feed = _JobFeed(store.job_key(job_id), job_id, store, app[STORAGE])
+        return await _stream(request, feed, events, last_id, job.status.value)
+
+
+@operation(
+    "Follow a batch's events",
+    tags=("batches",),
+    query=EventsQuery,
+    headers=EventsHeaders,
+    replies={200: Reply(media_type="text/event-stream", description="Server-Sent Events")},
+    errors=(400, 404, 503),
+)
+async def batch_events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/batches/{id}/events: the batch's status and counts as Server-Sent Events
+    (replayed after Last-Event-ID), until it is no longer running."""
+    app = request.app
+    batch_id, last_id = request.match_info["batch_id"], _last_event_id(request)
+    service, tenant = app[BATCH_SERVICE], request[TENANT]
+    with app[EVENTS].listen(batch_id) as events:
+        batch = await service.get(batch_id, tenant)
+        feed = _BatchFeed(service.batch_key(batch_id), batch_id, tenant, service)
+        return await _stream(request, feed, events, last_id, batch.status.value)
+
+
+def _last_event_id(request: web.Request) -> str | None:
+    header = request.headers.get("Last-Event-ID")
+    if header:
+        return parse_stream_id(header, param="Last-Event-ID")
+    return parse_stream_id(request.query.get("last_event_id"), param="last_event_id")
+
+
+async def _stream(
+    request: web.Request,
+    feed: _Feed,
+    events: JobEventStream,
+    last_id: str | None,
+    status: str,
+) -> web.StreamResponse:
+    """Send the log after ``last_id``, then each new entry as it is announced, until
+    the feed ends. ``status`` is the subject's current one (for an empty replay)."""
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    response.headers["x-request-id"] = request[REQUEST_ID]
+    await response.prepare(request)
+    store = request.app[JOB_STORE]
+    try:
+        while True:
+            last_id, status = await _send_new(response, store, feed, last_id, status)
+            if feed.ends(status):
+                break
+            if await events.next_event(KEEPALIVE_S) is None:
+                await response.write(KEEPALIVE)
+    except ConnectionResetError:
+        log.debug("event stream %s: client went away", feed.key)
+    except (RedisError, OSError) as exc:
+        # Headers are sent, so no error body: end, and the client resumes from its last id.
+        log.warning("event stream %s ended early: %s", feed.key, exc)
+    return response
+
+
+async def _send_new(
+    response: web.StreamResponse, store: JobStore, feed: _Feed, last_id: str | None, status: str
+) -> tuple[str | None, str]:
+    """Write every log entry after ``last_id``; the last id and status sent."""
+    while True:
+        entries = await store.log_since(feed.key, last_id, LOG_PAGE)
+        if entries:
+            await response.write(await feed.frames(entries))
+            last_id, status = entries[-1][0], entries[-1][1].get("status", status)
+        if len(entries) < LOG_PAGE:
+            return last_id, status
+
+
+def _seconds(at_ms: str | None) -> float | None:
+    return int(at_ms) / 1000 if at_ms else None

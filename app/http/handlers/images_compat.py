@@ -1,0 +1,127 @@
+"""Synchronous drop-in image-edit endpoints, backed by the job queue.
+
+``POST /v1/images/edits`` (OpenAI's shape, seeds 002 and 003) and
+``POST /v2/router/images/edits`` (orq's, seed 000, routing knobs at the top level or
+in ``orq``) take the bodies ``POST /v1/jobs`` takes, enqueue a job, hold the request
+until the job finishes and answer 200 with the OpenAI images response. ``data`` is
+``[{"b64_json"}]``, as GPT image models answer, unless the client sent
+``response_format=url``.
+
+Once the job exists every answer carries ``x-job-id``, and the job no longer depends
+on the request: a client that hangs up, or a wait past ``sync_wait_limit_s`` (504
+``sync_wait_exceeded``), leaves it running, to be read at ``GET /v1/jobs/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from app.core.jobs import JobError, JobStatus
+from app.errors import Conflict, EditqError, ServiceUnavailable, SyncWaitExceeded
+from app.http.app_keys import FETCH_SESSION, IMAGE_EXECUTOR, JOB_SERVICE, SETTINGS, STORAGE
+from app.http.middleware.errors import REQUEST_ID, TENANT, error_response
+from app.http.middleware.idempotency import SYNC_JOB
+from app.http.openapi import Reply, operation
+from app.http.requests.submissions import Submission, read_submission
+from app.http.schema import EditForm, EditJsonRequest, IdempotencyHeaders, ImagesResponse
+from app.services.job_views import render_job
+
+JOB_ID_HEADER = "x-job-id"
+
+FAILED_JOB_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "model_capability_mismatch": 400,
+    "insufficient_credits": 402,
+    "payload_too_large": 413,
+    "rate_limit_exceeded": 429,
+    "internal_error": 500,
+    "upstream_error": 502,
+    "service_unavailable": 503,
+    "upstream_timeout": 504,
+}
+"""The HTTP status a failed job's error code is answered with (else by its type)."""
+
+
+@operation(
+    "Edit an image synchronously",
+    tags=("images",),
+    headers=IdempotencyHeaders,
+    json_body=EditJsonRequest,
+    form_body=EditForm,
+    replies={200: Reply(ImagesResponse, headers=(JOB_ID_HEADER,))},
+    errors={400, 408, 409, 413, 415, 422, 500, 502, 503, 504, *FAILED_JOB_STATUS.values()},
+)
+async def edit_image(request: web.Request) -> web.Response:
+    """POST /v1/images/edits, /v2/router/images/edits: edit synchronously (a queued job
+    waited for); 200 with the OpenAI images response and ``x-job-id``. A retry with the
+    same ``Idempotency-Key`` (``SYNC_JOB`` set) answers from the first request's job."""
+    job_id = request.get(SYNC_JOB) or await _accept(request)
+    try:
+        response = await _finished_job_response(request, job_id)
+    except EditqError as exc:
+        response = error_response(exc, request[REQUEST_ID])
+    except (RedisError, ConnectionError):
+        unavailable = ServiceUnavailable(
+            f"the job store is unavailable; job {job_id} was accepted: read it later at "
+            f"GET /v1/jobs/{job_id}",
+            retry_after=5,
+        )
+        response = error_response(unavailable, request[REQUEST_ID])
+    response.headers[JOB_ID_HEADER] = job_id
+    return response
+
+
+async def _accept(request: web.Request) -> str:
+    """Read, check and accept the request's edit; the new job's id (also as ``SYNC_JOB``)."""
+    app = request.app
+    submission = await read_submission(
+        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+    )
+    # Shielded: a client hanging up now must not leave a job recorded but never enqueued.
+    job = await asyncio.shield(
+        app[JOB_SERVICE].accept(with_sync_defaults(submission), request[TENANT])
+    )
+    request[SYNC_JOB] = job.id
+    return job.id
+
+
+def with_sync_defaults(submission: Submission) -> Submission:
+    """``submission`` asking for ``b64_json`` unless the client chose a ``response_format``."""
+    params = submission.params
+    if "response_format" in params.model_fields_set:
+        return submission
+    inline = params.model_copy(update={"response_format": "b64_json"})
+    return dataclasses.replace(submission, params=inline)
+
+
+def failed_job_status(error: JobError) -> int:
+    """The HTTP status for a failed job's error: by its code, else 502 for an upstream's."""
+    if error.code in FAILED_JOB_STATUS:
+        return FAILED_JOB_STATUS[error.code]
+    return 502 if error.type == "upstream_error" else 500
+
+
+async def _finished_job_response(request: web.Request, job_id: str) -> web.Response:
+    """The job's outcome once it is terminal; SyncWaitExceeded if that takes too long."""
+    app = request.app
+    limit = app[SETTINGS].sync_wait_limit_s
+    job = await app[JOB_SERVICE].wait(job_id, request[TENANT], limit)
+    if job.status is JobStatus.SUCCEEDED:
+        rendered = await render_job(job, app[STORAGE], inline=True)
+        return web.json_response(rendered["result"])
+    if job.status is JobStatus.FAILED:
+        error = job.error or JobError(
+            type="server_error", code="internal_error", message=f"job {job_id} failed"
+        )
+        body = {"error": {**error.model_dump(mode="json"), "param": None}}
+        return web.json_response(body, status=failed_job_status(error))
+    if job.status is JobStatus.CANCELED:
+        raise Conflict(f"job {job_id} was canceled before it finished")
+    raise SyncWaitExceeded(
+        f"job {job_id} is still {job.status.value} after {limit:g} s; it keeps running: "
+        f"read it at GET /v1/jobs/{job_id}"
+    )

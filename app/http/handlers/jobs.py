@@ -1,0 +1,130 @@
+"""HTTP handlers of the async job API: submit, read, wait, list, cancel, retry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.errors import InvalidRequest
+from app.http.app_keys import (
+    BATCH_SERVICE,
+    FETCH_SESSION,
+    IMAGE_EXECUTOR,
+    JOB_SERVICE,
+    SETTINGS,
+    STORAGE,
+)
+from app.http.middleware.errors import TENANT
+from app.http.openapi import Reply, operation
+from app.http.requests.submissions import read_submission
+from app.http.responses.lists import list_page
+from app.http.schema import (
+    EditForm,
+    EditJsonRequest,
+    IdempotencyHeaders,
+    JobList,
+    JobObject,
+    JobPageQuery,
+    WaitQuery,
+)
+from app.services.job_views import render_job
+from app.services.jobs import parse_status
+
+MAX_PAGE = 100
+
+
+def float_query(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number", param=name) from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}", param=name)
+    return value
+
+
+@operation(
+    "Submit an edit job",
+    tags=("jobs",),
+    headers=IdempotencyHeaders,
+    json_body=EditJsonRequest,
+    form_body=EditForm,
+    replies={202: Reply(JobObject, headers=("Location",))},
+    errors=(400, 408, 409, 413, 415, 422, 503),
+)
+async def submit_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs: validate, store the inputs, enqueue; 202 with the job."""
+    app = request.app
+    submission = await read_submission(
+        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+    )
+    job = await app[JOB_SERVICE].accept(submission, request[TENANT])
+    body = await render_job(job, app[STORAGE])
+    return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@operation(
+    "Read a job",
+    tags=("jobs",),
+    query=WaitQuery,
+    replies={200: JobObject},
+    errors=(400, 404, 503),
+)
+async def get_job(request: web.Request) -> web.Response:
+    """GET /v1/jobs/{id}[?wait=N]: the job, after waiting up to N s for it to finish."""
+    app = request.app
+    wait = float_query(request, "wait", 0, 0, app[SETTINGS].max_wait_s)
+    service = app[JOB_SERVICE]
+    job_id = request.match_info["job_id"]
+    tenant = request[TENANT]
+    job = await (service.wait(job_id, tenant, wait) if wait else service.get(job_id, tenant))
+    position = await app[BATCH_SERVICE].queue_position(job)
+    return web.json_response(
+        await render_job(job, app[STORAGE], inline=True, queue_position=position)
+    )
+
+
+@operation(
+    "List jobs",
+    tags=("jobs",),
+    query=JobPageQuery,
+    replies={200: JobList},
+    errors=(400, 503),
+)
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /v1/jobs?status=&limit=&after=: the caller's jobs, newest first."""
+    app = request.app
+    limit = int(float_query(request, "limit", 20, 1, MAX_PAGE))
+    page = await app[JOB_SERVICE].list(
+        request[TENANT],
+        status=parse_status(request.query.get("status")),
+        limit=limit,
+        after=request.query.get("after") or None,
+    )
+    data = [await render_job(job, app[STORAGE]) for job in page.jobs]
+    return web.json_response(list_page(data, has_more=page.has_more, last_id=page.last_id))
+
+
+@operation("Cancel a job", tags=("jobs",), replies={200: JobObject}, errors=(404, 409, 503))
+async def cancel_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{id}/cancel."""
+    job = await request.app[JOB_SERVICE].cancel(request.match_info["job_id"], request[TENANT])
+    return web.json_response(await render_job(job, request.app[STORAGE]))
+
+
+@operation(
+    "Retry a job",
+    tags=("jobs",),
+    replies={202: Reply(JobObject, headers=("Location",))},
+    errors=(404, 409, 503),
+)
+async def retry_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{id}/retry: a failed or canceled job runs again under the same id."""
+    job = await request.app[JOB_SERVICE].retry(request.match_info["job_id"], request[TENANT])
+    return web.json_response(
+        await render_job(job, request.app[STORAGE]),
+        status=202,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )

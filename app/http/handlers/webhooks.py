@@ -1,0 +1,94 @@
+"""HTTP handlers for webhooks: the signing secret, a job's deliveries, redelivery."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.http.app_keys import JOB_SERVICE, JOB_STORE, SETTINGS, WEBHOOKS
+from app.http.middleware.errors import TENANT
+from app.http.openapi import operation
+from app.http.schema import Deliveries, DeliveryEvent, RedeliverRequest, WebhookSecret
+from app.store.webhooks import WebhookEvent
+
+
+@operation(
+    "Webhook signing secret", tags=("webhooks",), replies={200: WebhookSecret}, errors=(503,)
+)
+async def webhook_secret(request: web.Request) -> web.Response:
+    """GET /v1/webhooks/secret: the secret (whsec_...) this key's webhooks are signed with."""
+    configured = request.app[SETTINGS].webhook_secret
+    secret = (
+        configured.get_secret_value()
+        if configured
+        else await request.app[WEBHOOKS].secret_for(request[TENANT])
+    )
+    return web.json_response({"object": "webhook.secret", "secret": secret})
+
+
+@operation(
+    "A job's webhook deliveries", tags=("webhooks",), replies={200: Deliveries}, errors=(404, 503)
+)
+async def list_deliveries(request: web.Request) -> web.Response:
+    """GET /v1/jobs/{id}/deliveries: the job's events and every delivery attempt."""
+    job = await request.app[JOB_SERVICE].get(request.match_info["job_id"], request[TENANT])
+    hooks = request.app[WEBHOOKS]
+    events = [
+        event.summary(await hooks.due_at(event.id)) for event in await hooks.events_of(job.id)
+    ]
+    attempts = [attempt.model_dump(mode="json") for attempt in await hooks.deliveries(job.id)]
+    return web.json_response(
+        {
+            "object": "list",
+            "webhook_url": job.spec.request.webhook_url,
+            "events": events,
+            "data": attempts,
+        }
+    )
+
+
+@operation(
+    "Redeliver a webhook event",
+    tags=("webhooks",),
+    json_body=RedeliverRequest,
+    body_required=False,
+    replies={202: DeliveryEvent},
+    errors=(400, 404, 409, 503),
+)
+async def redeliver(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{id}/deliveries/redeliver [{"event_id"}]: send an event again now
+    (the latest one by default), as a fresh series of attempts with the same id."""
+    job = await request.app[JOB_SERVICE].get(request.match_info["job_id"], request[TENANT])
+    url = job.spec.request.webhook_url
+    if url is None:
+        raise Conflict(f"job {job.id} has no webhook_url")
+    hooks = request.app[WEBHOOKS]
+    events = await hooks.events_of(job.id)
+    wanted = await _event_id_from(request)
+    chosen: WebhookEvent | None = events[-1] if events and wanted is None else None
+    for event in events:
+        if event.id == wanted:
+            chosen = event
+    if chosen is None:
+        raise NotFound(
+            f"job {job.id} has no event {wanted}" if wanted else f"job {job.id} has no events yet",
+            param="event_id" if wanted else None,
+        )
+    await hooks.redeliver(chosen, url)
+    await request.app[JOB_STORE].notify(job.id)
+    return web.json_response(chosen.summary(None) | {"state": "pending", "attempts": 0}, status=202)
+
+
+async def _event_id_from(request: web.Request) -> str | None:
+    if not request.can_read_body:
+        return None
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        raise InvalidRequest('body must be JSON: {"event_id": ...}') from None
+    event_id = body.get("event_id") if isinstance(body, dict) else None
+    if event_id is not None and not isinstance(event_id, str):
+        raise InvalidRequest("event_id must be a string", param="event_id")
+    return event_id

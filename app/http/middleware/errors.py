@@ -1,0 +1,146 @@
+"""Request ids, authentication, per-key rate limits and the one mapping from exceptions
+to error bodies."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from app.errors import (
+    EditqError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from app.http.app_keys import API_KEYS, RATE_LIMITER, SETTINGS
+from app.obs.logs import bind_log_fields, reset_log_fields
+from app.store.rate_limits import RateWindow
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Routes (by their path template) that need no key; the dashboard's page asks for one.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/ui", "/ui/{name}"})
+CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TENANT = web.RequestKey("tenant", str)
+REQUEST_ID = web.RequestKey("request_id", str)
+RATE_WINDOW = web.RequestKey("rate_window", RateWindow)
+
+
+def error_response(error: EditqError, request_id: str) -> web.Response:
+    """The OpenAI-style JSON error response for ``error``."""
+    headers = {"x-request-id": request_id, **error.headers()}
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> EditqError:
+    if exc.status == 404:
+        return NotFound("no such endpoint")
+    if exc.status == 413:
+        return PayloadTooLarge("request body is too large")
+    if exc.status == 415:
+        return UnsupportedMediaType(exc.reason)
+    if exc.status == 405:
+        return InvalidRequest(f"method not allowed: {exc.reason}", code="method_not_allowed")
+    if 400 <= exc.status < 500:
+        return InvalidRequest(exc.text or exc.reason)
+    return EditqError(exc.reason)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every response an ``x-request-id`` and turn every failure into an error body."""
+    presented = request.headers.get("x-request-id", "")
+    request_id = presented if CLIENT_REQUEST_ID.match(presented) else str(uuid.uuid4())
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except RequestTimeout as exc:
+        return await _answer_and_close(request, error_response(exc, request_id))
+    except EditqError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            exc.headers["x-request-id"] = request_id
+            raise
+        return error_response(_from_http_exception(exc), request_id)
+    except (RedisError, ConnectionError) as exc:
+        log.warning("redis unavailable: %s", exc, extra={"request_id": request_id})
+        return error_response(
+            ServiceUnavailable("the job store is unavailable; try again", retry_after=5),
+            request_id,
+        )
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        return error_response(EditqError("internal error"), request_id)
+    if not response.prepared:
+        response.headers["x-request-id"] = request_id
+    return response
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` now, then drop the connection instead of reading the rest of a
+    body the client is not sending (aiohttp would otherwise linger to drain it)."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route but health, readiness, docs and the dashboard's files (and /metrics if
+    made public) needs a key."""
+    resource = request.match_info.route.resource
+    public = (resource is not None and resource.canonical in PUBLIC_PATHS) or (
+        request.path == "/metrics" and request.app[SETTINGS].metrics_public
+    )
+    if not public:
+        request[TENANT] = request.app[API_KEYS].authenticate(request.headers.get("Authorization"))
+    return await handler(request)
+
+
+@web.middleware
+async def log_fields_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tag every line the handler logs with the request id and the caller's tenant."""
+    fields = {"request_id": request[REQUEST_ID]}
+    if TENANT in request:
+        fields["tenant"] = request[TENANT]
+    token = bind_log_fields(**fields)
+    try:
+        return await handler(request)
+    finally:
+        reset_log_fields(token)
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every authenticated request against its key's limit; 429 once over it."""
+    tenant = request.get(TENANT)
+    window = None if tenant is None else await request.app[RATE_LIMITER].hit(tenant)
+    if window is not None:
+        request[RATE_WINDOW] = window
+        if window.exceeded:
+            raise RateLimited(
+                f"more than {window.limit} requests a minute with this API key; "
+                f"try again in {math.ceil(window.reset_s)} s",
+                retry_after=window.reset_s,
+            )
+    return await handler(request)
+
+
+async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the key's ``X-RateLimit-*`` on every authenticated response."""
+    window = request.get(RATE_WINDOW)
+    if window is not None:
+        response.headers.update(window.headers())

@@ -1,0 +1,150 @@
+"""Reading a batch request: shared defaults (images included once) plus variants.
+
+JSON: ``{"defaults": {<edit fields>, "images": [...], "mask": ...}, "variants": [{...}]
+| "n": N, "webhook_url", "webhook_events", "metadata"}``. Multipart: the image files
+as in an edit request, plus ``defaults``, ``variants`` (JSON parts), ``n``,
+``webhook_url``, ``webhook_events`` and ``metadata``. Each variant is the defaults
+overlaid with its own fields and validated like an edit request; an error names the
+variant (``variants[3].size``) or the default (``defaults.size``) at fault.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.core.batches import DEFAULT_BATCH_EVENTS, BatchEventType
+from app.core.edit_params import EditParams, invalid_request_from, parse_edit_params
+from app.core.images import CheckedImage
+from app.core.validation import in_variant
+from app.errors import InvalidRequest, UnsupportedMediaType
+from app.http.requests.submissions import check_inputs, document_images, read_json_object, read_raw
+from app.settings import Settings
+
+BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
+
+
+class BatchOptions(BaseModel):
+    """The batch-level fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    webhook_url: str | None = Field(None, max_length=2048)
+    webhook_events: tuple[BatchEventType, ...] = Field(DEFAULT_BATCH_EVENTS, min_length=1)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _event_list(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    """A validated batch: one EditParams per variant, the shared inputs, the options."""
+
+    variants: list[EditParams]
+    images: list[CheckedImage]
+    mask: CheckedImage | None
+    options: BatchOptions
+    overrides: list[frozenset[str]]  # the fields each variant set itself
+
+
+async def read_batch_submission(
+    request: web.Request,
+    settings: Settings,
+    executor: Executor,
+    fetch_session: aiohttp.ClientSession,
+) -> BatchSubmission:
+    """Parse and check a batch request; raises an EditqError naming the field at fault."""
+    if request.content_type == "multipart/form-data":
+        raw = await read_raw(request, settings, fetch_session)
+        top: dict[str, Any] = {k: _json_part(k, v) for k, v in raw.fields.items()}
+        defaults = top.get("defaults") or {}
+    elif request.content_type == "application/json":
+        top = await read_json_object(request, settings)
+        defaults = top.get("defaults")
+        if not isinstance(defaults, dict):
+            raise InvalidRequest("defaults must be an object of edit fields", param="defaults")
+        raw = await document_images(defaults, settings, fetch_session, prefix="defaults.")
+        defaults = raw.fields
+    else:
+        raise UnsupportedMediaType("send a batch as application/json or multipart/form-data")
+    if not isinstance(defaults, dict):
+        raise InvalidRequest("defaults must be a JSON object", param="defaults")
+    options = _options(top)
+    overrides = _variants(top, settings.max_batch_variants)
+    shared = {k: v for k, v in defaults.items() if k not in ("webhook_url", "webhook_events")}
+    variants = [
+        _variant(shared, override, index, settings) for index, override in enumerate(overrides)
+    ]
+    checked = await check_inputs(raw.images, raw.mask, settings, executor, variants[0])
+    return BatchSubmission(
+        variants,
+        checked.images,
+        checked.mask,
+        options,
+        [frozenset(override) for override in overrides],
+    )
+
+
+def _json_part(name: str, value: Any) -> Any:
+    if name in ("defaults", "variants", "metadata") and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except (ValueError, RecursionError):
+            raise InvalidRequest(f"{name} must be valid JSON", param=name) from None
+    return value
+
+
+def _options(top: dict[str, Any]) -> BatchOptions:
+    try:
+        return BatchOptions.model_validate({k: top[k] for k in BATCH_FIELDS if k in top})
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
+    except ValueError:
+        raise InvalidRequest("webhook_events must be a list", param="webhook_events") from None
+
+
+def _variants(top: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    variants, count = top.get("variants"), top.get("n")
+    if variants is not None and count is not None:
+        raise InvalidRequest("send either variants or n, not both", param="n")
+    if variants is None:
+        try:
+            number = int(float(count)) if count is not None else 0
+        except (TypeError, ValueError):
+            raise InvalidRequest("n must be a whole number", param="n") from None
+        if not 1 <= number <= limit:
+            raise InvalidRequest(f"n must be between 1 and {limit}", param="n")
+        return [{} for _ in range(number)]
+    if not isinstance(variants, list) or not variants:
+        raise InvalidRequest("variants must be a non-empty list of objects", param="variants")
+    if len(variants) > limit:
+        raise InvalidRequest(
+            f"{len(variants)} variants sent; at most {limit} are allowed", param="variants"
+        )
+    for index, variant in enumerate(variants):
+        if not isinstance(variant, dict):
+            raise InvalidRequest("each variant must be an object", param=f"variants[{index}]")
+    return variants
+
+
+def _variant(
+    defaults: dict[str, Any], override: dict[str, Any], index: int, settings: Settings
+) -> EditParams:
+    fields = {**defaults, **{k: v for k, v in override.items() if k not in ("images", "mask")}}
+    try:
+        return parse_edit_params(fields, max_prompt_chars=settings.max_prompt_chars)
+    except InvalidRequest as exc:
+        raise in_variant(exc, index, override) from None

@@ -1,0 +1,306 @@
+"""Reading an edit request off the wire, in either shape the seeds document.
+
+``multipart/form-data``: text fields plus ``image`` / ``image[]`` files and ``mask``.
+``application/json``: the same fields with ``images: [{"image_url": ...}]`` and
+``mask: {"image_url": ...}``, each a base64 data URL or an http(s) URL fetched now,
+concurrently, through the SSRF guard (``app.net``). Both end as one
+``Submission``: validated parameters and decoded, checked images. Sizes are enforced
+while reading, so an oversized body or remote image is refused before it is held in
+memory, and the whole body must arrive within ``body_read_timeout_s`` (else 408), so a
+stalled or slow-loris upload cannot hold a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import aiohttp
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
+
+from app.core.concurrency import gather_or_cancel
+from app.core.edit_params import EditParams, parse_edit_params
+from app.core.images import CheckedImage, check_image, check_mask, decode_data_url
+from app.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from app.net import check_url, fetch_bounded
+from app.settings import Settings
+
+IMAGE_FIELDS = ("image", "image[]")
+MAX_TEXT_FIELD_BYTES = 1024 * 1024
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated edit request: parameters, input images and optional mask."""
+
+    params: EditParams
+    images: list[CheckedImage]
+    mask: CheckedImage | None
+
+
+@dataclass
+class RawRequest:
+    """A request's fields and undecoded image bytes (each with the param naming it)."""
+
+    fields: dict[str, Any]
+    images: list[tuple[str, bytes]]
+    mask: tuple[str, bytes] | None
+
+
+async def read_submission(
+    request: web.Request,
+    settings: Settings,
+    executor: Executor,
+    fetch_session: aiohttp.ClientSession,
+) -> Submission:
+    """Parse, size-check and decode the request; raises an EditqError naming the field.
+
+    ``fetch_session`` (a ``url_guard.guarded_session``) fetches remote ``image_url`` inputs.
+    """
+    raw = await read_raw(request, settings, fetch_session)
+    params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
+    return await check_inputs(raw.images, raw.mask, settings, executor, params)
+
+
+async def read_raw(
+    request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
+) -> RawRequest:
+    """The request's fields and image bytes, in either shape, with sizes enforced."""
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise PayloadTooLarge(
+            f"request body is {request.content_length} bytes; the limit is "
+            f"{settings.max_body_bytes}"
+        )
+    if request.content_type == "multipart/form-data":
+        async with body_deadline(settings):
+            raw = await _read_multipart(request, settings)
+    elif request.content_type == "application/json":
+        raw = await _read_json(request, settings, fetch_session)
+    elif request.content_type == "application/x-www-form-urlencoded":
+        async with body_deadline(settings):
+            form = await request.post()  # fields only: files need multipart
+        raw = RawRequest(
+            fields={k: v for k, v in form.items() if isinstance(v, str)}, images=[], mask=None
+        )
+    else:
+        raise UnsupportedMediaType(
+            f"content type {request.content_type or 'none'} is not accepted; "
+            "send multipart/form-data or application/json"
+        )
+    return raw
+
+
+@asynccontextmanager
+async def body_deadline(settings: Settings) -> AsyncIterator[None]:
+    """Reading a request body inside must end within ``body_read_timeout_s``;
+    RequestTimeout (408) otherwise, InvalidRequest if the client hangs up mid-body."""
+    seconds = settings.body_read_timeout_s
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
+    except ConnectionError:  # not the job store's: the client left before its body ended
+        raise InvalidRequest("the connection closed before the whole body arrived") from None
+
+
+async def check_inputs(
+    images: list[tuple[str, bytes]],
+    mask: tuple[str, bytes] | None,
+    settings: Settings,
+    executor: Executor,
+    params: EditParams,
+) -> Submission:
+    """Decode every image in the executor and check counts, formats and the mask."""
+    if not images:
+        raise InvalidRequest("at least one image is required", param="image")
+    if len(images) > settings.max_images:
+        raise InvalidRequest(
+            f"{len(images)} images sent; at most {settings.max_images} are allowed", param="image"
+        )
+    loop = asyncio.get_running_loop()
+    check = partial(check_image, max_pixels=settings.max_image_pixels)
+    checked = [
+        await loop.run_in_executor(executor, partial(check, data, param=param))
+        for param, data in images
+    ]
+    checked_mask = None
+    if mask is not None:
+        checked_mask = await loop.run_in_executor(executor, partial(check, mask[1], param=mask[0]))
+        check_mask(checked_mask, checked[0], param=mask[0])
+    return Submission(params=params, images=checked, mask=checked_mask)
+
+
+async def _read_multipart(request: web.Request, settings: Settings) -> RawRequest:
+    raw = RawRequest(fields={}, images=[], mask=None)
+    budget = _Budget(settings.max_body_bytes)
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("nested multipart bodies are not accepted")
+            await _read_part(part, raw, settings, budget)
+    except (ValueError, BadHttpMessage) as exc:  # bad framing, or a part's bad headers
+        raise InvalidRequest(f"malformed multipart body: {exc}") from None
+    return raw
+
+
+async def _read_part(
+    part: BodyPartReader, raw: RawRequest, settings: Settings, budget: _Budget
+) -> None:
+    name = part.name
+    if not name:
+        raise InvalidRequest("a multipart part has no name (Content-Disposition name=...)")
+    if name in IMAGE_FIELDS:
+        param = f"image[{len(raw.images)}]"
+        if len(raw.images) >= settings.max_images:
+            raise InvalidRequest(f"more than {settings.max_images} images sent", param="image")
+        raw.images.append((param, await _read_bytes(part, settings.max_image_bytes, param, budget)))
+    elif name == "mask":
+        raw.mask = ("mask", await _read_bytes(part, settings.max_image_bytes, "mask", budget))
+    else:
+        data = await _read_bytes(part, MAX_TEXT_FIELD_BYTES, name, budget)
+        try:
+            raw.fields[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"{name} is not valid UTF-8", param=name) from None
+
+
+async def _read_bytes(part: BodyPartReader, limit: int, param: str, budget: _Budget) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(CHUNK):
+        size += len(chunk)
+        budget.spend(len(chunk))
+        if size > limit:
+            raise PayloadTooLarge(f"{param} is larger than {limit} bytes", param=param)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Budget:
+    """Bytes left of the whole body's allowance."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
+
+
+async def _read_json(
+    request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
+) -> RawRequest:
+    document = await read_json_object(request, settings)
+    return await document_images(document, settings, fetch_session)
+
+
+async def read_json_object(request: web.Request, settings: Settings) -> dict[str, Any]:
+    """The request body as a JSON object, size-limited; InvalidRequest otherwise."""
+    async with body_deadline(settings):
+        body = await _read_body(request, settings.max_body_bytes)
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return document
+
+
+async def document_images(
+    document: dict[str, Any],
+    settings: Settings,
+    fetch_session: aiohttp.ClientSession,
+    *,
+    prefix: str = "",
+) -> RawRequest:
+    """Take ``images``/``mask`` out of a JSON request object and load their bytes;
+    the rest of the object is the request's fields. ``prefix`` goes before params."""
+    images = document.pop("images", None)
+    mask = document.pop("mask", None)
+    if images is None and isinstance(document.get("image"), list | dict | str):
+        images = document.pop("image")
+    if isinstance(images, dict | str):
+        images = [images]
+    if not isinstance(images, list) or not images:
+        raise InvalidRequest(
+            "images must be a non-empty list of {image_url}", param=f"{prefix}images"
+        )
+    if len(images) > settings.max_images:  # before anything is decoded or fetched
+        raise InvalidRequest(
+            f"{len(images)} images sent; at most {settings.max_images} are allowed",
+            param=f"{prefix}images",
+        )
+    references = [_image_reference(item, f"{prefix}images[{i}]") for i, item in enumerate(images)]
+    if mask is not None:
+        references.append(_image_reference(mask, f"{prefix}mask"))
+    loaded = await gather_or_cancel(
+        [_load_image(param, url, settings, fetch_session) for param, url in references]
+    )
+    if mask is not None:
+        return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
+    return RawRequest(fields=document, images=loaded, mask=None)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _image_reference(item: object, param: str) -> tuple[str, str]:
+    if isinstance(item, str):
+        url: object = item
+    elif isinstance(item, Mapping):
+        if "file_id" in item and "image_url" not in item:
+            raise InvalidRequest(
+                "file_id references are not supported; send image_url", param=f"{param}.file_id"
+            )
+        url = item.get("image_url")
+        if isinstance(url, Mapping):  # the chat-completions shape {"image_url": {"url": ...}}
+            url = url.get("url")
+    else:
+        raise InvalidRequest(f"{param} must be an object with image_url", param=param)
+    if not isinstance(url, str):
+        raise InvalidRequest(f"{param}.image_url must be a string", param=f"{param}.image_url")
+    return f"{param}.image_url", url
+
+
+async def _load_image(
+    param: str, url: str, settings: Settings, fetch_session: aiohttp.ClientSession
+) -> tuple[str, bytes]:
+    """The bytes behind one ``image_url``: a data URL decoded, an http(s) URL fetched."""
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("http", "https"):
+        target = check_url(url, param=param, allow_private=settings.allow_private_urls)
+        data = await fetch_bounded(
+            fetch_session,
+            target,
+            max_bytes=settings.max_image_bytes,
+            timeout_s=settings.remote_fetch_timeout_s,
+            param=param,
+        )
+        return param, data
+    if scheme != "data":
+        raise InvalidRequest(
+            f"{param} must be an http(s) URL or a base64 data URL (data:image/png;base64,...)",
+            param=param,
+        )
+    return param, decode_data_url(url, param=param, max_bytes=settings.max_image_bytes)

@@ -1,0 +1,381 @@
+"""The shapes of the HTTP API that exist only on the wire, as pydantic models.
+
+They describe request bodies, query strings and responses for the OpenAPI document
+(``app.http.openapi``); handlers build their answers from the domain models and never
+validate against these. Where a domain model already is the shape (``EditParams``,
+``RoutingOptions``, ``Attempt``, ``JobError``, ``Usage``, ``DeliveryAttempt``,
+``BatchOptions``) it is reused, so the document follows the code.
+"""
+
+from __future__ import annotations
+
+from types import NoneType, UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, Field, create_model
+
+from app.core.batches import BatchStatus
+from app.core.edit_params import JSON_FIELDS, EditParams
+from app.core.jobs import Attempt, JobError, JobStatus, Usage
+from app.core.routing_options import RoutingOptions
+from app.errors import EditqError
+from app.http.requests.batch_submissions import BatchOptions
+from app.store.webhooks import DeliveryAttempt
+
+
+def known_error_codes() -> list[str]:
+    """Every default error code of the exception tree (``app.errors``), sorted."""
+    codes: set[str] = set()
+    pending: list[type[EditqError]] = [EditqError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.default_code)
+        pending.extend(cls.__subclasses__())
+    return sorted(codes)
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in the OpenAI error vocabulary."""
+
+    message: str
+    type: str = Field(
+        description="invalid_request_error, authentication_error, rate_limit_error, "
+        "server_error or upstream_error"
+    )
+    code: str = Field(
+        description="one of " + ", ".join(known_error_codes()) + " (or an upstream's)"
+    )
+    param: str | None = Field(description="the request field at fault, if one is")
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"message", "type", "code", "param"}}``."""
+
+    error: ErrorDetail
+
+
+class NotReadyBody(ErrorBody):
+    """``/readyz`` when a dependency does not answer: the error plus each check's state."""
+
+    checks: dict[str, str]
+
+
+class Health(BaseModel):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Redis and object storage answer."""
+
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class ImageReference(BaseModel):
+    """An input image by reference: a base64 data URL or a public http(s) URL."""
+
+    image_url: str = Field(description="data:image/png;base64,... or https://...")
+
+
+def _edit_fields(*, form: bool) -> dict[str, Any]:
+    """The edit fields as sent: ``EditParams`` with its routing knobs at the top level."""
+    fields: dict[str, Any] = {
+        name: (info.annotation, info)
+        for source in (EditParams, RoutingOptions)
+        for name, info in source.model_fields.items()
+        if name != "routing"
+    }
+    if form:  # multipart parts are text, never null: JSON-valued fields are JSON text
+        fields = {name: (_not_null(kind), info) for name, (kind, info) in fields.items()}
+        for name in JSON_FIELDS:
+            fields[name] = (str, Field(None, description=f"{name} as JSON text"))
+        fields["webhook_events"] = (str, Field(None, description="comma-separated or JSON"))
+    return fields
+
+
+def _not_null(annotation: Any) -> Any:
+    """``annotation`` without ``None`` (``str | None`` is ``str``)."""
+    if get_origin(annotation) in (Union, UnionType):
+        kinds = [kind for kind in get_args(annotation) if kind is not NoneType]
+        return Union[tuple(kinds)]  # noqa: UP007
+    return annotation
+
+
+EditJsonRequest = create_model(
+    "EditJsonRequest",
+    __doc__="An edit request as JSON; routing knobs may also be nested in ``orq``.",
+    images=(list[ImageReference], Field(min_length=1, description="1-16 input images")),
+    mask=(ImageReference | None, Field(None, description="transparent pixels mark the edit")),
+    orq=(RoutingOptions | None, Field(None, description="routing knobs, nested")),
+    **_edit_fields(form=False),
+)
+
+_IMAGE_PARTS: dict[str, Any] = {
+    "image": (list[bytes], Field([], description="input image files (PNG, JPEG, WebP)")),
+    "image_list": (
+        list[bytes],
+        Field([], alias="image[]", description="input image files, the array spelling"),
+    ),
+    "mask": (bytes, Field(None, description="mask image file")),
+}
+
+EditForm = create_model(
+    "EditForm",
+    __doc__="An edit request as multipart/form-data: 1-16 image files plus text fields.",
+    **_IMAGE_PARTS,
+    **_edit_fields(form=True),
+)
+
+
+class BatchJsonRequest(BatchOptions):
+    """A batch as JSON: shared defaults (with the images) plus variants, or ``n`` copies."""
+
+    defaults: EditJsonRequest = Field(
+        description="edit fields every variant starts from; model and prompt may be per variant"
+    )
+    variants: list[dict[str, Any]] | None = Field(
+        None, description="edit fields each variant overrides (not images or mask)"
+    )
+    n: int | None = Field(None, ge=1, description="this many identical variants instead")
+
+
+BatchForm = create_model(
+    "BatchForm",
+    __doc__="A batch as multipart/form-data: the image files plus JSON-text parts.",
+    **_IMAGE_PARTS,
+    defaults=(str, Field(None, description="edit fields as JSON text")),
+    variants=(str, Field(None, description="a JSON list of variant overrides")),
+    n=(int, Field(None, ge=1)),
+    webhook_url=(str, Field(None, max_length=2048)),
+    webhook_events=(str, Field(None, description="comma-separated or a JSON list")),
+    metadata=(str, Field(None, description="a JSON object of strings")),
+)
+
+
+class RedeliverRequest(BaseModel):
+    """Which event to send again; the latest when absent."""
+
+    event_id: str | None = None
+
+
+class WaitQuery(BaseModel):
+    """Long-poll: answer as soon as the resource finishes, or after ``wait`` seconds."""
+
+    wait: float = Field(0, ge=0, le=300, description="seconds to wait for it to finish")
+
+
+class PageQuery(BaseModel):
+    """A cursor page, newest first."""
+
+    limit: int = Field(20, ge=1, le=100)
+    after: str | None = Field(None, description="the last id of the previous page")
+
+
+class JobPageQuery(PageQuery):
+    """A cursor page of jobs, optionally of one status."""
+
+    status: JobStatus | None = None
+
+
+class ImageDescription(BaseModel):
+    """A stored input image, described without its bytes."""
+
+    content_type: str
+    bytes: int
+    width: int
+    height: int
+
+
+class JobRequestView(EditParams):
+    """The job's request: its parameters and its input images' sizes, never the bytes."""
+
+    images: list[ImageDescription]
+    mask: ImageDescription | None = None
+
+
+class ImageUrl(BaseModel):
+    """An output by presigned URL (expires after ``EDITQ_URL_EXPIRY_S``)."""
+
+    url: str
+
+
+class ImageB64(BaseModel):
+    """An output inline, base64-encoded."""
+
+    b64_json: str
+
+
+class ImagesResponse(BaseModel):
+    """The OpenAI images response."""
+
+    created: int
+    data: list[ImageUrl | ImageB64]
+    output_format: str
+    size: str
+    quality: str
+    usage: Usage
+
+
+class JobObject(BaseModel):
+    """The job object (``object: "edit.job"``)."""
+
+    id: str
+    object: Literal["edit.job"]
+    status: JobStatus
+    model: str
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+    request: JobRequestView
+    attempts: list[Attempt]
+    error: JobError | None
+    result: ImagesResponse | None
+    cached: bool
+    batch_id: str | None
+    variant_index: int | None
+    queue_position: int | None = Field(description="jobs ahead of it, while queued")
+    metadata: dict[str, str]
+
+
+class JobList(BaseModel):
+    """A page of jobs."""
+
+    object: Literal["list"]
+    data: list[JobObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class BatchObject(BaseModel):
+    """The batch object (``object: "edit.batch"``); ``counts`` are by job status."""
+
+    id: str
+    object: Literal["edit.batch"]
+    status: BatchStatus
+    total: int
+    counts: dict[str, int]
+    created_at: int
+    finished_at: int | None
+    usage: Usage
+    metadata: dict[str, str]
+    webhook_url: str | None
+
+
+class BatchList(BaseModel):
+    """A page of batches."""
+
+    object: Literal["list"]
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class BatchResultLine(BaseModel):
+    """One line of a batch's results (JSON Lines), per variant in order."""
+
+    index: int
+    job_id: str | None
+    status: str = Field(description="the job's status, or expired")
+    outputs: list[str] | None = Field(None, description="presigned output URLs")
+    usage: Usage | None = None
+    error: JobError | None = None
+
+
+class WebhookSecret(BaseModel):
+    """The secret this key's webhooks are signed with."""
+
+    object: Literal["webhook.secret"]
+    secret: str = Field(description="whsec_...")
+
+
+class DeliveryEvent(BaseModel):
+    """A webhook event and where its delivery stands."""
+
+    id: str
+    type: str
+    state: str = Field(description="pending, delivered or failed")
+    attempts: int
+    created_at: int
+    next_attempt_at: int | None
+
+
+class Deliveries(BaseModel):
+    """A job's webhook events and every delivery attempt, oldest first."""
+
+    object: Literal["list"]
+    webhook_url: str | None
+    events: list[DeliveryEvent]
+    data: list[DeliveryAttempt]
+
+
+class ModelArchitecture(BaseModel):
+    """What a model takes and gives."""
+
+    input_modalities: list[str]
+    output_modalities: list[str]
+    features: list[str]
+
+
+class ModelObject(BaseModel):
+    """A configured model in the OpenAI models shape."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    description: str
+    capabilities: list[str]
+    architecture: ModelArchitecture
+
+
+class ModelList(BaseModel):
+    """The configured models."""
+
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class EventsQuery(BaseModel):
+    """Where to resume an event stream (the ``Last-Event-ID`` header wins)."""
+
+    last_event_id: str | None = Field(None, description="replay the events after this id")
+
+
+class EventsHeaders(BaseModel):
+    """The standard Server-Sent Events resume header."""
+
+    last_event_id: str | None = Field(
+        None, alias="Last-Event-ID", description="replay the events after this id"
+    )
+
+
+class IdempotencyHeaders(BaseModel):
+    """A retried submit with the same key creates nothing new (kept 24 h per API key)."""
+
+    idempotency_key: str | None = Field(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="1-255 printable ASCII characters; same key and request: the first "
+        "answer again (409 while it runs, 422 with another request)",
+    )
+
+
+class LinkedImage(ImageDescription):
+    """A stored image with a presigned link (expires after ``EDITQ_URL_EXPIRY_S``)."""
+
+    url: str
+
+
+class JobInputLinks(BaseModel):
+    """A job's input images and mask, each with a presigned link."""
+
+    object: Literal["edit.job.inputs"]
+    job_id: str
+    images: list[LinkedImage]
+    mask: LinkedImage | None = None

@@ -1,0 +1,176 @@
+"""What the API does with batches: accept, read, wait for, page through, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from app.core.batches import Batch, BatchSpec, BatchStatus
+from app.core.jobs import Job, JobSpec, JobStatus, Lane, new_batch_id, new_job_id
+from app.core.providers_config import ProvidersConfig
+from app.core.validation import check_models, in_variant
+from app.dispatch import EditQueue
+from app.errors import Conflict, EditqError, NotFound
+from app.http.requests.batch_submissions import BatchSubmission
+from app.net import check_url
+from app.services.jobs import JobService
+from app.store.batches import BatchStore
+from app.store.events import JobEventHub
+from app.store.jobs import JobStore
+
+CANCEL_CHUNK = 500
+
+
+class BatchService:
+    """The batch operations behind the HTTP handlers, scoped to one tenant per call."""
+
+    def __init__(
+        self,
+        *,
+        batches: BatchStore,
+        jobs: JobStore,
+        job_service: JobService,
+        queue: EditQueue,
+        events: JobEventHub,
+        window: int,
+        providers: ProvidersConfig,
+        allow_private_urls: bool,
+    ) -> None:
+        self._providers = providers
+        self._batches = batches
+        self._jobs = jobs
+        self._job_service = job_service
+        self._queue = queue
+        self._events = events
+        self._window = window
+        self._allow_private_urls = allow_private_urls
+
+    async def accept(self, submission: BatchSubmission, tenant: str) -> Batch:
+        """Store the inputs once, create every variant's job, release the first window."""
+        options = submission.options
+        if options.webhook_url is not None:
+            check_url(
+                options.webhook_url, param="webhook_url", allow_private=self._allow_private_urls
+            )
+        for index, params in enumerate(submission.variants):
+            try:
+                check_models(params, self._providers)
+            except EditqError as exc:
+                raise in_variant(exc, index, submission.overrides[index]) from None
+        batch_id = new_batch_id()
+        inputs = await self._job_service.store_inputs(batch_id, submission.images, submission.mask)
+        now = time.time()
+        base = await self._batches.fair_clock()
+        spec = BatchSpec(
+            id=batch_id,
+            tenant=tenant,
+            created_at=now,
+            total=len(submission.variants),
+            inputs=inputs,
+            metadata=options.metadata,
+            webhook_url=options.webhook_url,
+            webhook_events=options.webhook_events,
+        )
+        jobs = [
+            JobSpec(
+                id=new_job_id(now),
+                tenant=tenant,
+                created_at=now,
+                request=params.model_copy(update={"webhook_url": options.webhook_url}),
+                inputs=inputs,
+                batch_id=batch_id,
+                variant_index=index,
+                rank=base + index,
+            )
+            for index, params in enumerate(submission.variants)
+        ]
+        return await self._batches.create(spec, jobs, self._window)
+
+    async def get(self, batch_id: str, tenant: str) -> Batch:
+        """The tenant's batch; NotFound for a missing one or another tenant's."""
+        batch = await self._batches.get(batch_id) if batch_id.startswith("batch_") else None
+        if batch is None or batch.spec.tenant != tenant:
+            raise NotFound(f"no batch {batch_id}", param="batch_id")
+        return batch
+
+    def batch_key(self, batch_id: str) -> str:
+        """The Redis key of a batch's hash (its transition log is ``<key>:log``)."""
+        return self._batches.batch_key(batch_id)
+
+    async def wait(self, batch_id: str, tenant: str, timeout: float) -> Batch:
+        """The batch once it is no longer running, or as it is after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self._events.listen(batch_id) as events:
+            batch = await self.get(batch_id, tenant)
+            while batch.status == BatchStatus.RUNNING:
+                event = await events.next_event(deadline - loop.time())
+                if event is None:
+                    break
+                if event.status != BatchStatus.RUNNING.value:
+                    batch = await self.get(batch_id, tenant)
+        return batch
+
+    async def page(self, tenant: str, *, limit: int, after: str | None) -> tuple[list[Batch], bool]:
+        """A page of the tenant's batches, newest first."""
+        return await self._batches.list_for_tenant(tenant, limit=limit, after=after)
+
+    async def jobs_page(
+        self, batch: Batch, *, status: JobStatus | None, limit: int, after: str | None
+    ) -> tuple[list[Job], bool]:
+        """Variants' jobs in variant order after job ``after``, filtered by status."""
+        start = 0
+        if after is not None:
+            anchor = await self._jobs.get(after)
+            if anchor is None or anchor.spec.batch_id != batch.id:
+                raise NotFound(f"no job {after} in batch {batch.id}", param="after")
+            start = (anchor.spec.variant_index or 0) + 1
+        found: list[Job] = []
+        while start < batch.spec.total:
+            ids = await self._batches.job_ids(batch.id, start, start + max(limit, 100) - 1)
+            for job in await self._jobs.get_many(ids):
+                if job is not None and (status is None or job.status == status):
+                    if len(found) == limit:
+                        return found, True
+                    found.append(job)
+            start += len(ids)
+            if not ids:
+                break
+        return found, False
+
+    async def all_jobs(self, batch: Batch, chunk: int = 500) -> AsyncIterator[Job | None]:
+        """Every variant's job in variant order (None where a record expired)."""
+        for start in range(0, batch.spec.total, chunk):
+            ids = await self._batches.job_ids(batch.id, start, start + chunk - 1)
+            for job in await self._jobs.get_many(ids):
+                yield job
+
+    async def cancel(self, batch_id: str, tenant: str) -> Batch:
+        """Cancel every variant not yet finished; 409 once the batch is not running."""
+        batch = await self.get(batch_id, tenant)
+        if batch.status != BatchStatus.RUNNING:
+            raise Conflict(f"batch {batch_id} is {batch.status.value}")
+        await self._batches.begin_cancel(batch_id)
+        async for job in self.all_jobs(batch, CANCEL_CHUNK):
+            if job is not None and not job.status.terminal:
+                result = await self._jobs.transition(
+                    job.id, JobStatus.CANCELED, fields={"finished_at": time.time()}
+                )
+                if result.applied and result.previous == JobStatus.QUEUED:
+                    await self._queue.withdraw(job.id, result.run, job.lane)
+        return await self.get(batch_id, tenant)
+
+    async def queue_position(self, job: Job) -> int | None:
+        """Roughly how many runs are ahead of a queued job in its lane."""
+        if job.status != JobStatus.QUEUED:
+            return None
+        position = await self._queue.position(job.id, job.run, job.lane)
+        if position is not None or job.spec.batch_id is None:
+            return position
+        batch = await self._batches.get(job.spec.batch_id)
+        if batch is None:
+            return None
+        released = batch.spec.total - await self._batches.pending(batch.id)
+        ahead_in_window = await self._queue.depth(Lane.BULK)
+        return ahead_in_window + max(0, (job.spec.variant_index or 0) - released)

@@ -1,0 +1,204 @@
+"""What the API does with jobs: accept, read, wait for, cancel and retry them.
+
+Accepting stores the inputs in object storage first, then the job record, then
+enqueues the run; a failure before the record exists leaves nothing a client was
+told about, and a failure to enqueue marks the job failed rather than leaving it
+queued forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from app.blobs import ObjectStore, input_key, mask_key
+from app.core.images import CheckedImage
+from app.core.jobs import (
+    TERMINAL,
+    Job,
+    JobError,
+    JobInputs,
+    JobSpec,
+    JobStatus,
+    StoredImage,
+    new_job_id,
+)
+from app.core.providers_config import ProvidersConfig
+from app.core.validation import check_models
+from app.dispatch import EditQueue
+from app.errors import Conflict, EditqError, InvalidRequest, NotFound
+from app.http.requests.submissions import Submission
+from app.net import check_url
+from app.store.events import JobEventHub
+from app.store.jobs import JobPage, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class JobService:
+    """The job operations behind the HTTP handlers, scoped to one tenant per call."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        storage: ObjectStore,
+        queue: EditQueue,
+        events: JobEventHub,
+        providers: ProvidersConfig,
+        allow_private_urls: bool = False,
+    ) -> None:
+        self._allow_private_urls = allow_private_urls
+        self._store = store
+        self._storage = storage
+        self._queue = queue
+        self._events = events
+        self._providers = providers
+
+    def check_request(self, submission: Submission) -> None:
+        """Every model the request names must exist and edit images; a webhook URL
+        must be http(s) and not a literal private address."""
+        url = submission.params.webhook_url
+        if url is not None:
+            check_url(url, param="webhook_url", allow_private=self._allow_private_urls)
+        check_models(submission.params, self._providers)
+
+    async def accept(self, submission: Submission, tenant: str) -> Job:
+        """Store the inputs, record the job and enqueue its first run."""
+        self.check_request(submission)
+        job_id = new_job_id()
+        inputs = await self.store_inputs(job_id, submission.images, submission.mask)
+        spec = JobSpec(
+            id=job_id,
+            tenant=tenant,
+            created_at=time.time(),
+            request=submission.params,
+            inputs=inputs,
+        )
+        job = await self._store.create(spec)
+        try:
+            await self._queue.enqueue(job_id, job.run, job.lane)
+        except Exception as exc:
+            await self._fail_unqueued(job, exc)
+            raise
+        return job
+
+    async def store_inputs(
+        self, owner_id: str, checked: list[CheckedImage], mask: CheckedImage | None
+    ) -> JobInputs:
+        """Write the input images (and mask) once under ``owner_id`` (a job or batch)."""
+        images = [
+            (input_key(owner_id, index, image.extension), image)
+            for index, image in enumerate(checked)
+        ]
+        entries = images + ([(mask_key(owner_id, mask.extension), mask)] if mask else [])
+        await asyncio.gather(
+            *(self._storage.put(key, image.data, image.content_type) for key, image in entries)
+        )
+        stored = [_stored(key, image) for key, image in entries]
+        return JobInputs(
+            images=tuple(stored[: len(images)]),
+            mask=stored[-1] if mask else None,
+        )
+
+    async def _fail_unqueued(self, job: Job, exc: Exception) -> None:
+        error = JobError(
+            type="server_error", code="service_unavailable", message=f"could not enqueue: {exc}"
+        )
+        try:
+            await self._store.transition(
+                job.id,
+                JobStatus.FAILED,
+                expect_run=job.run,
+                sources=[JobStatus.QUEUED],
+                fields={"error": error.model_dump_json(), "finished_at": time.time()},
+            )
+        except EditqError:
+            log.exception("job %s could not be enqueued nor marked failed", job.id)
+
+    async def get(self, job_id: str, tenant: str) -> Job:
+        """The tenant's job; NotFound for a missing job or another tenant's."""
+        job = await self._store.get(job_id) if job_id.startswith("job_") else None
+        if job is None or job.spec.tenant != tenant:
+            raise NotFound(f"no job {job_id}", param="job_id")
+        return job
+
+    async def wait(self, job_id: str, tenant: str, timeout: float) -> Job:
+        """The job once terminal, or as it is after ``timeout`` seconds (long-poll)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self._events.listen(job_id) as events:
+            job = await self.get(job_id, tenant)
+            while not job.status.terminal:
+                event = await events.next_event(deadline - loop.time())
+                if event is None:
+                    break
+                if event.status in TERMINAL:
+                    job = await self.get(job_id, tenant)
+        return job
+
+    async def list(
+        self, tenant: str, *, status: JobStatus | None, limit: int, after: str | None
+    ) -> JobPage:
+        """A page of the tenant's jobs, newest first."""
+        return await self._store.list_for_tenant(tenant, status=status, limit=limit, after=after)
+
+    async def cancel(self, job_id: str, tenant: str) -> Job:
+        """Cancel a queued or running job; 409 Conflict if it already finished."""
+        job = await self.get(job_id, tenant)
+        result = await self._store.transition(
+            job_id, JobStatus.CANCELED, fields={"finished_at": time.time()}
+        )
+        if not result.applied:
+            raise Conflict(
+                f"job {job_id} is {job.status.value}; only queued or running jobs can be canceled"
+            )
+        if result.previous == JobStatus.QUEUED:
+            await self._queue.withdraw(job_id, result.run, job.lane)
+        return await self.get(job_id, tenant)
+
+    async def retry(self, job_id: str, tenant: str) -> Job:
+        """Run a failed or canceled job again under the same id; 409 otherwise."""
+        job = await self.get(job_id, tenant)
+        result = await self._store.transition(
+            job_id,
+            JobStatus.QUEUED,
+            sources=[JobStatus.FAILED, JobStatus.CANCELED],
+            next_run=True,
+            fields={
+                "error": None,
+                "outcome": None,
+                "cached": None,
+                "started_at": None,
+                "finished_at": None,
+            },
+        )
+        if not result.applied:
+            raise Conflict(
+                f"job {job_id} is {job.status.value}; only failed or canceled jobs can be retried"
+            )
+        await self._queue.enqueue(job_id, result.run, job.lane)
+        return await self.get(job_id, tenant)
+
+
+def _stored(key: str, image: CheckedImage) -> StoredImage:
+    return StoredImage(
+        key=key,
+        content_type=image.content_type,
+        bytes=len(image.data),
+        width=image.width,
+        height=image.height,
+        sha256=image.sha256,
+    )
+
+
+def parse_status(value: str | None) -> JobStatus | None:
+    """The ``status`` query filter, or None; InvalidRequest for an unknown status."""
+    if not value:
+        return None
+    try:
+        return JobStatus(value)
+    except ValueError:
+        names = ", ".join(status.value for status in JobStatus)
+        raise InvalidRequest(f"status must be one of {names}", param="status") from None

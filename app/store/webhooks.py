@@ -1,0 +1,201 @@
+"""Webhook state in Redis: events, the delivery outbox, each job's delivery log,
+signing secrets and receivers that said 410 Gone.
+
+Layout (``P`` is the key prefix)::
+
+    P:wh:event:{event id}       hash: subject (job or batch id), type, tenant, state
+                                (pending | delivered | failed), attempts, created_at
+                                (ms), body (the JSON body, fixed at the first attempt)
+    P:wh:outbox                 sorted set of pending event ids by due time (ms); a
+                                dispatcher moves a due event a lease ahead while it is
+                                being delivered, so a crash only delays it
+    P:job:{id}:wh-events        list of the job's event ids, oldest first
+    P:job:{id}:deliveries       list of delivery attempts (JSON), oldest first
+                                (a batch's events: P:batch:{id}:wh-events, ...)
+    P:wh:secret:{tenant}        the tenant's generated signing secret
+    P:wh:gone:{tenant}:{hash}   a URL that answered 410: nothing more is sent to it
+
+Events are created by the job store's transition script (``app.store.jobs``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from app.core.webhooks import new_secret
+
+CLAIM_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, event in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], event) end
+return due
+"""
+GONE_TTL_S = 30 * 24 * 3600
+
+
+class DeliveryAttempt(BaseModel):
+    """One POST of an event to its receiver."""
+
+    event_id: str
+    type: str
+    attempt: int
+    at: float
+    url: str
+    status_code: int | None = None
+    duration_ms: int
+    error: str | None = None
+    outcome: str  # delivered | retrying | failed
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """An event as stored."""
+
+    id: str
+    subject: str  # the job or batch the event is about
+    type: str
+    tenant: str
+    state: str
+    attempts: int
+    created_at: float  # seconds
+    body: str | None
+
+    def summary(self, next_attempt_at: float | None) -> dict[str, Any]:
+        """The event as the deliveries endpoint shows it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "state": self.state,
+            "attempts": self.attempts,
+            "created_at": int(self.created_at),
+            "next_attempt_at": None if next_attempt_at is None else int(next_attempt_at),
+        }
+
+
+class WebhookStore:
+    """Reads and writes webhook state; see the module docstring for the layout."""
+
+    def __init__(self, redis: Redis, *, prefix: str, retention_s: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._retention_s = retention_s
+        self._claim = redis.register_script(CLAIM_SCRIPT)
+
+    @property
+    def outbox_key(self) -> str:
+        """The sorted set of pending event ids by due time."""
+        return f"{self._prefix}:wh:outbox"
+
+    def _event_key(self, event_id: str) -> str:
+        return f"{self._prefix}:wh:event:{event_id}"
+
+    def _subject_key(self, subject: str, part: str) -> str:
+        kind = "batch" if subject.startswith("batch_") else "job"
+        return f"{self._prefix}:{kind}:{subject}:{part}"
+
+    async def secret_for(self, tenant: str) -> str:
+        """The tenant's signing secret, generated and stored on first use."""
+        key = f"{self._prefix}:wh:secret:{tenant}"
+        await self._redis.set(key, new_secret(), nx=True)
+        secret = await self._redis.get(key)
+        return str(secret)
+
+    async def get(self, event_id: str) -> WebhookEvent | None:
+        """The event, or None."""
+        row = await cast(Awaitable[dict[str, str]], self._redis.hgetall(self._event_key(event_id)))
+        if not row:
+            return None
+        return WebhookEvent(
+            id=event_id,
+            subject=row["subject"],
+            type=row["type"],
+            tenant=row["tenant"],
+            state=row["state"],
+            attempts=int(row.get("attempts", 0)),
+            created_at=int(row["created_at"]) / 1000,
+            body=row.get("body"),
+        )
+
+    async def events_of(self, subject: str) -> list[WebhookEvent]:
+        """The events of a job or batch, oldest first."""
+        ids = await cast(
+            Awaitable[list[str]],
+            self._redis.lrange(self._subject_key(subject, "wh-events"), 0, -1),
+        )
+        events = [await self.get(event_id) for event_id in ids]
+        return [event for event in events if event is not None]
+
+    async def due_at(self, event_id: str) -> float | None:
+        """When the event is next due (seconds), if it is pending."""
+        score = await self._redis.zscore(self.outbox_key, event_id)
+        return None if score is None else score / 1000
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[str]:
+        """Take up to ``limit`` due events, moving each one lease ahead in the outbox."""
+        now = int(time.time() * 1000)
+        claimed = await self._claim(
+            keys=[self.outbox_key], args=[now, now + int(lease_s * 1000), limit]
+        )
+        return [str(event_id) for event_id in claimed]
+
+    async def keep_body(self, event_id: str, body: str) -> None:
+        """Fix the body sent for every attempt of the event."""
+        await cast(Awaitable[int], self._redis.hset(self._event_key(event_id), "body", body))
+
+    async def record(
+        self, event: WebhookEvent, attempt: DeliveryAttempt, next_due: float | None
+    ) -> None:
+        """Log an attempt and settle the event: delivered/failed, or due again at ``next_due``."""
+        log_key = self._subject_key(event.subject, "deliveries")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(log_key, attempt.model_dump_json())
+            pipe.expire(log_key, self._retention_s)
+            pipe.hset(
+                self._event_key(event.id),
+                mapping={
+                    "attempts": attempt.attempt,
+                    "state": "pending" if attempt.outcome == "retrying" else attempt.outcome,
+                },
+            )
+            if next_due is None:
+                pipe.zrem(self.outbox_key, event.id)
+            else:
+                pipe.zadd(self.outbox_key, {event.id: int(next_due * 1000)})
+            await pipe.execute()
+
+    async def deliveries(self, subject: str) -> list[DeliveryAttempt]:
+        """Every delivery attempt of a job's (or batch's) events, oldest first."""
+        rows = await cast(
+            Awaitable[list[str]],
+            self._redis.lrange(self._subject_key(subject, "deliveries"), 0, -1),
+        )
+        return [DeliveryAttempt.model_validate_json(row) for row in rows]
+
+    async def redeliver(self, event: WebhookEvent, url: str) -> None:
+        """Send the event again now, as a fresh series of attempts (same id and body)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._event_key(event.id), mapping={"state": "pending", "attempts": 0})
+            pipe.expire(self._event_key(event.id), self._retention_s)
+            pipe.delete(self._gone_key(event.tenant, url))
+            pipe.zadd(self.outbox_key, {event.id: int(time.time() * 1000)})
+            await pipe.execute()
+
+    def _gone_key(self, tenant: str, url: str) -> str:
+        return f"{self._prefix}:wh:gone:{tenant}:{hashlib.sha256(url.encode()).hexdigest()[:32]}"
+
+    async def mark_gone(self, tenant: str, url: str) -> None:
+        """Remember that ``url`` answered 410 Gone."""
+        await self._redis.set(
+            self._gone_key(tenant, url), json.dumps({"at": time.time()}), ex=GONE_TTL_S
+        )
+
+    async def is_gone(self, tenant: str, url: str) -> bool:
+        """True if ``url`` answered 410 Gone (and no one redelivered to it since)."""
+        return bool(await self._redis.exists(self._gone_key(tenant, url)))

@@ -1,0 +1,101 @@
+"""The idempotency store against a real Redis: one claim per key, owner-only changes, TTLs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from app.settings import Settings
+from app.store.idempotency import (
+    Claim,
+    ExistingRecord,
+    IdempotencyStore,
+    StoredResponse,
+    record_key,
+)
+
+ACCEPTED = StoredResponse(
+    status=202, headers={"Location": "/v1/jobs/job_1"}, body='{"id": "job_1"}', job_id=None
+)
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(redis: Redis, settings: Settings) -> IdempotencyStore:
+    return IdempotencyStore(redis, prefix=settings.key_prefix, claim_ttl_s=5, done_ttl_s=60)
+
+
+async def claimed(store: IdempotencyStore, key: str = "k", fingerprint: str = "f1") -> Claim:
+    claim = await store.claim("tenant", key, fingerprint)
+    assert isinstance(claim, Claim)
+    return claim
+
+
+def test_the_key_is_hashed_and_scoped_to_the_tenant() -> None:
+    key = record_key("P", "tenant-a", "my key")
+    assert key.startswith("P:idem:tenant-a:") and "my key" not in key
+    assert record_key("P", "tenant-b", "my key") != key
+
+
+async def test_one_claim_per_key_and_the_rest_see_it_in_progress(
+    store: IdempotencyStore, redis: Redis
+) -> None:
+    results = await asyncio.gather(*(store.claim("tenant", "k", "f1") for _ in range(10)))
+    claims = [result for result in results if isinstance(result, Claim)]
+    assert len(claims) == 1
+    others = [result for result in results if isinstance(result, ExistingRecord)]
+    assert others == [ExistingRecord(fingerprint="f1", response=None)] * 9
+    assert 0 < await redis.pttl(claims[0].record_key) <= 5000
+
+
+async def test_a_finished_record_is_returned_for_24h(store: IdempotencyStore, redis: Redis) -> None:
+    claim = await claimed(store)
+    assert await store.finish(claim, ACCEPTED)
+    assert await store.claim("tenant", "k", "other") == ExistingRecord("f1", ACCEPTED)
+    assert 5000 < await redis.pttl(claim.record_key) <= 60_000
+    sync = StoredResponse(status=200, headers={}, body=None, job_id="job_2")
+    sync_claim = await claimed(store, key="sync")
+    assert await store.finish(sync_claim, sync)
+    assert await store.claim("tenant", "sync", "f1") == ExistingRecord("f1", sync)
+
+
+async def test_release_frees_the_key(store: IdempotencyStore) -> None:
+    claim = await claimed(store)
+    await store.release(claim)
+    again = await claimed(store, fingerprint="f2")
+    assert again.token != claim.token
+
+
+async def test_only_the_owner_renews_finishes_or_releases(
+    store: IdempotencyStore, redis: Redis
+) -> None:
+    claim = await claimed(store)
+    intruder = Claim(claim.record_key, "not-the-token", "f9")
+    assert not await store.renew(intruder)
+    assert not await store.finish(intruder, ACCEPTED)
+    await store.release(intruder)
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None)
+    await redis.pexpire(claim.record_key, 100)
+    assert await store.renew(claim)
+    assert await redis.pttl(claim.record_key) > 1000
+    assert await store.finish(claim, ACCEPTED)
+    assert not await store.renew(claim)  # done: nothing left to renew
+    await store.release(claim)  # done records stay
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", ACCEPTED)
+
+
+async def test_an_expired_claim_frees_the_key(store: IdempotencyStore, redis: Redis) -> None:
+    claim = await claimed(store)
+    await redis.pexpire(claim.record_key, 1)
+    await asyncio.sleep(0.01)
+    await claimed(store, fingerprint="f2")
+    assert not await store.finish(claim, ACCEPTED)  # the new claim is not the old one's

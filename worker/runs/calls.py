@@ -1,0 +1,176 @@
+"""Making one output's upstream calls under the request's routing knobs.
+
+The loop follows ``worker.runs.routing``: try the planned models in order, retrying and
+falling back as ``decide`` says, waiting out the shared cool-downs and rate limits
+of ``UpstreamGate``, and recording every call in ``attempts``. A fallback to a
+model on another upstream first takes a slot there (the job was admitted with
+slots on its first choice only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+
+from app.core.jobs import Attempt, Job
+from app.core.providers_config import ModelConfig, UpstreamConfig
+from app.errors import UpstreamError, UpstreamTimeout
+from worker.process.leases import Lease
+from worker.process.resources import WorkerContext
+from worker.providers.base import EditCall, EditOutput
+from worker.runs.routing import CallFailure, Decision, decide
+
+MIN_CALL_S = 1.0
+DEFAULT_COOL_DOWN_S = 1.0
+SLOT_WAIT_MAX_S = 1.0
+
+
+@dataclass
+class OutputCalls:
+    """Everything one output's calls need."""
+
+    context: WorkerContext
+    job: Job
+    index: int
+    plan: Sequence[str]  # model ids, first choice then fallbacks
+    deadline: float  # loop time at which the attempt's budget runs out
+    lease: Lease
+    attempts: list[Attempt]
+    rng: random.Random
+
+    def budget_left(self) -> float:
+        """Seconds of the attempt's budget that remain."""
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+async def call_with_routing(calls: OutputCalls, base: EditCall) -> EditOutput:
+    """One output image, following retries and fallbacks; raises the final error."""
+    providers = calls.context.providers
+    first_upstream = providers.edit_model(calls.plan[0]).upstream
+    model_index, retries_used = 0, 0
+    while True:
+        model = providers.edit_model(calls.plan[model_index])
+        upstream = providers.upstream(model.upstream)
+        try:
+            async with _slot(calls, upstream, extra=upstream.name != first_upstream):
+                return await _call_once(calls, base, model, upstream)
+        except UpstreamError as exc:
+            decision = await _after_failure(calls, exc, upstream, model_index, retries_used)
+            calls.attempts[-1] = calls.attempts[-1].model_copy(
+                update={"next_action": None if decision.action == "give_up" else decision.action}
+            )
+            if decision.action == "give_up":
+                if decision.out_of_budget:
+                    raise _budget_spent(calls, exc) from exc
+                raise
+            if decision.action == "retry":
+                retries_used += 1
+                await asyncio.sleep(decision.delay_s)
+            else:
+                model_index, retries_used = model_index + 1, 0
+
+
+async def _after_failure(
+    calls: OutputCalls,
+    exc: UpstreamError,
+    upstream: UpstreamConfig,
+    model_index: int,
+    retries_used: int,
+) -> Decision:
+    if exc.upstream_status == 429:
+        await calls.context.gate.cool_down(upstream.name, exc.retry_after or DEFAULT_COOL_DOWN_S)
+    return decide(
+        CallFailure(status=exc.upstream_status, code=exc.code, retry_after=exc.retry_after),
+        routing=calls.job.spec.request.routing,
+        retries_used=retries_used,
+        has_next_model=model_index + 1 < len(calls.plan),
+        budget_left_s=calls.budget_left(),
+        min_call_s=MIN_CALL_S,
+        rng=calls.rng,
+    )
+
+
+async def _call_once(
+    calls: OutputCalls, base: EditCall, model: ModelConfig, upstream: UpstreamConfig
+) -> EditOutput:
+    context = calls.context
+    wait = await context.gate.permit(upstream.name, upstream.requests_per_minute)
+    if wait >= calls.budget_left():
+        raise UpstreamError(
+            f"{upstream.name} asked callers to wait {wait:.0f} s, past this attempt's budget"
+        )
+    await asyncio.sleep(wait)
+    timeout = min(upstream.timeout_s, calls.budget_left())
+    routing_timeout = calls.job.spec.request.routing.timeout
+    if routing_timeout is not None:
+        timeout = min(timeout, routing_timeout.call_timeout / 1000)
+    call = replace(base, model=model.upstream_model, timeout_s=timeout)
+    started_at, began = time.time(), time.monotonic()
+
+    def record(status: int | None, error_code: str | None) -> None:
+        context.metrics.upstream_call(upstream.name, status, error_code, time.monotonic() - began)
+        calls.attempts.append(
+            Attempt(
+                run=calls.job.run,
+                output_index=calls.index,
+                upstream=upstream.name,
+                model=model.id,
+                status=status,
+                error_code=error_code,
+                duration_ms=round((time.monotonic() - began) * 1000),
+                started_at=started_at,
+            )
+        )
+
+    try:
+        async with asyncio.timeout(timeout):
+            output = await context.upstream(upstream.name).edit(call)
+    except TimeoutError:
+        record(None, "upstream_timeout")
+        raise UpstreamTimeout(f"{upstream.name} did not answer within {timeout:g} s") from None
+    except UpstreamError as exc:
+        record(exc.upstream_status, exc.code)
+        raise
+    record(200, None)
+    return output
+
+
+@contextlib.asynccontextmanager
+async def _slot(
+    calls: OutputCalls, upstream: UpstreamConfig, *, extra: bool
+) -> AsyncIterator[None]:
+    """Nothing for the admitted upstream; a slot of its own for a fallback elsewhere."""
+    if not extra:
+        yield
+        return
+    gate, delay = calls.context.gate, 0.05
+    holder = f"{calls.lease.arq_job_id}:out{calls.index}:{upstream.name}"
+    while (
+        grants := await gate.admit(
+            {upstream.name: (1, upstream.max_concurrency)}, holder=holder, ticket="", ticket_score=0
+        )
+    ) is None:
+        if delay >= calls.budget_left():
+            raise UpstreamError(f"no free slot on {upstream.name} within this attempt's budget")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, SLOT_WAIT_MAX_S)
+    calls.lease.slots.extend(grants)
+    try:
+        yield
+    finally:
+        for grant in grants:
+            calls.lease.slots.remove(grant)
+            await gate.release(grant, upstream.max_concurrency)
+
+
+def _budget_spent(calls: OutputCalls, last: UpstreamError) -> UpstreamError:
+    budget = calls.context.settings.attempt_budget_s
+    return UpstreamError(
+        f"the upstream did not finish within this attempt's {budget:g}-second budget "
+        f"(last error: {last.message})",
+        upstream_status=last.upstream_status,
+    )

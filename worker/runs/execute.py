@@ -1,0 +1,159 @@
+"""One run of an edit job: load the inputs, make the ``n`` outputs in parallel (each
+through ``upstream_calls``), convert and store each output."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from app.blobs import ObjectStore, output_key
+from app.core.concurrency import gather_or_cancel
+from app.core.jobs import Attempt, Job, JobInputs, JobOutcome, StoredImage, Usage
+from app.errors import ServiceUnavailable
+from worker.process.leases import Lease
+from worker.process.resources import WorkerContext
+from worker.providers.base import EditCall, InputImage
+from worker.runs.calls import OutputCalls, call_with_routing
+from worker.runs.outputs import convert_output
+from worker.runs.plan import RunPlan
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+# How long an object-store outage is waited out, past the upstream budget for outputs.
+STORE_RETRY_S = 55.0
+STORE_RETRY_MAX_DELAY_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Output:
+    image: StoredImage
+    usage: Usage | None
+
+
+async def execute_run(
+    context: WorkerContext,
+    job: Job,
+    *,
+    plan: RunPlan,
+    lease: Lease,
+    deadline: float,
+    attempts: list[Attempt],
+) -> JobOutcome:
+    """Produce and store all of ``job``'s outputs; raises on the first failed output.
+
+    ``plan`` holds each output's models in order; calls whose first choice shares an
+    upstream take turns on the slots the job was admitted with (``plan.slots``), so
+    a run never has more calls in flight than it holds slots.
+    """
+    request = job.spec.request
+    images, mask = await with_storage_retries(
+        lambda: _load_inputs(context.storage, job.spec.inputs),
+        until=asyncio.get_running_loop().time() + STORE_RETRY_S,
+        what=f"loading the inputs of {job.id}",
+    )
+    base = EditCall(
+        model="",
+        prompt=request.prompt,
+        images=images,
+        mask=mask,
+        size=request.size,
+        quality=request.quality,
+        background=request.background,
+        output_format=request.output_format,
+        output_compression=request.output_compression,
+        user=request.user,
+    )
+    turns = {name: asyncio.Semaphore(slots.need) for name, slots in plan.slots.items()}
+    rng = random.Random()
+
+    async def produce(index: int) -> _Output:
+        models = plan.models[index]
+        calls = OutputCalls(context, job, index, models, deadline, lease, attempts, rng)
+        async with turns[plan.upstreams[index]]:
+            result = await call_with_routing(calls, base)
+        # The upstream's bytes stay in memory until stored: an object-store outage is
+        # retried here and never costs a second upstream call.
+        return await with_storage_retries(
+            lambda: _store_output(context, job, index, result.image, result.usage),
+            until=deadline + STORE_RETRY_S,
+            what=f"storing output {index} of {job.id}",
+        )
+
+    outputs = await gather_or_cancel([produce(index) for index in range(request.n)])
+    usage = Usage()
+    for output in outputs:
+        if output.usage is not None:
+            usage = usage.plus(output.usage)
+    first = outputs[0].image
+    return JobOutcome(
+        created=int(time.time()),
+        outputs=tuple(output.image for output in outputs),
+        output_format=request.output_format,
+        size=f"{first.width}x{first.height}",
+        quality=request.quality or "auto",
+        usage=usage,
+    )
+
+
+async def with_storage_retries(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    until: float,
+    what: str,
+    retry_on: tuple[type[Exception], ...] = (ServiceUnavailable,),
+) -> T:
+    """Run ``operation``, retrying with backoff while object storage (or whatever raises
+    ``retry_on``) is unavailable, until loop time ``until``; then the last error is raised."""
+    loop, delay = asyncio.get_running_loop(), 0.25
+    while True:
+        try:
+            return await operation()
+        except retry_on as exc:
+            if loop.time() + delay > until:
+                raise
+            log.warning("%s failed (%s); retrying in %.2f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
+
+
+async def _load_inputs(
+    storage: ObjectStore, inputs: JobInputs
+) -> tuple[tuple[InputImage, ...], InputImage | None]:
+    stored = list(inputs.images) + ([inputs.mask] if inputs.mask else [])
+    blobs = await asyncio.gather(*(storage.get(image.key) for image in stored))
+    loaded = [
+        InputImage(data=blob, content_type=image.content_type)
+        for blob, image in zip(blobs, stored, strict=True)
+    ]
+    if inputs.mask:
+        return tuple(loaded[:-1]), loaded[-1]
+    return tuple(loaded), None
+
+
+async def _store_output(
+    context: WorkerContext, job: Job, index: int, image: bytes, usage: Usage | None
+) -> _Output:
+    request = job.spec.request
+    converted = await asyncio.get_running_loop().run_in_executor(
+        context.executor,
+        convert_output,
+        image,
+        request.output_format,
+        request.output_compression,
+        request.background,
+    )
+    key = output_key(job.id, index, request.output_format, job.attempt)
+    await context.storage.put(key, converted.data, converted.content_type)
+    stored = StoredImage(
+        key=key,
+        content_type=converted.content_type,
+        bytes=len(converted.data),
+        width=converted.width,
+        height=converted.height,
+    )
+    return _Output(image=stored, usage=usage)
