@@ -33,7 +33,7 @@ Each edit request, in order:
 4. waits ``latency_s``, then answers as its fault says, or succeeds.
 
 Waits end early when the server stops (the answer is then 503). Run
-``python -m tests.fakes.upstream --port 9100 --latency 2`` to serve one by hand.
+``python -m tests.support.fakes.upstream --port 9100 --latency 2`` to serve one by hand.
 Faults are in ``upstream_faults``, request reading in ``upstream_requests``, the
 edit itself in ``upstream_edits``; this module holds the server.
 """
@@ -317,9 +317,9 @@ def _stopping_response() -> web.Response:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve a fake upstream until interrupted: ``python -m tests.fakes.upstream --port 9100``."""
+    """Serve a fake upstream until interrupted: ``python -m tests.support.fakes.upstream --port 9100``."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.upstream",
+        prog="python -m tests.support.fakes.upstream",
         description=__doc__.splitlines()[0] if __doc__ else "",
     )
     parser.add_argument("--host", default="127.0.0.1")
