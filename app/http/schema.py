@@ -18,8 +18,8 @@ from app.core.batches import BatchStatus
 from app.core.edit_params import JSON_FIELDS, EditParams
 from app.core.jobs import Attempt, JobError, JobStatus, Usage
 from app.core.routing_options import RoutingOptions
+from app.core.submissions import BatchOptions
 from app.errors import EditqError
-from app.http.requests.batch_submissions import BatchOptions
 from app.store.webhooks import DeliveryAttempt
 
 

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from app.core.batches import Batch, BatchSpec, BatchStatus
 from app.core.jobs import Job, JobSpec, JobStatus, Lane, new_batch_id, new_job_id
 from app.core.providers_config import ProvidersConfig
+from app.core.submissions import BatchSubmission
 from app.core.validation import check_models, in_variant
 from app.dispatch import EditQueue
 from app.errors import Conflict, EditqError, NotFound
-from app.http.requests.batch_submissions import BatchSubmission
 from app.net import check_url
 from app.services.jobs import JobService
 from app.store.batches import BatchStore

@@ -25,10 +25,10 @@ from app.core.jobs import (
     new_job_id,
 )
 from app.core.providers_config import ProvidersConfig
+from app.core.submissions import Submission
 from app.core.validation import check_models
 from app.dispatch import EditQueue
-from app.errors import Conflict, EditqError, InvalidRequest, NotFound
-from app.http.requests.submissions import Submission
+from app.errors import Conflict, EditqError, NotFound
 from app.net import check_url
 from app.store.events import JobEventHub
 from app.store.jobs import JobPage, JobStore
@@ -191,14 +191,3 @@ def _stored(key: str, image: CheckedImage) -> StoredImage:
         height=image.height,
         sha256=image.sha256,
     )
-
-
-def parse_status(value: str | None) -> JobStatus | None:
-    """The ``status`` query filter, or None; InvalidRequest for an unknown status."""
-    if not value:
-        return None
-    try:
-        return JobStatus(value)
-    except ValueError:
-        names = ", ".join(status.value for status in JobStatus)
-        raise InvalidRequest(f"status must be one of {names}", param="status") from None

@@ -9,10 +9,10 @@ from aiohttp import web
 from app.blobs import ObjectStore
 from app.core.jobs import Job
 from app.http.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
-from app.http.handlers.jobs import MAX_PAGE, float_query
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.openapi import Reply, operation
 from app.http.requests.batch_submissions import read_batch_submission
+from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.responses.lists import list_page
 from app.http.schema import (
     BatchForm,
@@ -27,7 +27,6 @@ from app.http.schema import (
     WaitQuery,
 )
 from app.services.job_views import render_job
-from app.services.jobs import parse_status
 
 
 @operation(

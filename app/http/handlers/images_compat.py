@@ -21,12 +21,13 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from app.core.jobs import JobError, JobStatus
+from app.core.submissions import Submission
 from app.errors import Conflict, EditqError, ServiceUnavailable, SyncWaitExceeded
 from app.http.app_keys import FETCH_SESSION, IMAGE_EXECUTOR, JOB_SERVICE, SETTINGS, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT, error_response
 from app.http.middleware.idempotency import SYNC_JOB
 from app.http.openapi import Reply, operation
-from app.http.requests.submissions import Submission, read_submission
+from app.http.requests.submissions import read_submission
 from app.http.schema import EditForm, EditJsonRequest, IdempotencyHeaders, ImagesResponse
 from app.services.job_views import render_job
 

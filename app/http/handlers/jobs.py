@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from app.errors import InvalidRequest
 from app.http.app_keys import (
     BATCH_SERVICE,
     FETCH_SESSION,
@@ -15,6 +14,7 @@ from app.http.app_keys import (
 )
 from app.http.middleware.errors import TENANT
 from app.http.openapi import Reply, operation
+from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.requests.submissions import read_submission
 from app.http.responses.lists import list_page
 from app.http.schema import (
@@ -27,22 +27,6 @@ from app.http.schema import (
     WaitQuery,
 )
 from app.services.job_views import render_job
-from app.services.jobs import parse_status
-
-MAX_PAGE = 100
-
-
-def float_query(request: web.Request, name: str, default: float, low: float, high: float) -> float:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a number", param=name) from None
-    if not low <= value <= high:
-        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}", param=name)
-    return value
 
 
 @operation(

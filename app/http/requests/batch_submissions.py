@@ -12,52 +12,20 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from app.core.batches import DEFAULT_BATCH_EVENTS, BatchEventType
 from app.core.edit_params import EditParams, invalid_request_from, parse_edit_params
-from app.core.images import CheckedImage
+from app.core.submissions import BatchOptions, BatchSubmission
 from app.core.validation import in_variant
 from app.errors import InvalidRequest, UnsupportedMediaType
 from app.http.requests.submissions import check_inputs, document_images, read_json_object, read_raw
 from app.settings import Settings
 
 BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
-
-
-class BatchOptions(BaseModel):
-    """The batch-level fields."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    webhook_url: str | None = Field(None, max_length=2048)
-    webhook_events: tuple[BatchEventType, ...] = Field(DEFAULT_BATCH_EVENTS, min_length=1)
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
-
-    @field_validator("webhook_events", mode="before")
-    @classmethod
-    def _event_list(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return tuple(item.strip() for item in value.split(",") if item.strip())
-        if isinstance(value, str):
-            return json.loads(value)
-        return value
-
-
-@dataclass(frozen=True)
-class BatchSubmission:
-    """A validated batch: one EditParams per variant, the shared inputs, the options."""
-
-    variants: list[EditParams]
-    images: list[CheckedImage]
-    mask: CheckedImage | None
-    options: BatchOptions
-    overrides: list[frozenset[str]]  # the fields each variant set itself
 
 
 async def read_batch_submission(

@@ -27,7 +27,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from app.core.concurrency import gather_or_cancel
 from app.core.edit_params import EditParams, parse_edit_params
-from app.core.images import CheckedImage, check_image, check_mask, decode_data_url
+from app.core.images import check_image, check_mask, decode_data_url
+from app.core.submissions import Submission
 from app.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from app.net import check_url, fetch_bounded
 from app.settings import Settings
@@ -35,15 +36,6 @@ from app.settings import Settings
 IMAGE_FIELDS = ("image", "image[]")
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
 CHUNK = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Submission:
-    """A validated edit request: parameters, input images and optional mask."""
-
-    params: EditParams
-    images: list[CheckedImage]
-    mask: CheckedImage | None
 
 
 @dataclass

@@ -8,8 +8,8 @@ import pytest
 
 from app.core.edit_params import parse_edit_params
 from app.core.jobs import JobError
+from app.core.submissions import Submission
 from app.http.handlers.images_compat import failed_job_status, with_sync_defaults
-from app.http.requests.submissions import Submission
 
 
 def submission(**fields: Any) -> Submission:

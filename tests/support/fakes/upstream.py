@@ -317,7 +317,10 @@ def _stopping_response() -> web.Response:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve a fake upstream until interrupted: ``python -m tests.support.fakes.upstream --port 9100``."""
+    """Serve a fake upstream until interrupted.
+
+    ``python -m tests.support.fakes.upstream --port 9100``
+    """
     parser = argparse.ArgumentParser(
         prog="python -m tests.support.fakes.upstream",
         description=__doc__.splitlines()[0] if __doc__ else "",
