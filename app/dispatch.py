@@ -1,22 +1,37 @@
-"""Handing jobs to the workers through arq, by task name and with JSON payloads.
+"""Handing jobs to the workers through arq: the only module that knows arq's storage.
 
-The front end never imports worker code: it enqueues ``run_edit`` with the job id
-and run number, nothing else (images stay in object storage). arq's default
-serializer is pickle; both sides use ``serialize``/``deserialize`` here instead.
+arq keeps, per queue, a sorted set of job ids scored by when each may start, a
+payload key per job (``arq.constants.job_key_prefix``) and an in-progress marker
+per running job (``in_progress_key_prefix``). editq relies on that layout in four
+places, all here: enqueueing a batch's variants in bulk (payloads written at
+once, the first window scored into the bulk queue, the rest released one by one
+by ``release_window.lua``), withdrawing a canceled run, leasing a running job
+(its score moved to *now + lease*, its marker shortened to the lease) and handing
+a job back on shutdown. ``tests/test_dispatch_contract.py`` fails loudly when
+arq's layout changes; ``pyproject.toml`` pins arq to the tested minor.
+
+The front end enqueues ``run_edit`` by name with the job id and run number only
+(images stay in object storage). Payloads are JSON (``serialize``), never pickle.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from app.core.jobs import Lane
+from app.store.scripts import register
 
 EDIT_TASK = "run_edit"
+DELIVER_TASK = "deliver_webhook"
 
 
 def serialize(payload: dict[str, Any]) -> bytes:
@@ -44,21 +59,54 @@ def lane_queue(queue_name: str, lane: Lane) -> str:
     return f"{queue_name}:bulk" if lane == Lane.BULK else queue_name
 
 
-def edit_payload(job_id: str, run: int, enqueued_ms: int) -> bytes:
-    """arq's serialized job for a run (with arq's own format function), for bulk writes."""
+def health_check_key(queue_name: str, lane: Lane) -> str:
+    """The key a live worker of ``lane`` refreshes (arq's health check)."""
+    return f"{lane_queue(queue_name, lane)}:health-check"
+
+
+def redis_settings(redis_url: str) -> RedisSettings:
+    """arq's connection settings for ``redis_url``."""
+    return RedisSettings.from_dsn(redis_url)
+
+
+async def connect(redis_url: str, queue_name: str) -> EditQueue:
+    """An ``EditQueue`` over a new arq pool that reads and writes JSON payloads (close
+    it with ``aclose``)."""
+    pool = await create_pool(
+        redis_settings(redis_url),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=queue_name,
+    )
+    return EditQueue(pool, queue_name)
+
+
+def _payload(job_id: str, run: int, enqueued_ms: int) -> bytes:
     return serialize_job(EDIT_TASK, (job_id, run), {}, None, enqueued_ms, serializer=serialize)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class EditQueue:
-    """Enqueues and withdraws edit runs on the arq queues."""
+    """Enqueues, withdraws and leases edit runs on the lanes' arq queues."""
 
     def __init__(self, pool: ArqRedis, queue_name: str) -> None:
         self._pool = pool
         self._queue_name = queue_name
 
+    async def aclose(self) -> None:
+        """Close the arq pool."""
+        await self._pool.aclose()
+
     def queue_for(self, lane: Lane) -> str:
         """The arq queue of the lane."""
         return lane_queue(self._queue_name, lane)
+
+    def health_check_key(self, lane: Lane) -> str:
+        """The key a live worker of the lane refreshes."""
+        return health_check_key(self._queue_name, lane)
 
     async def enqueue(self, job_id: str, run: int, lane: Lane) -> None:
         """Queue run ``run`` of ``job_id`` for the next free worker of its lane."""
@@ -68,6 +116,16 @@ class EditQueue:
             run,
             _job_id=arq_job_id(job_id, run),
             _queue_name=self.queue_for(lane),
+        )
+
+    async def enqueue_delivery(self, event_id: str) -> None:
+        """Queue one delivery of webhook event ``event_id`` (on the interactive lane; each
+        claim of a due event is its own arq job)."""
+        await self._pool.enqueue_job(
+            DELIVER_TASK,
+            event_id,
+            _job_id=f"wh:{event_id}:{_now_ms()}",
+            _queue_name=self.queue_for(Lane.INTERACTIVE),
         )
 
     async def withdraw(self, job_id: str, run: int, lane: Lane) -> None:
@@ -89,3 +147,74 @@ class EditQueue:
     async def depth(self, lane: Lane) -> int:
         """How many runs wait in (or are leased from) a lane's queue."""
         return int(await self._pool.zcard(self.queue_for(lane)))
+
+    async def extend_leases(self, leased: Mapping[str, Sequence[str]], lease_s: float) -> None:
+        """Lease running arq jobs (queue name -> arq ids) for ``lease_s`` from now: their
+        scores move past the lease, so no poll sees them, and their in-progress markers
+        live exactly as long, so a dead worker's jobs are picked up again within one."""
+        lease_ms = int(lease_s * 1000)
+        deadline = _now_ms() + lease_ms
+        async with self._pool.pipeline(transaction=False) as pipe:
+            for queue, arq_ids in leased.items():  # one ZADD per queue, not per job
+                if arq_ids:
+                    pipe.zadd(queue, dict.fromkeys(arq_ids, deadline), xx=True)
+            for arq_ids in leased.values():
+                for arq_id in arq_ids:
+                    pipe.pexpire(in_progress_key_prefix + arq_id, lease_ms)
+            await pipe.execute()
+
+    async def hand_back(self, arq_id: str, queue: str) -> None:
+        """Make a job this worker gives up (shutdown) ready for another worker now."""
+        async with self._pool.pipeline(transaction=True) as pipe:
+            pipe.zadd(queue, {arq_id: _now_ms()}, xx=True)
+            pipe.delete(in_progress_key_prefix + arq_id)
+            await pipe.execute()
+
+
+class BatchWindow:
+    """A batch's variants on the bulk lane: all written at once, a window of them
+    queued, the rest released one per finished variant (by ``release_window.lua``)."""
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self._queue = lane_queue(queue_name, Lane.BULK)
+        self._release = register(redis, "release_window")
+
+    def enqueue_variants(
+        self,
+        pipe: Pipeline,
+        job_ids: Sequence[str],
+        *,
+        window: int,
+        pending_key: str,
+        ttl_s: int,
+    ) -> None:
+        """Queue run 1 of a batch's variants on ``pipe``: every payload is written now,
+        the first ``window`` are scored into the bulk queue and the rest wait in
+        ``pending_key`` (released one per finished variant by ``release_window``)."""
+        now_ms = _now_ms()
+        queue = self._queue
+        ready: dict[str, int] = {}
+        waiting: list[str] = []
+        for index, job_id in enumerate(job_ids):
+            arq_id = arq_job_id(job_id, 1)
+            pipe.psetex(job_key_prefix + arq_id, ttl_s * 1000, _payload(job_id, 1, now_ms))
+            if index < window:
+                ready[arq_id] = now_ms + index
+            else:
+                waiting.append(arq_id)
+        if ready:
+            pipe.zadd(queue, ready)
+        if waiting:
+            pipe.rpush(pending_key, *waiting)
+            pipe.expire(pending_key, ttl_s)
+
+    async def release_next(
+        self, pipe: Pipeline, *, job_key: str, pending_key: str, token: str
+    ) -> None:
+        """Queue on ``pipe`` (after the job's transition) the release of the batch's next
+        waiting variant, which happens when that transition finished a variant."""
+        await self._release(
+            keys=[job_key, pending_key, self._queue],
+            args=[token, _now_ms()],
+            client=pipe,
+        )

@@ -107,7 +107,7 @@ def test_core_imports_only_the_standard_library_pydantic_pillow_and_errors() -> 
         ("app.services", ("app.http", "app.cli", "aiohttp.web", "aiohttp.web_request"), ()),
         ("app.client", ("app",), ("app.client",)),
         ("app", ("worker",), ()),
-        ("app.dispatch", ("app.services", "app.http", "app.store"), ()),
+        ("app.dispatch", ("app.services", "app.http", "app.store"), ("app.store.scripts",)),
     ],
 )
 def test_layer_imports(importer: str, forbidden: tuple[str, ...], allowed: tuple[str, ...]) -> None:
@@ -176,14 +176,42 @@ def test_only_the_keys_module_builds_redis_keys() -> None:
     assert bad == []
 
 
+LUA_CALL = re.compile(r"redis\.call\('(\w+)',\s*([^,)]+)")
+LUA_BINDING = re.compile(r"^\s*(?:local\s+)?([\w\s,]+?)\s*=\s*(.+?)\s*$")
+KEY_EXPRESSION = re.compile(r"KEYS\[[^\]]+\]")
+NOT_A_KEY = {"PUBLISH"}  # its first argument is a channel
+
+
+def _key_names(script: str) -> set[str]:
+    """Names a script binds only ever to ``KEYS[...]`` (``local job, log = KEYS[1], KEYS[2]``)."""
+    bound: dict[str, bool] = {}
+    for line in script.splitlines():
+        match = LUA_BINDING.match(line)
+        if match is None or "==" in line:
+            continue
+        names = [name.strip() for name in match.group(1).split(",")]
+        values = [value.strip() for value in match.group(2).split(",")]
+        for index, name in enumerate(names):
+            value = values[index] if index < len(values) else ""
+            is_key = KEY_EXPRESSION.fullmatch(value) is not None
+            bound[name] = bound.get(name, True) and is_key
+    return {name for name, only_keys in bound.items() if only_keys}
+
+
 def test_lua_scripts_are_handed_their_keys() -> None:
-    """A script may use a key it was given (KEYS[n]) but never concatenate one."""
-    scripts = sorted((ROOT / "app").rglob("*.lua"))
-    assert scripts, "the Lua scripts live in app/store/lua/"
-    bad = [
-        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in scripts
-        for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if re.search(r"redis\.call\('\w+', [^K']", line) and "KEYS[" not in line
-    ]
+    """Every key a script touches comes from KEYS (directly or through a name bound
+    only to KEYS entries): none is concatenated or read out of data."""
+    scripts = sorted([*(ROOT / "app").rglob("*.lua"), *(ROOT / "worker").rglob("*.lua")])
+    assert len(scripts) >= 9, "the Lua scripts live in app/store/lua and worker/capacity/lua"
+    bad = []
+    for path in scripts:
+        text = path.read_text()
+        names = _key_names(text)
+        for number, line in enumerate(text.splitlines(), start=1):
+            for command, key in LUA_CALL.findall(line):
+                key = key.strip()
+                if command in NOT_A_KEY:
+                    continue
+                if KEY_EXPRESSION.fullmatch(key) is None and key not in names:
+                    bad.append(f"{path.relative_to(ROOT)}:{number}: {command} {key}")
     assert bad == []

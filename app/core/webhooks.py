@@ -1,10 +1,12 @@
 """Webhook events, as plain functions: ids, payloads, signatures and the retry schedule.
 
-An event is one job transition a job's ``webhook_events`` asked for. Its id,
-``evt_{job id}_{run}_{status}``, is fixed when the transition happens, so every
-attempt and every redelivery of it carries the same ``webhook-id`` and receivers
-can deduplicate. Bodies are ``{"type", "timestamp", "data": <job object>}`` and are
-signed the Standard Webhooks way with the ``standardwebhooks`` library.
+An event is one job transition a job's ``webhook_events`` asked for (or a batch's
+completion). Its id, ``evt_{job id}_{run}_{status}`` (a batch's:
+``evt_{batch id}_completed_{job id}_{run}``, naming the variant run that completed
+it), is fixed when the transition happens, so every attempt and every redelivery
+of it carries the same ``webhook-id`` and receivers can deduplicate. Bodies are
+``{"type", "timestamp", "data": <job object>}`` and are signed the Standard Webhooks
+way with the ``standardwebhooks`` library.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ MAX_RETRY_AFTER_S = 86400
 def event_id(job_id: str, run: int, status: str) -> str:
     """The id of the event a job's transition to ``status`` in run ``run`` produces."""
     return f"evt_{job_id.removeprefix('job_')}_{run}_{status}"
+
+
+def batch_completed_event_id(batch_id: str, job_id: str, run: int) -> str:
+    """The id of the ``batch.completed`` event that run ``run`` of variant ``job_id``
+    produces when it is the batch's last variant to finish (a batch completes again
+    after a variant is retried, and each completion is its own event)."""
+    return f"evt_{batch_id.removeprefix('batch_')}_completed_{job_id.removeprefix('job_')}_{run}"
 
 
 def event_type(status: str) -> str:

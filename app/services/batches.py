@@ -94,10 +94,6 @@ class BatchService:
             raise NotFound(f"no batch {batch_id}", param="batch_id")
         return batch
 
-    def batch_key(self, batch_id: str) -> str:
-        """The Redis key of a batch's hash (its transition log is ``<key>:log``)."""
-        return self._batches.batch_key(batch_id)
-
     async def wait(self, batch_id: str, tenant: str, timeout: float) -> Batch:
         """The batch once it is no longer running, or as it is after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()

@@ -111,6 +111,7 @@ class JobService:
                 job.id,
                 JobStatus.FAILED,
                 expect_run=job.run,
+                batch_id=job.spec.batch_id,
                 sources=[JobStatus.QUEUED],
                 fields={"error": error.model_dump_json(), "finished_at": time.time()},
             )

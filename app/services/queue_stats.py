@@ -1,10 +1,10 @@
 """What the queue looks like right now: lane depths, upstream slots in use, live workers.
 
 Read from the keys the workers keep (the front end never imports worker code):
-an upstream's slots are ``{prefix}:upstream:{name}:slots``, a sorted set of slot
-tokens scored by lease expiry in ms, and jobs waiting for one are in
-``…:waiting`` (see ``worker.capacity.gate``); a live arq worker refreshes
-``{lane queue}:health-check`` (it expires a second after the check interval).
+an upstream's slots (``Keys.upstream_slots``, a sorted set of slot tokens scored by
+lease expiry in ms) and the jobs waiting for one (``Keys.upstream_waiting``; see
+``worker.capacity.gate``); a live arq worker refreshes its lane's health-check key
+(``app.dispatch.health_check_key``; it expires a second after the check interval).
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from redis.asyncio import Redis
 from app.core.jobs import Lane
 from app.core.providers_config import ProvidersConfig
 from app.dispatch import EditQueue
-
-
-def upstream_key(prefix: str, upstream: str, part: str) -> str:
-    """The Redis key of an upstream's shared limit ``part`` (``slots``, ``waiting``)."""
-    return f"{prefix}:upstream:{upstream}:{part}"
+from app.store.keys import Keys
 
 
 class LaneStats(BaseModel):
@@ -66,11 +62,11 @@ class QueueStats:
     """Reads a ``QueueSnapshot`` from Redis (``redis`` must decode responses)."""
 
     def __init__(
-        self, redis: Redis, queue: EditQueue, *, prefix: str, providers: ProvidersConfig
+        self, redis: Redis, keys: Keys, queue: EditQueue, *, providers: ProvidersConfig
     ) -> None:
         self._redis = redis
         self._queue = queue
-        self._prefix = prefix
+        self._keys = keys
         self._upstreams = [(u.name, u.max_concurrency) for u in providers.upstreams]
 
     async def read(self) -> QueueSnapshot:
@@ -79,10 +75,10 @@ class QueueStats:
         now_ms = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
             for lane in Lane:
-                pipe.get(f"{self._queue.queue_for(lane)}:health-check")
+                pipe.get(self._queue.health_check_key(lane))
             for name, _ in self._upstreams:
-                pipe.zcount(upstream_key(self._prefix, name, "slots"), now_ms, "+inf")
-                pipe.zcard(upstream_key(self._prefix, name, "waiting"))
+                pipe.zcount(self._keys.upstream_slots(name), now_ms, "+inf")
+                pipe.zcard(self._keys.upstream_waiting(name))
             replies = await pipe.execute()
         reports, counts = replies[: len(Lane)], replies[len(Lane) :]
         lanes = tuple(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.background import Supervised
+
 log = logging.getLogger(__name__)
 
 
@@ -38,20 +40,19 @@ class JobEventHub:
         self._channel = channel
         self._listeners: dict[str, set[asyncio.Queue[JobEvent]]] = defaultdict(set)
         self._observers: list[Callable[[JobEvent], None]] = []
-        self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._loop = Supervised(
+            "job-event-hub", self._listen, every_s=None, errors=(RedisError, OSError)
+        )
 
     async def start(self) -> None:
         """Begin listening; returns once the subscription is in place."""
-        self._task = asyncio.create_task(self._listen(), name="job-event-hub")
+        self._loop.start()
         await asyncio.wait_for(self._subscribed.wait(), timeout=10)
 
     async def stop(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     def observe(self, observer: Callable[[JobEvent], None]) -> None:
         """Call ``observer`` with every event of every job (it must not block)."""
@@ -75,19 +76,13 @@ class JobEventHub:
                     del self._listeners[job_id]
 
     async def _listen(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self._channel)
-                    self._subscribed.set()
-                    delay = 0.1
-                    async for message in pubsub.listen():
-                        self._dispatch(message.get("data"))
-            except (RedisError, OSError) as exc:
-                log.warning("job events subscription lost (%s); reconnecting", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """One subscription, until Redis drops it (then ``Supervised`` reconnects)."""
+        async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(self._channel)
+            self._subscribed.set()
+            self._loop.healthy()
+            async for message in pubsub.listen():
+                self._dispatch(message.get("data"))
 
     def _dispatch(self, data: object) -> None:
         if not isinstance(data, str | bytes):

@@ -1,8 +1,8 @@
 """Idempotency records in Redis: one hash per tenant and ``Idempotency-Key``.
 
-Layout (``P`` is the key prefix)::
+One hash per record (``Keys.idempotency``: the key itself is stored hashed)::
 
-    P:idem:{tenant}:{sha256(key)}   hash: state (in_progress | done), owner (the claim's
+    state (in_progress | done), owner (the claim's
                                     token), fingerprint; once done also status,
                                     headers (JSON), body (absent: answer from job_id),
                                     job_id
@@ -15,7 +15,6 @@ can renew, finish or release it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Awaitable
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
+
+from app.store.keys import Keys
 
 CLAIM_TTL_S = 120.0
 DONE_TTL_S = 24 * 3600.0
@@ -94,24 +95,19 @@ class ExistingRecord:
     response: StoredResponse | None
 
 
-def record_key(prefix: str, tenant: str, key: str) -> str:
-    """The Redis key of one tenant's ``Idempotency-Key`` (the key itself is hashed)."""
-    return f"{prefix}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
-
-
 class IdempotencyStore:
     """Claims, renews, finishes and releases idempotency records (times in seconds)."""
 
     def __init__(
         self,
         redis: Redis,
+        keys: Keys,
         *,
-        prefix: str,
         claim_ttl_s: float = CLAIM_TTL_S,
         done_ttl_s: float = DONE_TTL_S,
     ) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = keys
         self.claim_ttl_s = claim_ttl_s
         self._done_ttl_ms = int(done_ttl_s * 1000)
         self._claim_ttl_ms = int(claim_ttl_s * 1000)
@@ -122,7 +118,7 @@ class IdempotencyStore:
 
     async def claim(self, tenant: str, key: str, fingerprint: str) -> Claim | ExistingRecord:
         """Take the key for a request with ``fingerprint``, or the record already there."""
-        claim = Claim(record_key(self._prefix, tenant, key), uuid.uuid4().hex, fingerprint)
+        claim = Claim(self._keys.idempotency(tenant, key), uuid.uuid4().hex, fingerprint)
         reply = await cast(
             Awaitable[list[str]],
             self._claim(

@@ -2,7 +2,7 @@
 
 A key's window opens with its first request and lasts ``WINDOW_S``; one Lua script
 counts the request and reads the time left atomically, so every API process shares
-the count (``P:ratelimit:{tenant}``). Requests over the limit are counted too, but
+the count (``Keys.rate_limit``). Requests over the limit are counted too, but
 never stretch the window. When Redis cannot be reached the limiter lets requests
 through and logs once per outage: the job store answers 503 where it matters.
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from app.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,8 @@ class RateWindow:
 class RateLimiter:
     """Counts each tenant's requests against ``per_minute``; see the module docstring."""
 
-    def __init__(self, redis: Redis, *, prefix: str, per_minute: int) -> None:
-        self._prefix = prefix
+    def __init__(self, redis: Redis, keys: Keys, *, per_minute: int) -> None:
+        self._keys = keys
         self._limit = per_minute
         self._count = redis.register_script(COUNT_SCRIPT)
         self._unavailable = False
@@ -67,7 +69,7 @@ class RateLimiter:
         """Count one request of ``tenant``; None when Redis cannot be reached (fail open)."""
         try:
             count, ttl_ms = await self._count(
-                keys=[f"{self._prefix}:ratelimit:{tenant}"], args=[WINDOW_S * 1000]
+                keys=[self._keys.rate_limit(tenant)], args=[WINDOW_S * 1000]
             )
         except (RedisError, OSError) as exc:
             if not self._unavailable:

@@ -1,26 +1,19 @@
 """Webhook state in Redis: events, the delivery outbox, each job's delivery log,
 signing secrets and receivers that said 410 Gone.
 
-Layout (``P`` is the key prefix)::
+The keys are ``app.store.keys``'s. An event's hash holds subject (job or batch id),
+type, tenant, state (pending | delivered | failed), attempts, created_at (ms) and
+body (the JSON body, fixed at the first attempt). The outbox holds pending event ids
+by due time (ms); a dispatcher moves a due event a lease ahead while it is being
+delivered, so a crash only delays it. Each job (and batch) lists its event ids and
+its delivery attempts; a URL that answered 410 is marked gone and sent nothing more.
 
-    P:wh:event:{event id}       hash: subject (job or batch id), type, tenant, state
-                                (pending | delivered | failed), attempts, created_at
-                                (ms), body (the JSON body, fixed at the first attempt)
-    P:wh:outbox                 sorted set of pending event ids by due time (ms); a
-                                dispatcher moves a due event a lease ahead while it is
-                                being delivered, so a crash only delays it
-    P:job:{id}:wh-events        list of the job's event ids, oldest first
-    P:job:{id}:deliveries       list of delivery attempts (JSON), oldest first
-                                (a batch's events: P:batch:{id}:wh-events, ...)
-    P:wh:secret:{tenant}        the tenant's generated signing secret
-    P:wh:gone:{tenant}:{hash}   a URL that answered 410: nothing more is sent to it
-
-Events are created by the job store's transition script (``app.store.jobs``).
+Events are created in the same MULTI as the transition they report
+(``webhook_event.lua``, run by ``app.store.jobs``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Awaitable
@@ -31,6 +24,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from app.core.webhooks import new_secret
+from app.store.keys import Keys
 
 CLAIM_SCRIPT = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
@@ -82,27 +76,23 @@ class WebhookEvent:
 class WebhookStore:
     """Reads and writes webhook state; see the module docstring for the layout."""
 
-    def __init__(self, redis: Redis, *, prefix: str, retention_s: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, retention_s: int) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = keys
         self._retention_s = retention_s
         self._claim = redis.register_script(CLAIM_SCRIPT)
 
     @property
     def outbox_key(self) -> str:
         """The sorted set of pending event ids by due time."""
-        return f"{self._prefix}:wh:outbox"
+        return self._keys.webhook_outbox
 
     def _event_key(self, event_id: str) -> str:
-        return f"{self._prefix}:wh:event:{event_id}"
-
-    def _subject_key(self, subject: str, part: str) -> str:
-        kind = "batch" if subject.startswith("batch_") else "job"
-        return f"{self._prefix}:{kind}:{subject}:{part}"
+        return self._keys.webhook_event(event_id)
 
     async def secret_for(self, tenant: str) -> str:
         """The tenant's signing secret, generated and stored on first use."""
-        key = f"{self._prefix}:wh:secret:{tenant}"
+        key = self._keys.webhook_secret(tenant)
         await self._redis.set(key, new_secret(), nx=True)
         secret = await self._redis.get(key)
         return str(secret)
@@ -127,7 +117,7 @@ class WebhookStore:
         """The events of a job or batch, oldest first."""
         ids = await cast(
             Awaitable[list[str]],
-            self._redis.lrange(self._subject_key(subject, "wh-events"), 0, -1),
+            self._redis.lrange(self._keys.webhook_events(subject), 0, -1),
         )
         events = [await self.get(event_id) for event_id in ids]
         return [event for event in events if event is not None]
@@ -153,7 +143,7 @@ class WebhookStore:
         self, event: WebhookEvent, attempt: DeliveryAttempt, next_due: float | None
     ) -> None:
         """Log an attempt and settle the event: delivered/failed, or due again at ``next_due``."""
-        log_key = self._subject_key(event.subject, "deliveries")
+        log_key = self._keys.deliveries(event.subject)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.rpush(log_key, attempt.model_dump_json())
             pipe.expire(log_key, self._retention_s)
@@ -174,7 +164,7 @@ class WebhookStore:
         """Every delivery attempt of a job's (or batch's) events, oldest first."""
         rows = await cast(
             Awaitable[list[str]],
-            self._redis.lrange(self._subject_key(subject, "deliveries"), 0, -1),
+            self._redis.lrange(self._keys.deliveries(subject), 0, -1),
         )
         return [DeliveryAttempt.model_validate_json(row) for row in rows]
 
@@ -188,7 +178,7 @@ class WebhookStore:
             await pipe.execute()
 
     def _gone_key(self, tenant: str, url: str) -> str:
-        return f"{self._prefix}:wh:gone:{tenant}:{hashlib.sha256(url.encode()).hexdigest()[:32]}"
+        return self._keys.webhook_gone(tenant, url)
 
     async def mark_gone(self, tenant: str, url: str) -> None:
         """Remember that ``url`` answered 410 Gone."""

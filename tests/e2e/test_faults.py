@@ -28,8 +28,10 @@ from redis.asyncio import Redis
 
 from app.cli.embedded import EmbeddedRedis
 from app.core.providers_config import ProvidersConfig, load_providers
+from app.dispatch import BatchWindow
 from app.settings import Settings
 from app.store.jobs import JobStore
+from app.store.keys import Keys
 from tests.support.fakes.receiver import WebhookReceiver
 from tests.support.fakes.tcp_proxy import TcpProxy
 from tests.support.fakes.upstream import FakeUpstream, Fault
@@ -467,10 +469,15 @@ async def stored_record(settings: Settings, job_id: str) -> tuple[int, list[str]
     """The job record's attempt number and the statuses of its transition log."""
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        store = JobStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+        store = JobStore(
+            redis,
+            Keys(settings.key_prefix),
+            BatchWindow(redis, settings.queue_name),
+            retention_s=settings.retention_s,
+        )
         job = await store.get(job_id)
         assert job is not None
-        log = await store.log_since(store.job_key(job_id), None)
+        log = await store.log_since(job_id, None)
     finally:
         await redis.aclose()
     return job.attempt, [fields["status"] for _, fields in log]

@@ -1,10 +1,11 @@
 """Limits every worker shares per upstream, kept in Redis: concurrency slots, request
 rate, and a cool-down after a 429.
 
-Slots: ``P:upstream:{name}:slots`` is a sorted set of slot tokens scored by lease
+Slots: ``Keys.upstream_slots`` is a sorted set of slot tokens scored by lease
 expiry (ms). A job is *admitted* only when all the slots it needs are free; if not,
-its ticket (``queue|arq_job_id``, scored by its rank: see ``worker.runs.task.waiter_rank``)
-goes into ``P:upstream:{name}:waiting`` and the job goes back to the queue, parked,
+its ticket (``<lane>|<arq job id>``, scored by its rank: see
+``worker.runs.task.waiter_rank``) goes into ``Keys.upstream_waiting`` and the job
+goes back to its lane's queue (``app.dispatch.lane_queue``), parked,
 holding no worker slot. Nobody jumps the queue: a free slot is not taken by a ticket
 ranked after a waiter. Releasing slots wakes as many waiters as slots came free by moving
 their arq jobs to the front of their queue: no one polls. Tokens are renewed with
@@ -13,8 +14,11 @@ the job's lease; a crashed worker's tokens expire within one lease and the reape
 
 Rate: ``requests_per_minute`` spaces calls through a shared reservation time
 (GCRA-style, a tenth of the minute's quota may burst). Cool-down: a 429 sets
-``P:upstream:{name}:cooldown`` to the time the upstream asked everyone to wait until.
+``Keys.upstream_cooldown`` to the time the upstream asked everyone to wait until.
 ``permit`` returns how long a caller must wait for both, in one round trip.
+
+The scripts are ``worker/capacity/lua/*.lua``; each is handed every key it touches,
+the lanes' queues included.
 """
 
 from __future__ import annotations
@@ -25,85 +29,18 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-ADMIT_SCRIPT = """
-local k = #KEYS / 2
-local now = tonumber(ARGV[1])
-for i = 1, k do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
-for i = 1, k do
-  local need = tonumber(ARGV[5 + 2 * i])
-  local cap = tonumber(ARGV[6 + 2 * i])
-  local full = redis.call('ZCARD', KEYS[i]) + need > cap
-  if not full and ARGV[3] ~= '' then
-    -- no queue jumping: a waiter ranked before this ticket goes first
-    local first = redis.call('ZRANGE', KEYS[k + i], 0, 0, 'WITHSCORES')
-    full = first[1] ~= nil and first[1] ~= ARGV[3] and tonumber(first[2]) < tonumber(ARGV[4])
-  end
-  if full then
-    if ARGV[3] ~= '' then
-      redis.call('ZADD', KEYS[k + i], 'NX', ARGV[4], ARGV[3])
-      if tonumber(ARGV[6]) > 0 then
-        local sep = string.find(ARGV[3], '|', 1, true)
-        redis.call('ZADD', string.sub(ARGV[3], 1, sep - 1), 'XX', now + tonumber(ARGV[6]),
-                   string.sub(ARGV[3], sep + 1))
-      end
-    end
-    return 0
-  end
-end
-for i = 1, k do
-  local need = tonumber(ARGV[5 + 2 * i])
-  for j = 1, need do
-    redis.call('ZADD', KEYS[i], ARGV[2], ARGV[5] .. ':' .. i .. ':' .. j)
-  end
-  redis.call('ZREM', KEYS[k + i], ARGV[3])
-end
-return 1
-"""
+from app.core.jobs import Lane
+from app.dispatch import lane_queue
+from app.store.keys import Keys
+from app.store.scripts import register
 
-RELEASE_SCRIPT = """
-local now = tonumber(ARGV[1])
-if #ARGV > 2 then redis.call('ZREM', KEYS[1], unpack(ARGV, 3)) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
-if free <= 0 then return 0 end
-local woken = redis.call('ZPOPMIN', KEYS[2], free)
-for i = 1, #woken, 2 do
-  local sep = string.find(woken[i], '|', 1, true)
-  redis.call('ZADD', string.sub(woken[i], 1, sep - 1), 'XX', now,
-             string.sub(woken[i], sep + 1))
-end
-return #woken / 2
-"""
+SCRIPTS = "worker.capacity"
+LANE_ORDER = (Lane.INTERACTIVE, Lane.BULK)  # the order admit.lua and release.lua expect
 
-PERMIT_SCRIPT = """
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local earliest = now
-local cooldown = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cooldown > earliest then earliest = cooldown end
-if interval > 0 then
-  local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
-  earliest = math.max(earliest, tat - burst)
-  local next_tat = math.max(tat, earliest) + interval
-  redis.call('SET', KEYS[2], next_tat, 'PX', next_tat - now + 60000)
-end
-return earliest - now
-"""
 
-ADVANCE_SCRIPT = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
-return 0
-"""
-
-COOL_DOWN_SCRIPT = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-return 0
-"""
+def ticket_for(lane: Lane, arq_job_id: str) -> str:
+    """A waiter's ticket: its lane (whose queue it is parked and woken in) and arq job."""
+    return f"{lane.value}|{arq_job_id}"
 
 
 @dataclass(frozen=True)
@@ -118,22 +55,20 @@ class SlotGrant:
 class UpstreamGate:
     """The shared limits of every upstream; see the module docstring."""
 
-    def __init__(self, redis: Redis, *, prefix: str, lease_s: float) -> None:
+    def __init__(self, redis: Redis, keys: Keys, queue_name: str, *, lease_s: float) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = keys
+        # Waking or parking a waiter scores its arq job in its lane's queue.
+        self._lane_queues = [lane_queue(queue_name, lane) for lane in LANE_ORDER]
         self._lease_ms = int(lease_s * 1000)
-        self._admit = redis.register_script(ADMIT_SCRIPT)
-        self._release = redis.register_script(RELEASE_SCRIPT)
-        self._permit = redis.register_script(PERMIT_SCRIPT)
-        self._cool_down = redis.register_script(COOL_DOWN_SCRIPT)
-        self._advance = redis.register_script(ADVANCE_SCRIPT)
-
-    def _key(self, upstream: str, part: str) -> str:
-        return f"{self._prefix}:upstream:{upstream}:{part}"
+        self._admit = register(redis, "admit", SCRIPTS)
+        self._release = register(redis, "release", SCRIPTS)
+        self._permit = register(redis, "permit", SCRIPTS)
+        self._raise_to = register(redis, "raise_to", SCRIPTS)
 
     def slots_key(self, upstream: str) -> str:
         """The sorted set of the upstream's slot tokens (score: lease expiry, ms)."""
-        return self._key(upstream, "slots")
+        return self._keys.upstream_slots(upstream)
 
     async def admit(
         self,
@@ -146,14 +81,15 @@ class UpstreamGate:
     ) -> list[SlotGrant] | None:
         """Take ``need`` slots on every upstream of ``needs`` (name -> (need, cap)) at once.
 
-        Returns the grants, or None after queueing ``ticket`` (``queue|arq_job_id``;
+        Returns the grants, or None after queueing ``ticket`` (``ticket_for(...)``;
         empty for none) as a waiter of the first upstream that is full and, in the
         same atomic step, parking its arq job ``park_s`` ahead in its queue when
         ``park_s`` > 0 (a wake-up brings it back to the front). ``holder`` names the tokens.
         """
         names = sorted(needs)
         keys = [self.slots_key(name) for name in names]
-        keys += [self._key(name, "waiting") for name in names]
+        keys += [self._keys.upstream_waiting(name) for name in names]
+        keys += self._lane_queues
         now = _now_ms()
         args: list[str | int | float] = [
             now,
@@ -178,13 +114,13 @@ class UpstreamGate:
 
     async def release(self, grant: SlotGrant, cap: int) -> int:
         """Give the slots back and wake as many waiters as slots are free; how many woke."""
-        keys = [grant.key, self._key(grant.upstream, "waiting")]
+        keys = [grant.key, self._keys.upstream_waiting(grant.upstream), *self._lane_queues]
         return int(await self._release(keys=keys, args=[_now_ms(), cap, *grant.tokens]))
 
     async def reap(self, upstream: str, cap: int) -> int:
         """Free expired slots (dead workers') and wake waiters for any free slot."""
-        keys = [self.slots_key(upstream), self._key(upstream, "waiting")]
-        return int(await self._release(keys=keys, args=[_now_ms(), cap]))
+        keys = [self.slots_key(upstream), self._keys.upstream_waiting(upstream)]
+        return int(await self._release(keys=keys + self._lane_queues, args=[_now_ms(), cap]))
 
     async def renew(self, grants: Sequence[SlotGrant]) -> None:
         """Push the leases of ``grants`` one lease into the future."""
@@ -205,25 +141,26 @@ class UpstreamGate:
 
     async def waiting(self, upstream: str) -> int:
         """How many jobs wait for a slot on the upstream."""
-        return int(await self._redis.zcard(self._key(upstream, "waiting")))
+        return int(await self._redis.zcard(self._keys.upstream_waiting(upstream)))
 
     async def permit(self, upstream: str, requests_per_minute: int | None) -> float:
         """Seconds to wait before calling ``upstream`` (cool-down and rate), reserving a turn."""
         interval = 60_000 / requests_per_minute if requests_per_minute else 0
         burst = interval * max(1, (requests_per_minute or 0) // 10)
-        keys = [self._key(upstream, "cooldown"), self._key(upstream, "rate")]
+        keys = [self._keys.upstream_cooldown(upstream), self._keys.upstream_rate(upstream)]
         wait_ms = await self._permit(keys=keys, args=[_now_ms(), int(interval), int(burst)])
         return max(0.0, int(wait_ms) / 1000)
 
     async def advance_clock(self, rank: float) -> None:
         """Move the bulk lane's fair-share clock up to ``rank`` (never back)."""
-        await self._advance(keys=[f"{self._prefix}:bulk:clock"], args=[rank])
+        await self._raise_to(keys=[self._keys.bulk_clock], args=[rank, ""])
 
     async def cool_down(self, upstream: str, seconds: float) -> None:
         """Make every worker hold calls to ``upstream`` for ``seconds`` (after a 429)."""
         until = _now_ms() + int(seconds * 1000)
-        await self._cool_down(
-            keys=[self._key(upstream, "cooldown")], args=[until, int(seconds * 1000) + 1000]
+        await self._raise_to(
+            keys=[self._keys.upstream_cooldown(upstream)],
+            args=[until, int(seconds * 1000) + 1000],
         )
 
 

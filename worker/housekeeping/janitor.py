@@ -10,8 +10,6 @@ deploy/README.md) is a second line of defence, not the mechanism.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -19,8 +17,10 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.background import Supervised
 from app.blobs import ObjectStore
 from app.errors import EditqError
+from app.store.keys import Keys
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 200
@@ -30,37 +30,33 @@ class RetentionJanitor:
     """Sweeps expired ids' S3 prefixes every ``interval_s``, one worker at a time."""
 
     def __init__(
-        self, redis: Redis, storage: ObjectStore, *, prefix: str, interval_s: float
+        self, redis: Redis, storage: ObjectStore, keys: Keys, *, interval_s: float
     ) -> None:
         self._redis = redis
         self._storage = storage
-        self._index = f"{prefix}:retention"
-        self._lock = f"{prefix}:janitor:lock"
+        self._index = keys.retention
+        self._lock = keys.janitor_lock
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Supervised(
+            "retention-janitor",
+            self._sweep_if_first,
+            every_s=interval_s,
+            errors=(RedisError, OSError, EditqError),
+        )
 
     def start(self) -> None:
         """Begin sweeping."""
-        self._task = asyncio.create_task(self._run(), name="retention-janitor")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop sweeping."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                token = f"{os.getpid()}:{time.time()}"
-                if await self._redis.set(
-                    self._lock, token, nx=True, px=int(self._interval_s * 1000)
-                ):
-                    await self.sweep()
-            except (RedisError, OSError, EditqError) as exc:
-                log.warning("retention sweep failed (will retry): %s", exc)
+    async def _sweep_if_first(self) -> None:
+        """Sweep, unless another worker took this interval's turn."""
+        token = f"{os.getpid()}:{time.time()}"
+        if await self._redis.set(self._lock, token, nx=True, px=int(self._interval_s * 1000)):
+            await self.sweep()
 
     async def sweep(self) -> int:
         """Delete the S3 objects of every expired id; how many ids were swept."""

@@ -12,26 +12,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import func
 
 from app.core.jobs import Lane
 from app.core.providers_config import ProvidersConfig
-from app.dispatch import EDIT_TASK, deserialize, lane_queue, serialize
+from app.dispatch import (
+    DELIVER_TASK,
+    EDIT_TASK,
+    deserialize,
+    health_check_key,
+    lane_queue,
+    redis_settings,
+    serialize,
+)
 from app.settings import Settings
 from worker.runs.task import run_edit
 from worker.webhooks.delivery import deliver_webhook
-from worker.webhooks.dispatcher import DELIVER_TASK
 
 STORE_MARGIN_S = 90  # output stores may retry for 55 s past the upstream budget
 # Runs are re-delivered after crashes, shutdowns and slot waits; editq's records decide
 # whether a run is still current, so arq's try counter must not end a job first.
 MAX_DELIVERIES = 1_000_000_000
-
-
-def health_check_key(settings: Settings, lane: Lane = Lane.INTERACTIVE) -> str:
-    """The Redis key a live worker refreshes (probe with ``editq worker --check``)."""
-    return f"{lane_queue(settings.queue_name, lane)}:health-check"
 
 
 def worker_settings(settings: Settings, providers: ProvidersConfig, lane: Lane) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def worker_settings(settings: Settings, providers: ProvidersConfig, lane: Lane) 
             ),
         ],
         "queue_name": lane_queue(settings.queue_name, lane),
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": redis_settings(settings.redis_url),
         "max_jobs": settings.worker_max_jobs,
         "job_timeout": settings.attempt_budget_s + STORE_MARGIN_S,
         "keep_result": 0,
@@ -60,6 +61,6 @@ def worker_settings(settings: Settings, providers: ProvidersConfig, lane: Lane) 
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "health_check_interval": settings.worker_health_check_interval_s,
-        "health_check_key": health_check_key(settings, lane),
+        "health_check_key": health_check_key(settings.queue_name, lane),
         "max_tries": MAX_DELIVERIES,
     }

@@ -23,6 +23,7 @@ from typing import Any
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from app.background import Backoff
 from app.core.jobs import Lane
 from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
@@ -65,7 +66,7 @@ class LaneWorkers:
         ]
 
     async def _supervise(self, lane: Lane) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, RESTART_MAX_S)
         while not self._stopping:
             worker = self._new_worker(lane)
             try:
@@ -76,6 +77,7 @@ class LaneWorkers:
                     return
                 raise
             except (RedisError, OSError) as exc:
+                delay = backoff.next()
                 log.warning(
                     "lane %s lost Redis (%s); restarting in %.1f s",
                     lane.value,
@@ -83,7 +85,6 @@ class LaneWorkers:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RESTART_MAX_S)
 
     async def stop(self, drain_s: float | None = None) -> None:
         """Stop taking jobs, let running ones finish for ``drain_s`` (default

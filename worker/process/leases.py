@@ -1,4 +1,5 @@
-"""Leases on running jobs, kept in arq's own queue so a dead worker's jobs come back.
+"""Leases on running jobs, kept in arq's own queue so a dead worker's jobs come back
+(the arq side of it is ``app.dispatch``'s ``extend_leases`` and ``hand_back``).
 
 arq keeps a running job in its queue (a sorted set scored by the time it may
 start) and guards it with an in-progress key that lives ``job_timeout + 10`` s,
@@ -17,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
 from redis.exceptions import RedisError
 
+from app.background import Supervised
+from app.dispatch import EditQueue
 from worker.capacity.gate import SlotGrant, UpstreamGate
 
 log = logging.getLogger(__name__)
@@ -44,29 +44,28 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        pool: ArqRedis,
+        queue: EditQueue,
         gate: UpstreamGate,
         *,
         lease_s: float,
         caps: Mapping[str, int],
     ) -> None:
-        self._pool = pool
+        self._queue = queue
         self._gate = gate
-        self._lease_ms = int(lease_s * 1000)
+        self._lease_s = lease_s
         self._caps = dict(caps)
         self._held: dict[str, Lease] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Supervised(
+            "lease-renewal", self._tick, every_s=lease_s / 3, errors=(RedisError, OSError)
+        )
 
     def start(self) -> None:
         """Begin renewing (and reaping) every third of a lease."""
-        self._task = asyncio.create_task(self._renew_forever(), name="lease-renewal")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop renewing (held leases then lapse unless handed back)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     @contextlib.asynccontextmanager
     async def hold(self, arq_job_id: str, queue_name: str) -> AsyncIterator[Lease]:
@@ -92,31 +91,13 @@ class LeaseKeeper:
 
     async def hand_back(self, arq_job_id: str, queue_name: str) -> None:
         """Make a job this worker gives up (shutdown) ready for another worker now."""
-        async with self._pool.pipeline(transaction=True) as pipe:
-            pipe.zadd(queue_name, {arq_job_id: _now_ms()}, xx=True)
-            pipe.delete(in_progress_key_prefix + arq_job_id)
-            await pipe.execute()
+        await self._queue.hand_back(arq_job_id, queue_name)
 
     async def _extend(self, leases: list[Lease]) -> None:
-        deadline = _now_ms() + self._lease_ms
-        by_queue: dict[str, dict[str, int]] = {}
+        by_queue: dict[str, list[str]] = {}
         for lease in leases:
-            by_queue.setdefault(lease.queue_name, {})[lease.arq_job_id] = deadline
-        async with self._pool.pipeline(transaction=False) as pipe:
-            for queue_name, scores in by_queue.items():  # one ZADD per queue, not per job
-                pipe.zadd(queue_name, scores, xx=True)
-            for lease in leases:
-                pipe.pexpire(in_progress_key_prefix + lease.arq_job_id, self._lease_ms)
-            await pipe.execute()
-
-    async def _renew_forever(self) -> None:
-        interval = self._lease_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._tick()
-            except (RedisError, OSError) as exc:
-                log.warning("could not renew leases: %s", exc)
+            by_queue.setdefault(lease.queue_name, []).append(lease.arq_job_id)
+        await self._queue.extend_leases(by_queue, self._lease_s)
 
     async def _tick(self) -> None:
         held = list(self._held.values())
@@ -125,7 +106,3 @@ class LeaseKeeper:
             await self._gate.renew([grant for lease in held for grant in lease.slots])
         for upstream, cap in self._caps.items():
             await self._gate.reap(upstream, cap)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -11,13 +11,13 @@ import asyncio
 import os
 import sys
 
-from arq.connections import RedisSettings
 from arq.worker import async_check_health
 
+from app.core.jobs import Lane
 from app.core.providers_config import ProvidersConfig, ProvidersFileError, load_providers
+from app.dispatch import health_check_key, redis_settings
 from app.obs.logs import configure_logging
 from app.settings import Settings
-from worker.process.arq_settings import health_check_key
 from worker.process.lanes import LaneWorkers
 
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return asyncio.run(
             async_check_health(
-                RedisSettings.from_dsn(settings.redis_url),
-                health_check_key(settings),
+                redis_settings(settings.redis_url),
+                health_check_key(settings.queue_name, Lane.INTERACTIVE),
                 settings.queue_name,
             )
         )

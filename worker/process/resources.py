@@ -1,25 +1,29 @@
-"""What a worker process holds while it runs jobs, built at start-up, closed at shutdown."""
+"""What a worker process holds while it runs jobs, opened at start-up and closed at shutdown.
+
+The shared connections and stores come from ``app.resources.open_resources`` (the
+factory the API uses too); the worker adds its own parts (the upstream adapters and
+their HTTP session, the shared gate, leases, the result cache, the webhook
+dispatcher, the retention janitor, the metrics port) on the same ``AsyncExitStack``,
+so everything opened is closed, in reverse order, even after a failed start-up.
+"""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 
 from app.blobs import ObjectStore
-from app.core.jobs import Lane
 from app.core.providers_config import ProvidersConfig
-from app.dispatch import deserialize, lane_queue, serialize
 from app.net import guarded_session
 from app.obs.metrics import Metrics
+from app.resources import open_resources
 from app.settings import Settings
 from app.store.batches import BatchStore
-from app.store.events import JobEventHub
 from app.store.jobs import JobStore
 from app.store.webhooks import WebhookStore
 from worker.capacity.gate import UpstreamGate
@@ -33,33 +37,28 @@ from worker.runs.result_cache import ResultCache
 from worker.webhooks.dispatcher import WebhookDispatcher
 
 CONTEXT_KEY = "editq"
+STACK_KEY = "editq-resources"
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerContext:
-    """The worker's resources, shared by every task it runs."""
+    """What the worker's tasks use, shared by every task the process runs."""
 
     settings: Settings
     providers: ProvidersConfig
     redis: Redis
-    arq: ArqRedis
     store: JobStore
+    batches: BatchStore
     storage: ObjectStore
-    events: JobEventHub
+    webhooks: WebhookStore
+    executor: Executor  # CPU work (Pillow) off the event loop
     cancellations: CancellationWatcher
     leases: LeaseKeeper
     gate: UpstreamGate
     cache: ResultCache
-    webhooks: WebhookStore
-    batches: BatchStore
-    dispatcher: WebhookDispatcher
-    janitor: RetentionJanitor
-    webhook_http: aiohttp.ClientSession
-    http: aiohttp.ClientSession
     upstreams: dict[str, Upstream]
-    executor: ThreadPoolExecutor
+    webhook_http: aiohttp.ClientSession
     metrics: Metrics
-    metrics_server: MetricsServer
 
     def upstream(self, name: str) -> Upstream:
         """The adapter of upstream ``name``."""
@@ -67,49 +66,55 @@ class WorkerContext:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """Connect to everything and start the background loops (before any lane polls)."""
+    """Open everything and start the background loops (before any lane polls)."""
     settings: Settings = ctx["settings"]
     providers: ProvidersConfig = ctx["providers"]
+    stack = AsyncExitStack()
+    try:
+        ctx[CONTEXT_KEY] = await _open(stack, settings, providers)
+    except BaseException:
+        await stack.aclose()
+        raise
+    ctx[STACK_KEY] = stack
+
+
+async def _open(
+    stack: AsyncExitStack, settings: Settings, providers: ProvidersConfig
+) -> WorkerContext:
     metrics = Metrics()
-    redis = Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
-    arq = await create_pool(
-        RedisSettings.from_dsn(settings.redis_url),
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name=settings.queue_name,
+    shared = await stack.enter_async_context(
+        open_resources(settings, metrics, executor_name="pillow")
     )
-    store = JobStore(
-        redis,
-        prefix=settings.key_prefix,
-        retention_s=settings.retention_s,
-        bulk_queue=lane_queue(settings.queue_name, Lane.BULK),
-        on_transition=metrics.job_transition,
-    )
-    events = JobEventHub(redis, store.events_channel)
-    cancellations = CancellationWatcher(events)
-    await events.start()
-    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="pillow")
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
-    gate = UpstreamGate(redis, prefix=settings.key_prefix, lease_s=settings.job_lease_s)
+    stack.push_async_callback(http.close)
+    upstreams = build_upstreams(providers, http, shared.executor)
+    for upstream in upstreams.values():
+        stack.push_async_callback(upstream.close)
+    webhook_http = guarded_session(
+        allow_private=settings.allow_private_urls, timeout_s=settings.webhook_timeout_s
+    )
+    stack.push_async_callback(webhook_http.close)
+    gate = UpstreamGate(
+        shared.redis, shared.keys, settings.queue_name, lease_s=settings.job_lease_s
+    )
     leases = LeaseKeeper(
-        arq,
+        shared.queue,
         gate,
         lease_s=settings.job_lease_s,
         caps={upstream.name: upstream.max_concurrency for upstream in providers.upstreams},
     )
     leases.start()
-    webhooks = WebhookStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+    stack.push_async_callback(leases.stop)
     dispatcher = WebhookDispatcher(
-        webhooks,
-        arq,
-        events,
-        queue_name=settings.queue_name,
-        lease_s=settings.webhook_claim_lease_s,
+        shared.webhooks, shared.queue, shared.events, lease_s=settings.webhook_claim_lease_s
     )
     dispatcher.start()
-    webhook_http = guarded_session(
-        allow_private=settings.allow_private_urls, timeout_s=settings.webhook_timeout_s
+    stack.push_async_callback(dispatcher.stop)
+    janitor = RetentionJanitor(
+        shared.redis, shared.blobs, shared.keys, interval_s=settings.janitor_interval_s
     )
+    janitor.start()
+    stack.push_async_callback(janitor.stop)
     metrics_server = MetricsServer(
         metrics,
         gate,
@@ -118,56 +123,29 @@ async def startup(ctx: dict[str, Any]) -> None:
         port=settings.worker_metrics_port,
     )
     await metrics_server.start()
-    storage = ObjectStore(settings)
-    janitor = RetentionJanitor(
-        redis, storage, prefix=settings.key_prefix, interval_s=settings.janitor_interval_s
-    )
-    janitor.start()
-    ctx[CONTEXT_KEY] = WorkerContext(
+    stack.push_async_callback(metrics_server.stop)
+    return WorkerContext(
         settings=settings,
         providers=providers,
-        redis=redis,
-        arq=arq,
-        store=store,
-        storage=ObjectStore(settings, on_error=metrics.s3_error),
-        events=events,
-        cancellations=cancellations,
+        redis=shared.redis,
+        store=shared.jobs,
+        batches=shared.batches,
+        storage=shared.blobs,
+        webhooks=shared.webhooks,
+        executor=shared.executor,
+        cancellations=CancellationWatcher(shared.events),
         leases=leases,
         gate=gate,
-        cache=ResultCache(redis, settings.key_prefix),
-        webhooks=webhooks,
-        batches=BatchStore(
-            redis,
-            prefix=settings.key_prefix,
-            retention_s=settings.retention_s,
-            bulk_queue=lane_queue(settings.queue_name, Lane.BULK),
-        ),
-        dispatcher=dispatcher,
-        janitor=janitor,
+        cache=ResultCache(shared.redis, shared.keys),
+        upstreams=upstreams,
         webhook_http=webhook_http,
-        http=http,
-        upstreams=build_upstreams(providers, http, executor),
-        executor=executor,
         metrics=metrics,
-        metrics_server=metrics_server,
     )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """Stop the loops and release every connection (after both lanes stopped)."""
-    context: WorkerContext | None = ctx.pop(CONTEXT_KEY, None)
-    if context is None:
-        return
-    await context.metrics_server.stop()
-    await context.leases.stop()
-    await context.dispatcher.stop()
-    await context.janitor.stop()
-    await context.events.stop()
-    await context.webhook_http.close()
-    for upstream in context.upstreams.values():
-        await upstream.close()
-    await context.http.close()
-    context.storage.close()
-    context.executor.shutdown(wait=False, cancel_futures=True)
-    await context.arq.aclose()
-    await context.redis.aclose()
+    """Stop the loops and release everything (after both lanes stopped)."""
+    ctx.pop(CONTEXT_KEY, None)
+    stack: AsyncExitStack | None = ctx.pop(STACK_KEY, None)
+    if stack is not None:
+        await stack.aclose()

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
+from app.background import Backoff
 from app.core.jobs import Attempt, Job
 from app.core.providers_config import ModelConfig, UpstreamConfig
 from app.errors import UpstreamError, UpstreamTimeout
@@ -147,17 +148,16 @@ async def _slot(
     if not extra:
         yield
         return
-    gate, delay = calls.context.gate, 0.05
+    gate, backoff = calls.context.gate, Backoff(0.05, SLOT_WAIT_MAX_S)
     holder = f"{calls.lease.arq_job_id}:out{calls.index}:{upstream.name}"
     while (
         grants := await gate.admit(
             {upstream.name: (1, upstream.max_concurrency)}, holder=holder, ticket="", ticket_score=0
         )
     ) is None:
-        if delay >= calls.budget_left():
+        if backoff.peek() >= calls.budget_left():
             raise UpstreamError(f"no free slot on {upstream.name} within this attempt's budget")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, SLOT_WAIT_MAX_S)
+        await asyncio.sleep(backoff.next())
     calls.lease.slots.extend(grants)
     try:
         yield

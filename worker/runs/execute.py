@@ -7,10 +7,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from app.background import retry_until
 from app.blobs import ObjectStore, output_key
 from app.core.concurrency import gather_or_cancel
 from app.core.jobs import Attempt, Job, JobInputs, JobOutcome, StoredImage, Usage
@@ -26,7 +26,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 # How long an object-store outage is waited out, past the upstream budget for outputs.
 STORE_RETRY_S = 55.0
-STORE_RETRY_MAX_DELAY_S = 5.0
+# What an object-store outage raises (``app.blobs`` maps every S3 failure to it).
+STORE_OUTAGE = (ServiceUnavailable,)
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ async def execute_run(
     a run never has more calls in flight than it holds slots.
     """
     request = job.spec.request
-    images, mask = await with_storage_retries(
+    images, mask = await retry_until(
         lambda: _load_inputs(context.storage, job.spec.inputs),
         until=asyncio.get_running_loop().time() + STORE_RETRY_S,
+        retry_on=STORE_OUTAGE,
         what=f"loading the inputs of {job.id}",
     )
     base = EditCall(
@@ -78,9 +80,10 @@ async def execute_run(
             result = await call_with_routing(calls, base)
         # The upstream's bytes stay in memory until stored: an object-store outage is
         # retried here and never costs a second upstream call.
-        return await with_storage_retries(
+        return await retry_until(
             lambda: _store_output(context, job, index, result.image, result.usage),
             until=deadline + STORE_RETRY_S,
+            retry_on=STORE_OUTAGE,
             what=f"storing output {index} of {job.id}",
         )
 
@@ -98,27 +101,6 @@ async def execute_run(
         quality=request.quality or "auto",
         usage=usage,
     )
-
-
-async def with_storage_retries(
-    operation: Callable[[], Awaitable[T]],
-    *,
-    until: float,
-    what: str,
-    retry_on: tuple[type[Exception], ...] = (ServiceUnavailable,),
-) -> T:
-    """Run ``operation``, retrying with backoff while object storage (or whatever raises
-    ``retry_on``) is unavailable, until loop time ``until``; then the last error is raised."""
-    loop, delay = asyncio.get_running_loop(), 0.25
-    while True:
-        try:
-            return await operation()
-        except retry_on as exc:
-            if loop.time() + delay > until:
-                raise
-            log.warning("%s failed (%s); retrying in %.2f s", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_RETRY_MAX_DELAY_S)
 
 
 async def _load_inputs(

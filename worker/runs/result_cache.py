@@ -14,6 +14,7 @@ import json
 from redis.asyncio import Redis
 
 from app.core.jobs import JobOutcome, JobSpec
+from app.store.keys import Keys
 
 CACHED_FIELDS = (
     "model",
@@ -42,12 +43,12 @@ def request_digest(spec: JobSpec) -> str | None:
 class ResultCache:
     """Outcomes of succeeded jobs by tenant and request digest, each with its TTL."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._keys = keys
 
     def _key(self, tenant: str, digest: str) -> str:
-        return f"{self._prefix}:cache:{tenant}:{digest}"
+        return self._keys.cache(tenant, digest)
 
     async def get(self, tenant: str, digest: str) -> JobOutcome | None:
         """The cached outcome, if one is still live."""

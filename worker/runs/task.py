@@ -17,15 +17,16 @@ from typing import Any
 from arq.worker import RetryJob
 from redis.exceptions import RedisError
 
+from app.background import retry_until
 from app.blobs import output_key
 from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobStatus, Lane, StoredImage
 from app.dispatch import arq_job_id, lane_queue
 from app.errors import EditqError
 from app.obs.logs import bind_log_fields
-from worker.capacity.gate import SlotGrant
+from worker.capacity.gate import SlotGrant, ticket_for
 from worker.process.leases import Lease
 from worker.process.resources import CONTEXT_KEY, WorkerContext
-from worker.runs.execute import STORE_RETRY_S, execute_run, with_storage_retries
+from worker.runs.execute import STORE_RETRY_S, execute_run
 from worker.runs.plan import RunPlan, plan_run
 from worker.runs.result_cache import request_digest
 
@@ -56,14 +57,14 @@ async def run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
 
 
 async def _until_redis_answers(context: WorkerContext) -> None:
-    loop, delay = asyncio.get_running_loop(), 0.25
-    until = loop.time() + STORE_RETRY_S
-    while loop.time() < until:
-        with contextlib.suppress(RedisError, OSError):
-            await context.redis.ping()
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+    """Wait (up to ``STORE_RETRY_S``) until Redis answers a ping again."""
+    with contextlib.suppress(RedisError, OSError):
+        await retry_until(
+            context.redis.ping,
+            until=asyncio.get_running_loop().time() + STORE_RETRY_S,
+            retry_on=(RedisError, OSError),
+            what="reaching Redis",
+        )
 
 
 async def _run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
@@ -86,7 +87,7 @@ async def _run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
                 context.providers,
                 reserve=context.settings.interactive_reserve_slots,
             )
-            grants = await _admit(context, ctx, job, plan, arq_id, queue)
+            grants = await _admit(context, ctx, job, plan, arq_id)
             async with context.leases.hold(arq_id, queue) as lease:
                 lease.slots.extend(grants)
                 claimed = await _claim(context, job)
@@ -124,7 +125,6 @@ async def _admit(
     job: Job,
     plan: RunPlan,
     arq_id: str,
-    queue: str,
 ) -> list[SlotGrant]:
     """Take the job's upstream slots, or park it as a waiter and end this delivery.
 
@@ -137,7 +137,7 @@ async def _admit(
     grants = await context.gate.admit(
         {name: (slots.need, slots.cap) for name, slots in plan.slots.items()},
         holder=arq_id,
-        ticket=f"{queue}|{arq_id}",
+        ticket=ticket_for(job.lane, arq_id),
         ticket_score=rank,
         park_s=WAITER_SAFETY_DEFER_S,
     )
@@ -156,6 +156,7 @@ async def _claim(context: WorkerContext, job: Job) -> Job | None:
         job.id,
         JobStatus.RUNNING,
         expect_run=job.run,
+        batch_id=job.spec.batch_id,
         sources=[JobStatus.QUEUED, JobStatus.RUNNING],
         next_attempt=True,
         fields={"started_at": job.started_at or time.time()},
@@ -193,6 +194,7 @@ async def _answer_from_cache(context: WorkerContext, job: Job) -> bool:
         job.id,
         JobStatus.SUCCEEDED,
         expect_run=job.run,
+        batch_id=job.spec.batch_id,
         expect_attempt=claimed.attempt,
         sources=[JobStatus.RUNNING],
         fields={"outcome": outcome.model_dump_json(), "cached": "1", "finished_at": time.time()},
@@ -240,6 +242,7 @@ async def _execute_and_record(
         job.id,
         JobStatus.FAILED,
         expect_run=job.run,
+        batch_id=job.spec.batch_id,
         expect_attempt=job.attempt,
         sources=[JobStatus.RUNNING],
         attempts=attempts,
@@ -260,11 +263,12 @@ async def _record_success(
     # held), not answered by another worker calling the upstream again. Repeating the
     # fenced transition is safe; if a try applied but its reply was lost, the job is
     # already succeeded under this very attempt.
-    result = await with_storage_retries(
+    result = await retry_until(
         lambda: context.store.transition(
             job.id,
             JobStatus.SUCCEEDED,
             expect_run=job.run,
+            batch_id=job.spec.batch_id,
             expect_attempt=job.attempt,
             sources=[JobStatus.RUNNING],
             attempts=attempts,

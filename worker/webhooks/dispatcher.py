@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
 
-from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
+from app.background import Supervised
+from app.dispatch import EditQueue
 from app.store.events import JobEvent, JobEventHub
 from app.store.webhooks import WebhookStore
 
-log = logging.getLogger(__name__)
-
-DELIVER_TASK = "deliver_webhook"
 CLAIM_BATCH = 100
 IDLE_WAKE_S = 1.0
 
@@ -33,56 +29,46 @@ class WebhookDispatcher:
     def __init__(
         self,
         store: WebhookStore,
-        pool: ArqRedis,
+        queue: EditQueue,
         events: JobEventHub,
         *,
-        queue_name: str,
         lease_s: float,
     ) -> None:
         self._store = store
-        self._pool = pool
-        self._queue_name = queue_name
+        self._queue = queue
         self._lease_s = lease_s
         self._poke = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Supervised(
+            "webhook-dispatcher",
+            self._wake_and_dispatch,
+            every_s=None,
+            errors=(RedisError, OSError),
+        )
         events.observe(self._on_job_event)
 
     def start(self) -> None:
         """Begin dispatching."""
-        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop dispatching (claimed events come due again after their lease)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     def _on_job_event(self, event: JobEvent) -> None:
         self._poke.set()
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), IDLE_WAKE_S)
-            self._poke.clear()
-            try:
-                await self.dispatch_due()
-            except (RedisError, OSError) as exc:
-                log.warning("webhook dispatch failed (will retry): %s", exc)
+    async def _wake_and_dispatch(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._poke.wait(), IDLE_WAKE_S)
+        self._poke.clear()
+        await self.dispatch_due()
 
     async def dispatch_due(self) -> int:
         """Enqueue a delivery for every due event; how many were enqueued."""
         total = 0
         while claimed := await self._store.claim_due(CLAIM_BATCH, self._lease_s):
-            stamp = int(time.time() * 1000)
             for event_id in claimed:
-                await self._pool.enqueue_job(
-                    DELIVER_TASK,
-                    event_id,
-                    _job_id=f"wh:{event_id}:{stamp}",
-                    _queue_name=self._queue_name,
-                )
+                await self._queue.enqueue_delivery(event_id)
             total += len(claimed)
             if len(claimed) < CLAIM_BATCH:
                 break

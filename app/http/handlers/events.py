@@ -57,10 +57,10 @@ LogEntry = tuple[str, dict[str, str]]
 
 
 class _Feed(Protocol):
-    """What a stream follows: the subject's hash key, how entries read, when it ends."""
+    """What a stream follows: the job or batch (by id), how entries read, when it ends."""
 
     @property
-    def key(self) -> str: ...
+    def subject(self) -> str: ...
 
     def ends(self, status: str) -> bool: ...
 
@@ -69,8 +69,7 @@ class _Feed(Protocol):
 
 @dataclass(frozen=True)
 class _JobFeed:
-    key: str
-    job_id: str
+    subject: str  # the job id
     store: JobStore
     storage: ObjectStore
 
@@ -86,7 +85,7 @@ class _JobFeed:
                 "at": _seconds(fields.get("at")),
             }
             if self.ends(data["status"]):
-                job = await self.store.get(self.job_id)
+                job = await self.store.get(self.subject)
                 if job is not None and (job.status.value, job.run) == (data["status"], data["run"]):
                     data["job"] = await render_job(job, self.storage)
             frames.append(encode_event(entry_id, f"job.{data['status']}", data))
@@ -95,8 +94,7 @@ class _JobFeed:
 
 @dataclass(frozen=True)
 class _BatchFeed:
-    key: str
-    batch_id: str
+    subject: str  # the batch id
     tenant: str
     service: BatchService
 
@@ -106,7 +104,7 @@ class _BatchFeed:
     async def frames(self, entries: list[LogEntry]) -> bytes:
         try:
             batch: dict[str, Any] | None = (
-                await self.service.get(self.batch_id, self.tenant)
+                await self.service.get(self.subject, self.tenant)
             ).public()
         except NotFound:  # expired while the stream was open
             batch = None
@@ -140,7 +138,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     store = app[JOB_STORE]
     with app[EVENTS].listen(job_id) as events:
         job = await app[JOB_SERVICE].get(job_id, request[TENANT])
-        feed = _JobFeed(store.job_key(job_id), job_id, store, app[STORAGE])
+        feed = _JobFeed(job_id, store, app[STORAGE])
         return await _stream(request, feed, events, last_id, job.status.value)
 
 
@@ -160,7 +158,7 @@ async def batch_events(request: web.Request) -> web.StreamResponse:
     service, tenant = app[BATCH_SERVICE], request[TENANT]
     with app[EVENTS].listen(batch_id) as events:
         batch = await service.get(batch_id, tenant)
-        feed = _BatchFeed(service.batch_key(batch_id), batch_id, tenant, service)
+        feed = _BatchFeed(batch_id, tenant, service)
         return await _stream(request, feed, events, last_id, batch.status.value)
 
 
@@ -192,10 +190,10 @@ async def _stream(
             if await events.next_event(KEEPALIVE_S) is None:
                 await response.write(KEEPALIVE)
     except ConnectionResetError:
-        log.debug("event stream %s: client went away", feed.key)
+        log.debug("event stream %s: client went away", feed.subject)
     except (RedisError, OSError) as exc:
         # Headers are sent, so no error body: end, and the client resumes from its last id.
-        log.warning("event stream %s ended early: %s", feed.key, exc)
+        log.warning("event stream %s ended early: %s", feed.subject, exc)
     return response
 
 
@@ -204,7 +202,7 @@ async def _send_new(
 ) -> tuple[str | None, str]:
     """Write every log entry after ``last_id``; the last id and status sent."""
     while True:
-        entries = await store.log_since(feed.key, last_id, LOG_PAGE)
+        entries = await store.log_since(feed.subject, last_id, LOG_PAGE)
         if entries:
             await response.write(await feed.frames(entries))
             last_id, status = entries[-1][0], entries[-1][1].get("status", status)

@@ -14,8 +14,8 @@ from app.store.idempotency import (
     ExistingRecord,
     IdempotencyStore,
     StoredResponse,
-    record_key,
 )
+from app.store.keys import Keys
 
 ACCEPTED = StoredResponse(
     status=202, headers={"Location": "/v1/jobs/job_1"}, body='{"id": "job_1"}', job_id=None
@@ -31,7 +31,7 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def store(redis: Redis, settings: Settings) -> IdempotencyStore:
-    return IdempotencyStore(redis, prefix=settings.key_prefix, claim_ttl_s=5, done_ttl_s=60)
+    return IdempotencyStore(redis, Keys(settings.key_prefix), claim_ttl_s=5, done_ttl_s=60)
 
 
 async def claimed(store: IdempotencyStore, key: str = "k", fingerprint: str = "f1") -> Claim:
@@ -41,9 +41,9 @@ async def claimed(store: IdempotencyStore, key: str = "k", fingerprint: str = "f
 
 
 def test_the_key_is_hashed_and_scoped_to_the_tenant() -> None:
-    key = record_key("P", "tenant-a", "my key")
+    key = Keys("P").idempotency("tenant-a", "my key")
     assert key.startswith("P:idem:tenant-a:") and "my key" not in key
-    assert record_key("P", "tenant-b", "my key") != key
+    assert Keys("P").idempotency("tenant-b", "my key") != key
 
 
 async def test_one_claim_per_key_and_the_rest_see_it_in_progress(

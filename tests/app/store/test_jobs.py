@@ -14,8 +14,10 @@ from redis.asyncio.client import PubSub
 
 from app.core.edit_params import EditParams
 from app.core.jobs import Attempt, JobError, JobInputs, JobSpec, JobStatus, StoredImage, new_job_id
+from app.dispatch import BatchWindow
 from app.settings import Settings
 from app.store.jobs import JobStore
+from app.store.keys import Keys
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (
     JobStatus.QUEUED,
@@ -36,7 +38,12 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def store(redis: Redis, settings: Settings) -> JobStore:
-    return JobStore(redis, prefix=settings.key_prefix, retention_s=settings.retention_s)
+    return JobStore(
+        redis,
+        Keys(settings.key_prefix),
+        BatchWindow(redis, settings.queue_name),
+        retention_s=settings.retention_s,
+    )
 
 
 def spec(tenant: str = "tenant-a", now: float = BASE_TIME) -> JobSpec:
@@ -75,7 +82,7 @@ async def test_create_and_get(store: JobStore, redis: Redis, settings: Settings)
     assert await store.get("job_000000000000000000000000") is None
     index = f"{settings.key_prefix}:tenant:tenant-a:jobs"
     assert await redis.zrange(index, 0, -1) == [created.id]
-    assert 0 < await redis.ttl(store.job_key(created.id)) <= settings.retention_s
+    assert 0 < await redis.ttl(store.keys.job(created.id)) <= settings.retention_s
 
 
 async def test_queued_to_running(store: JobStore) -> None:
@@ -124,7 +131,7 @@ async def test_refused_transitions(
     stored = await store.get(job.id)
     assert stored is not None
     assert (stored.status, stored.attempts) == (current, ())
-    assert "x" not in await store_hash(redis, store.job_key(job.id))
+    assert "x" not in await store_hash(redis, store.keys.job(job.id))
 
 
 async def test_missing_job(store: JobStore) -> None:
@@ -192,7 +199,7 @@ async def test_fields_set_and_deleted(store: JobStore, redis: Redis) -> None:
     stored = await store.get(job.id)
     assert stored is not None
     assert (stored.error, stored.finished_at, stored.started_at) == (error, 101.5, None)
-    assert "started_at" not in await store_hash(redis, store.job_key(job.id))
+    assert "started_at" not in await store_hash(redis, store.keys.job(job.id))
 
     await store.transition(job.id, QUEUED, next_run=True, fields={"error": None})
     stored = await store.get(job.id)
@@ -239,7 +246,7 @@ async def next_message(pubsub: PubSub, timeout: float = 2.0) -> dict[str, Any] |
 async def test_each_applied_transition_publishes_one_event(store: JobStore, redis: Redis) -> None:
     job = await store.create(spec())
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(store.events_channel)
+        await pubsub.subscribe(store.keys.events_channel)
         assert (await store.transition(job.id, RUNNING)).applied
         assert not (await store.transition(job.id, RUNNING)).applied
         assert (await store.transition(job.id, RUNNING, expect_run=7)).outcome == "stale"
@@ -258,7 +265,7 @@ async def test_every_transition_restarts_retention(
     store: JobStore, redis: Redis, settings: Settings
 ) -> None:
     job = await store.create(spec())
-    key = store.job_key(job.id)
+    key = store.keys.job(job.id)
     for target in (RUNNING, SUCCEEDED):
         await redis.persist(key)
         assert (await store.transition(job.id, target)).applied
@@ -311,7 +318,7 @@ async def test_expired_jobs_skipped_and_forgotten(
     specs = [spec(now=BASE_TIME + i) for i in range(4)]
     for s in specs:
         await store.create(s)
-    await redis.delete(store.job_key(specs[2].id), store.job_key(specs[1].id))
+    await redis.delete(store.keys.job(specs[2].id), store.keys.job(specs[1].id))
     page = await store.list_for_tenant("tenant-a", status=None, limit=2, after=None)
     assert ([j.id for j in page.jobs], page.has_more) == ([specs[3].id, specs[0].id], False)
     index = f"{settings.key_prefix}:tenant:tenant-a:jobs"

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.cli.embedded import free_port
+from app.store.keys import Keys
 from app.store.rate_limits import WINDOW_S, RateLimiter, RateWindow
 
 
@@ -37,7 +38,7 @@ def test_a_window_says_what_is_left(count: int, remaining: int, exceeded: bool) 
 
 
 async def test_requests_are_counted_per_key_within_one_window(redis: Redis, prefix: str) -> None:
-    limiter = RateLimiter(redis, prefix=prefix, per_minute=3)
+    limiter = RateLimiter(redis, Keys(prefix), per_minute=3)
     try:
         windows = [await limiter.hit("tenant-a") for _ in range(5)]
         other = await limiter.hit("tenant-b")
@@ -51,8 +52,8 @@ async def test_requests_are_counted_per_key_within_one_window(redis: Redis, pref
 
 
 async def test_two_limiters_share_one_count(redis: Redis, prefix: str) -> None:
-    first = RateLimiter(redis, prefix=prefix, per_minute=2)
-    second = RateLimiter(redis, prefix=prefix, per_minute=2)
+    first = RateLimiter(redis, Keys(prefix), per_minute=2)
+    second = RateLimiter(redis, Keys(prefix), per_minute=2)
     try:
         await first.hit("tenant")
         await second.hit("tenant")
@@ -63,7 +64,7 @@ async def test_two_limiters_share_one_count(redis: Redis, prefix: str) -> None:
 
 
 async def test_a_window_closes_after_its_time(redis: Redis, prefix: str) -> None:
-    limiter = RateLimiter(redis, prefix=prefix, per_minute=1)
+    limiter = RateLimiter(redis, Keys(prefix), per_minute=1)
     key = f"{prefix}:ratelimit:tenant"
     try:
         await limiter.hit("tenant")
@@ -81,7 +82,7 @@ async def test_a_counter_that_lost_its_expiry_gets_one_again(redis: Redis, prefi
     key = f"{prefix}:ratelimit:tenant"
     await redis.set(key, 7)
     try:
-        window = await RateLimiter(redis, prefix=prefix, per_minute=10).hit("tenant")
+        window = await RateLimiter(redis, Keys(prefix), per_minute=10).hit("tenant")
         ttl_ms = await redis.pttl(key)
     finally:
         await redis.delete(key)
@@ -93,7 +94,7 @@ async def test_unreachable_redis_lets_requests_through_and_logs_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
-    limiter = RateLimiter(dead, prefix="editq-test-dead", per_minute=1)
+    limiter = RateLimiter(dead, Keys("editq-test-dead"), per_minute=1)
     with caplog.at_level(logging.INFO, logger="app.store.rate_limits"):
         windows = [await limiter.hit("tenant") for _ in range(3)]
     await dead.aclose()

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.settings import Settings
+from app.store.keys import Keys
 from worker.capacity.gate import SlotGrant, UpstreamGate
 
 FAR_FUTURE_MS = 4_000_000_000_000
@@ -25,7 +26,7 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def gate(redis: Redis, settings: Settings) -> UpstreamGate:
-    return UpstreamGate(redis, prefix=settings.key_prefix, lease_s=30)
+    return UpstreamGate(redis, Keys(settings.key_prefix), settings.queue_name, lease_s=30)
 
 
 def waiting_key(settings: Settings, upstream: str) -> str:
@@ -49,7 +50,7 @@ async def queue_waiter(
     """Have ``arq_id`` refused on "up" and parked far in the future of ``queue``."""
     await redis.zadd(queue, {arq_id: FAR_FUTURE_MS})
     refused = await gate.admit(
-        {"up": (1, cap)}, holder=arq_id, ticket=f"{queue}|{arq_id}", ticket_score=score
+        {"up": (1, cap)}, holder=arq_id, ticket=f"interactive|{arq_id}", ticket_score=score
     )
     assert refused is None
 
@@ -62,12 +63,14 @@ def assert_woken(score: float | None) -> None:
 async def test_admit_grants_up_to_cap_and_refuses_beyond(gate: UpstreamGate) -> None:
     for i in range(5):
         grants = await gate.admit(
-            {"up": (1, 5)}, holder=f"job-{i}", ticket=f"q|job-{i}", ticket_score=i
+            {"up": (1, 5)}, holder=f"job-{i}", ticket=f"interactive|job-{i}", ticket_score=i
         )
         assert grants == [SlotGrant("up", gate.slots_key("up"), (f"job-{i}:1:1",))]
         assert await gate.held("up") == i + 1
 
-    sixth = await gate.admit({"up": (1, 5)}, holder="job-5", ticket="q|job-5", ticket_score=5)
+    sixth = await gate.admit(
+        {"up": (1, 5)}, holder="job-5", ticket="interactive|job-5", ticket_score=5
+    )
 
     assert sixth is None
     assert await gate.held("up") == 5
@@ -89,7 +92,10 @@ async def test_multi_upstream_admit_is_all_or_nothing(gate: UpstreamGate) -> Non
     await gate.admit({"omega": (1, 1)}, holder="first", ticket="", ticket_score=0)
 
     refused = await gate.admit(
-        {"alpha": (1, 3), "omega": (1, 1)}, holder="second", ticket="q|second", ticket_score=1
+        {"alpha": (1, 3), "omega": (1, 1)},
+        holder="second",
+        ticket="interactive|second",
+        ticket_score=1,
     )
 
     assert refused is None
@@ -119,12 +125,12 @@ async def test_a_refused_ticket_waits_once(
 
     for score in (100, 200):
         refused = await gate.admit(
-            {"up": (1, 1)}, holder="waiter", ticket="q|waiter", ticket_score=score
+            {"up": (1, 1)}, holder="waiter", ticket="interactive|waiter", ticket_score=score
         )
         assert refused is None
 
     assert await gate.waiting("up") == 1
-    assert await redis.zscore(waiting_key(settings, "up"), "q|waiter") == 100
+    assert await redis.zscore(waiting_key(settings, "up"), "interactive|waiter") == 100
 
 
 async def test_an_empty_ticket_is_not_queued(gate: UpstreamGate) -> None:
@@ -136,9 +142,11 @@ async def test_an_empty_ticket_is_not_queued(gate: UpstreamGate) -> None:
 
 async def test_an_admitted_waiter_leaves_the_waiting_set(gate: UpstreamGate) -> None:
     await take(gate, "holder", cap=1)
-    assert await gate.admit({"up": (1, 1)}, holder="w", ticket="q|w", ticket_score=1) is None
+    assert (
+        await gate.admit({"up": (1, 1)}, holder="w", ticket="interactive|w", ticket_score=1) is None
+    )
 
-    admitted = await gate.admit({"up": (1, 2)}, holder="w", ticket="q|w", ticket_score=1)
+    admitted = await gate.admit({"up": (1, 2)}, holder="w", ticket="interactive|w", ticket_score=1)
 
     assert admitted is not None
     assert await gate.waiting("up") == 0
@@ -164,7 +172,7 @@ async def test_waking_does_not_add_a_job_absent_from_its_queue(
 ) -> None:
     queue = settings.queue_name
     grant = await take(gate, "job-a", cap=1)
-    await gate.admit({"up": (1, 1)}, holder="gone", ticket=f"{queue}|gone", ticket_score=1)
+    await gate.admit({"up": (1, 1)}, holder="gone", ticket="interactive|gone", ticket_score=1)
 
     assert await gate.release(grant, 1) == 1
     assert await redis.zscore(queue, "gone") is None
@@ -208,7 +216,7 @@ async def test_releasing_several_tokens_wakes_several_waiters(
 async def test_reap_frees_expired_tokens_and_wakes_waiters(
     redis: Redis, settings: Settings
 ) -> None:
-    gate = UpstreamGate(redis, prefix=settings.key_prefix, lease_s=0.2)
+    gate = UpstreamGate(redis, Keys(settings.key_prefix), settings.queue_name, lease_s=0.2)
     queue = settings.queue_name
     await take(gate, "dead-worker-job", cap=1)
     await queue_waiter(gate, redis, queue, "waiter", cap=1, score=1)
@@ -225,7 +233,7 @@ async def test_reap_frees_expired_tokens_and_wakes_waiters(
 
 
 async def test_admit_drops_expired_tokens_itself(redis: Redis, settings: Settings) -> None:
-    gate = UpstreamGate(redis, prefix=settings.key_prefix, lease_s=0.2)
+    gate = UpstreamGate(redis, Keys(settings.key_prefix), settings.queue_name, lease_s=0.2)
     await take(gate, "dead-worker-job", cap=1)
 
     await asyncio.sleep(0.3)
@@ -237,7 +245,7 @@ async def test_admit_drops_expired_tokens_itself(redis: Redis, settings: Setting
 async def test_renew_keeps_tokens_alive_past_their_first_expiry(
     redis: Redis, settings: Settings
 ) -> None:
-    gate = UpstreamGate(redis, prefix=settings.key_prefix, lease_s=0.3)
+    gate = UpstreamGate(redis, Keys(settings.key_prefix), settings.queue_name, lease_s=0.3)
     renewed = await take(gate, "renewed", cap=2)
     await take(gate, "lapsed", cap=2)
 
@@ -287,8 +295,10 @@ async def test_rate_allows_a_burst_of_two_intervals_then_spaces_calls(
 async def test_rate_is_shared_across_workers(redis: Redis, settings: Settings) -> None:
     other_redis = Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        mine = UpstreamGate(redis, prefix=settings.key_prefix, lease_s=30)
-        theirs = UpstreamGate(other_redis, prefix=settings.key_prefix, lease_s=30)
+        mine = UpstreamGate(redis, Keys(settings.key_prefix), settings.queue_name, lease_s=30)
+        theirs = UpstreamGate(
+            other_redis, Keys(settings.key_prefix), settings.queue_name, lease_s=30
+        )
 
         waits = [await mine.permit("up", 20) for _ in range(3)]
         waits += [await theirs.permit("up", 20), await mine.permit("up", 20)]
@@ -301,7 +311,9 @@ async def test_rate_is_shared_across_workers(redis: Redis, settings: Settings) -
 async def test_concurrent_admits_never_exceed_the_cap(gate: UpstreamGate) -> None:
     results = await asyncio.gather(
         *(
-            gate.admit({"up": (1, 5)}, holder=f"job-{i}", ticket=f"q|job-{i}", ticket_score=i)
+            gate.admit(
+                {"up": (1, 5)}, holder=f"job-{i}", ticket=f"interactive|job-{i}", ticket_score=i
+            )
             for i in range(30)
         )
     )
@@ -318,7 +330,7 @@ async def test_a_refused_admit_parks_the_job_and_a_release_wakes_it(
     grant = await take(gate, "job-a", cap=1)
     await redis.zadd(queue, {"job-b": 1000})
     refused = await gate.admit(
-        {"up": (1, 1)}, holder="job-b", ticket=f"{queue}|job-b", ticket_score=1000, park_s=300
+        {"up": (1, 1)}, holder="job-b", ticket="interactive|job-b", ticket_score=1000, park_s=300
     )
     assert refused is None
     parked = await redis.zscore(queue, "job-b")
