@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.core.request_fields import Metadata, WebhookUrl, event_list
 from app.core.routing_options import RoutingOptions
 from app.errors import InvalidRequest
 
@@ -34,7 +35,6 @@ DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = (
 )
 SIZE_PATTERN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 MAX_SIDE = 8192
-METADATA_MAX_KEYS = 16
 
 
 class EditParams(BaseModel):
@@ -53,9 +53,9 @@ class EditParams(BaseModel):
     response_format: Literal["url", "b64_json"] = "url"
     user: str | None = Field(None, max_length=256)
     name: str | None = Field(None, max_length=256)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
-    webhook_url: str | None = Field(None, max_length=2048)
+    webhook_url: WebhookUrl | None = None
     webhook_events: tuple[WebhookEventType, ...] = Field(DEFAULT_WEBHOOK_EVENTS, min_length=1)
 
     @field_validator("n", mode="before")
@@ -85,23 +85,7 @@ class EditParams(BaseModel):
             raise ValueError(f"size sides must be between 16 and {MAX_SIDE} pixels")
         return value
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > METADATA_MAX_KEYS:
-            raise ValueError(f"metadata holds at most {METADATA_MAX_KEYS} keys")
-        for key, item in value.items():
-            if len(key) > 64 or len(item) > 512:
-                raise ValueError("metadata keys are at most 64 characters, values 512")
-        return value
-
-    @field_validator("webhook_events", mode="before")
-    @classmethod
-    def _event_list(cls, value: object) -> object:
-        """Accept a JSON list or a comma-separated string (as a form field may send)."""
-        if isinstance(value, str):
-            return tuple(item.strip() for item in value.split(",") if item.strip())
-        return value
+    _event_list = field_validator("webhook_events", mode="before")(event_list)
 
     def output_size(self) -> tuple[int, int] | None:
         """The requested (width, height), or None for 'auto'/unset."""

@@ -6,7 +6,6 @@ services never see a request object.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.core.batches import DEFAULT_BATCH_EVENTS, BatchEventType
 from app.core.edit_params import EditParams
 from app.core.images import CheckedImage
+from app.core.request_fields import Metadata, WebhookUrl, event_list
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,11 @@ class BatchOptions(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    webhook_url: str | None = Field(None, max_length=2048)
+    webhook_url: WebhookUrl | None = None
     webhook_events: tuple[BatchEventType, ...] = Field(DEFAULT_BATCH_EVENTS, min_length=1)
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    metadata: Metadata = Field(default_factory=dict)
 
-    @field_validator("webhook_events", mode="before")
-    @classmethod
-    def _event_list(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return tuple(item.strip() for item in value.split(",") if item.strip())
-        if isinstance(value, str):
-            return json.loads(value)
-        return value
+    _event_list = field_validator("webhook_events", mode="before")(event_list)
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,10 @@ async def test_per_job_events_when_asked_as_well(narrow_window: RunningService) 
         ({"variants": [{"prompt": "x"}]}, "defaults"),
         ({"defaults": {"model": "local/editor", "prompt": "x"}, "n": 2}, "defaults.images"),
         (batch_body(n=2, webhook_url="http://127.0.0.1/x"), "webhook_url"),
+        # The batch's metadata has the same caps as a job's (one definition for both).
+        (batch_body(n=1, metadata={"k": "x" * 513}), "metadata"),
+        (batch_body(n=1, metadata={"k" * 65: "v"}), "metadata"),
+        (batch_body(n=1, metadata={f"k{i}": "v" for i in range(17)}), "metadata"),
     ],
 )
 async def test_bad_batches_are_refused_with_the_param(
