@@ -19,18 +19,26 @@
     └── UpstreamError               502 upstream_error: an upstream call failed
         ├── UpstreamTimeout         504 upstream_timeout: no answer within the call's time
         ├── UpstreamRateLimited     429 rate_limit_exceeded (``retry_after`` from the upstream)
-        ├── UpstreamRejected        the upstream refused the request (its 4xx, its code)
+        ├── UpstreamRejected        400 the upstream refused the request (its code)
+        │   └── InsufficientCredits 402 insufficient_credits: the upstream's quota is spent
         └── UpstreamBadResponse     502 upstream_error: an answer that is not an image response
 
-One aiohttp middleware (``app.http.middleware.errors``) turns any of them into the OpenAI error
-body ``{"error": {"message", "type", "code", "param"}}``; a job that fails records
-the same ``type``/``code``/``message`` in its ``error`` field.
+Each class's ``status`` and ``default_code`` are the only mapping from errors to HTTP:
+``status_for_code`` answers a stored job error (``type``/``code``) from the same tree,
+and ``ErrorRegistry`` (Starlette-style, looked up along the exception's MRO) turns
+foreign exceptions (aiohttp's, Redis's) into one of these; the HTTP edge registers
+those translations (``app.http.middleware.errors``) and renders every error as the
+OpenAI body ``{"error": {"message", "type", "code", "param"}}``. A job that fails
+records the same ``type``/``code``/``message`` in its ``error`` field.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class EditqError(Exception):
@@ -222,3 +230,55 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamBadResponse(UpstreamError):
     """The upstream answered 2xx with a body that is not a usable image response."""
+
+
+class InsufficientCredits(UpstreamRejected):
+    """The upstream refused the call because the account's credits or quota are spent."""
+
+    status = 402
+    default_code = "insufficient_credits"
+
+
+def _codes() -> dict[str, int]:
+    """Each code a class of the tree defines itself, with that class's status."""
+    found: dict[str, int] = {}
+    pending: list[type[EditqError]] = [EditqError]
+    while pending:
+        cls = pending.pop()
+        if "default_code" in vars(cls):
+            found.setdefault(cls.default_code, cls.status)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def status_for_code(code: str, error_type: str) -> int:
+    """The HTTP status of a recorded error: that of the class defining ``code``, else 502
+    for an upstream's error, else 500."""
+    status = _codes().get(code)
+    if status is not None:
+        return status
+    return UpstreamError.status if error_type == UpstreamError.type else EditqError.status
+
+
+class ErrorRegistry:
+    """Exception classes to translations into ``EditqError``, found along the MRO.
+
+    An ``EditqError`` translates to itself; other classes must be registered.
+    """
+
+    def __init__(self) -> None:
+        self._translations: dict[type[BaseException], Callable[[Any], EditqError]] = {}
+
+    def register(self, cls: type[E], translate: Callable[[E], EditqError]) -> None:
+        """Translate ``cls`` (and its subclasses without a closer entry) with ``translate``."""
+        self._translations[cls] = translate
+
+    def translate(self, exc: BaseException) -> EditqError | None:
+        """The error ``exc`` is answered with, or None when nothing is registered for it."""
+        if isinstance(exc, EditqError):
+            return exc
+        for cls in type(exc).__mro__:
+            translate = self._translations.get(cls)
+            if translate is not None:
+                return translate(exc)
+        return None

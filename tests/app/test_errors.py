@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app import errors
 from app.errors import (
     AuthenticationFailed,
     Conflict,
@@ -107,3 +108,44 @@ def test_upstream_rate_limited_carries_upstream_facts() -> None:
         None,
     )
     assert UpstreamError("down").upstream_status is None
+
+
+def test_every_code_of_the_tree_answers_with_its_class_status() -> None:
+    def classes(root: type[errors.EditqError]) -> list[type[errors.EditqError]]:
+        return [root, *(c for sub in root.__subclasses__() for c in classes(sub))]
+
+    owners = [cls for cls in classes(errors.EditqError) if "default_code" in vars(cls)]
+    assert errors.InsufficientCredits in owners
+    for cls in owners:
+        assert errors.status_for_code(cls.default_code, cls.type) == cls.status, cls
+
+
+@pytest.mark.parametrize(
+    ("code", "error_type", "status"),
+    [
+        ("insufficient_credits", "upstream_error", 402),
+        ("upstream_auth_failed", "upstream_error", 502),  # an upstream's code we do not own
+        ("something_new", "server_error", 500),
+        ("payload_too_large", "invalid_request_error", 413),
+    ],
+)
+def test_a_recorded_error_is_answered_by_code_then_type(
+    code: str, error_type: str, status: int
+) -> None:
+    assert errors.status_for_code(code, error_type) == status
+
+
+def test_the_registry_translates_along_the_mro() -> None:
+    class StoreDown(ConnectionError):
+        pass
+
+    registry = errors.ErrorRegistry()
+    registry.register(OSError, lambda exc: errors.ServiceUnavailable(f"os: {exc}"))
+    registry.register(ConnectionError, lambda exc: errors.ServiceUnavailable(f"conn: {exc}"))
+    own = errors.NotFound("nope")
+    assert registry.translate(own) is own
+    translated = registry.translate(StoreDown("x"))
+    assert translated is not None and translated.message == "conn: x"
+    file_error = registry.translate(FileNotFoundError("f"))
+    assert file_error is not None and file_error.message == "os: f"
+    assert registry.translate(KeyError("k")) is None

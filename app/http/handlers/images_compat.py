@@ -18,13 +18,12 @@ import asyncio
 import dataclasses
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from app.core.jobs import JobError, JobStatus
 from app.core.submissions import Submission
-from app.errors import Conflict, EditqError, ServiceUnavailable, SyncWaitExceeded
+from app.errors import Conflict, ServiceUnavailable, SyncWaitExceeded, status_for_code
 from app.http.app_keys import FETCH_SESSION, IMAGE_EXECUTOR, JOB_SERVICE, SETTINGS, STORAGE
-from app.http.middleware.errors import REQUEST_ID, TENANT, error_response
+from app.http.middleware.errors import ERRORS, REQUEST_ID, TENANT, error_response
 from app.http.middleware.idempotency import SYNC_JOB
 from app.http.openapi import Reply, operation
 from app.http.requests.submissions import read_submission
@@ -33,18 +32,8 @@ from app.services.job_views import render_job
 
 JOB_ID_HEADER = "x-job-id"
 
-FAILED_JOB_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "model_capability_mismatch": 400,
-    "insufficient_credits": 402,
-    "payload_too_large": 413,
-    "rate_limit_exceeded": 429,
-    "internal_error": 500,
-    "upstream_error": 502,
-    "service_unavailable": 503,
-    "upstream_timeout": 504,
-}
-"""The HTTP status a failed job's error code is answered with (else by its type)."""
+# The statuses a failed job's error can be answered with (``status_for_code``).
+FAILED_JOB_STATUSES = (400, 402, 413, 429, 500, 502, 503, 504)
 
 
 @operation(
@@ -54,7 +43,7 @@ FAILED_JOB_STATUS: dict[str, int] = {
     json_body=EditJsonRequest,
     form_body=EditForm,
     replies={200: Reply(ImagesResponse, headers=(JOB_ID_HEADER,))},
-    errors={400, 408, 409, 413, 415, 422, 500, 502, 503, 504, *FAILED_JOB_STATUS.values()},
+    errors={400, 408, 409, 413, 415, 422, 500, 502, 503, 504, *FAILED_JOB_STATUSES},
 )
 async def edit_image(request: web.Request) -> web.Response:
     """POST /v1/images/edits, /v2/router/images/edits: edit synchronously (a queued job
@@ -63,15 +52,18 @@ async def edit_image(request: web.Request) -> web.Response:
     job_id = request.get(SYNC_JOB) or await _accept(request)
     try:
         response = await _finished_job_response(request, job_id)
-    except EditqError as exc:
-        response = error_response(exc, request[REQUEST_ID])
-    except (RedisError, ConnectionError):
-        unavailable = ServiceUnavailable(
-            f"the job store is unavailable; job {job_id} was accepted: read it later at "
-            f"GET /v1/jobs/{job_id}",
-            retry_after=5,
-        )
-        response = error_response(unavailable, request[REQUEST_ID])
+    except Exception as exc:
+        # The job is accepted: every answer from here on names it (x-job-id).
+        error = ERRORS.translate(exc)
+        if error is None:
+            raise
+        if isinstance(error, ServiceUnavailable):
+            error = ServiceUnavailable(
+                f"{error.message}; job {job_id} was accepted: read it later at "
+                f"GET /v1/jobs/{job_id}",
+                retry_after=error.retry_after,
+            )
+        response = error_response(error, request[REQUEST_ID])
     response.headers[JOB_ID_HEADER] = job_id
     return response
 
@@ -101,9 +93,7 @@ def with_sync_defaults(submission: Submission) -> Submission:
 
 def failed_job_status(error: JobError) -> int:
     """The HTTP status for a failed job's error: by its code, else 502 for an upstream's."""
-    if error.code in FAILED_JOB_STATUS:
-        return FAILED_JOB_STATUS[error.code]
-    return 502 if error.type == "upstream_error" else 500
+    return status_for_code(error.code, error.type)
 
 
 async def _finished_job_response(request: web.Request, job_id: str) -> web.Response:

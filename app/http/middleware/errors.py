@@ -1,5 +1,6 @@
-"""Request ids, authentication, per-key rate limits and the one mapping from exceptions
-to error bodies."""
+"""Request ids, authentication, per-key rate limits, and the one place exceptions become
+error responses (``ERRORS``, the registry of translations for exceptions that are not
+already an ``app.errors.EditqError``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from redis.exceptions import RedisError
 
 from app.errors import (
     EditqError,
+    ErrorRegistry,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -44,6 +46,7 @@ def error_response(error: EditqError, request_id: str) -> web.Response:
 
 
 def _from_http_exception(exc: web.HTTPException) -> EditqError:
+    """aiohttp's own refusals (no route, wrong method, body too large) as our errors."""
     if exc.status == 404:
         return NotFound("no such endpoint")
     if exc.status == 413:
@@ -57,6 +60,18 @@ def _from_http_exception(exc: web.HTTPException) -> EditqError:
     return EditqError(exc.reason)
 
 
+def _store_unavailable(exc: BaseException) -> EditqError:
+    log.warning("redis unavailable: %s", exc)
+    return ServiceUnavailable("the job store is unavailable; try again", retry_after=5)
+
+
+ERRORS = ErrorRegistry()
+"""How every exception a handler may raise is answered (looked up along its MRO)."""
+ERRORS.register(web.HTTPException, _from_http_exception)
+ERRORS.register(RedisError, _store_unavailable)
+ERRORS.register(ConnectionError, _store_unavailable)
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every response an ``x-request-id`` and turn every failure into an error body."""
@@ -65,27 +80,27 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
-    except RequestTimeout as exc:
-        return await _answer_and_close(request, error_response(exc, request_id))
-    except EditqError as exc:
-        return error_response(exc, request_id)
     except web.HTTPException as exc:
-        if exc.status < 400:
-            exc.headers["x-request-id"] = request_id
-            raise
-        return error_response(_from_http_exception(exc), request_id)
-    except (RedisError, ConnectionError) as exc:
-        log.warning("redis unavailable: %s", exc, extra={"request_id": request_id})
-        return error_response(
-            ServiceUnavailable("the job store is unavailable; try again", retry_after=5),
-            request_id,
-        )
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id})
-        return error_response(EditqError("internal error"), request_id)
+        if exc.status >= 400:
+            return error_response(_translated(exc, request_id), request_id)
+        exc.headers["x-request-id"] = request_id  # a redirect passes through
+        raise
+    except Exception as exc:
+        error = _translated(exc, request_id)
+        if isinstance(error, RequestTimeout):
+            return await _answer_and_close(request, error_response(error, request_id))
+        return error_response(error, request_id)
     if not response.prepared:
         response.headers["x-request-id"] = request_id
     return response
+
+
+def _translated(exc: Exception, request_id: str) -> EditqError:
+    error = ERRORS.translate(exc)
+    if error is None:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        return EditqError("internal error")
+    return error
 
 
 async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:

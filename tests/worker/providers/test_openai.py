@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from app.core.jobs import Usage
 from app.core.providers_config import UpstreamConfig
 from app.errors import (
+    InsufficientCredits,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamRateLimited,
@@ -301,7 +302,7 @@ async def test_429_with_retry_after_http_date(fake: FakeUpstream, upstream: Open
         (504, UpstreamTimeout, "upstream_timeout"),
         (401, UpstreamRejected, "upstream_auth_failed"),
         (403, UpstreamRejected, "upstream_auth_failed"),
-        (402, UpstreamRejected, "insufficient_credits"),
+        (402, InsufficientCredits, "insufficient_credits"),
         (404, UpstreamRejected, "invalid_request_error"),
         (413, UpstreamRejected, "payload_too_large"),
         (422, UpstreamRejected, "invalid_request_error"),
@@ -516,7 +517,7 @@ def coded(code: str) -> bytes:
     ("status", "body", "kind", "code"),
     [
         (429, b"", UpstreamRateLimited, "rate_limit_exceeded"),
-        (429, coded("insufficient_quota"), UpstreamRejected, "insufficient_credits"),
+        (429, coded("insufficient_quota"), InsufficientCredits, "insufficient_credits"),
         (408, b"", UpstreamTimeout, "upstream_timeout"),
         (504, b"", UpstreamTimeout, "upstream_timeout"),
         (500, b"", UpstreamError, "upstream_error"),
@@ -529,7 +530,7 @@ def coded(code: str) -> bytes:
         (409, b"", UpstreamRejected, "invalid_request_error"),
         (401, coded("invalid_api_key"), UpstreamRejected, "upstream_auth_failed"),
         (403, b"", UpstreamRejected, "upstream_auth_failed"),
-        (402, b"", UpstreamRejected, "insufficient_credits"),
+        (402, b"", InsufficientCredits, "insufficient_credits"),
         (413, b"", UpstreamRejected, "payload_too_large"),
         (302, b"", UpstreamBadResponse, "upstream_error"),
     ],

@@ -3,13 +3,13 @@
 Pure functions, no I/O: ``error_for_status`` maps a status, body and ``Retry-After``
 header to the exception the adapter raises, keeping the upstream's own message::
 
-    429                 UpstreamRateLimited (retry_after); UpstreamRejected
-                        insufficient_credits when the body says the quota is spent
+    429                 UpstreamRateLimited (retry_after); InsufficientCredits when the
+                        body says the quota is spent
     408, 504            UpstreamTimeout
     other 5xx (529 …)   UpstreamError
     400, 404, 422       UpstreamRejected  model_capability_mismatch | invalid_request_error
     401, 403            UpstreamRejected  upstream_auth_failed
-    402                 UpstreamRejected  insufficient_credits
+    402                 InsufficientCredits
     413                 UpstreamRejected  payload_too_large
     other 4xx           UpstreamRejected  invalid_request_error
     anything else       UpstreamBadResponse
@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from app.errors import (
+    InsufficientCredits,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamRateLimited,
@@ -120,14 +121,17 @@ def error_for_status(
     wait = parse_retry_after(retry_after, now)
     if status == 429:
         if error.code in QUOTA_CODES:
-            return UpstreamRejected(message, upstream_status=status, code="insufficient_credits")
+            return InsufficientCredits(message, upstream_status=status)
         return UpstreamRateLimited(message, upstream_status=status, retry_after=wait)
     if status in (408, 504):
         return UpstreamTimeout(message, upstream_status=status, retry_after=wait)
     if 500 <= status <= 599:
         return UpstreamError(message, upstream_status=status, retry_after=wait)
     if 400 <= status <= 499:
-        return UpstreamRejected(message, upstream_status=status, code=_rejected_code(status, error))
+        code = _rejected_code(status, error)
+        if code == InsufficientCredits.default_code:
+            return InsufficientCredits(message, upstream_status=status)
+        return UpstreamRejected(message, upstream_status=status, code=code)
     return UpstreamBadResponse(message, upstream_status=status)
 
 
