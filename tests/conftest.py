@@ -123,20 +123,12 @@ def providers(fake_upstream: FakeUpstream) -> ProvidersConfig:
 @pytest.fixture
 async def service(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
     """The API and one worker."""
-    running = RunningService(settings, providers)
-    await running.start()
-    try:
+    async with RunningService(settings, providers) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture
 async def api_only(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
     """The API with no worker running (jobs stay queued until ``start_worker``)."""
-    running = RunningService(settings, providers)
-    await running.start(worker=False)
-    try:
+    async with RunningService(settings, providers, worker=False) as running:
         yield running
-    finally:
-        await running.stop()

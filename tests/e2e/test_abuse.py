@@ -176,12 +176,8 @@ async def lone_api(settings: Settings, providers: ProvidersConfig) -> AsyncItera
         storage = ObjectStore(apart)
         await storage.ensure_bucket()
         storage.close()
-        running = RunningService(apart, providers)
-        await running.start(worker=False)
-        try:
+        async with RunningService(apart, providers, worker=False) as running:
             yield running
-        finally:
-            await running.stop()
     finally:
         server.terminate()
         server.wait(10)
@@ -207,12 +203,8 @@ async def impatient(
 ) -> AsyncIterator[RunningService]:
     """The API (no worker) that waits only BODY_TIMEOUT_S for a request body."""
     quick = settings.model_copy(update={"body_read_timeout_s": BODY_TIMEOUT_S})
-    running = RunningService(quick, providers)
-    await running.start(worker=False)
-    try:
+    async with RunningService(quick, providers, worker=False) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.mark.parametrize("side", [20_000, 8_000])  # past Pillow's own guard; past only ours

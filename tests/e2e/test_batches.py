@@ -134,14 +134,10 @@ async def test_a_failing_variant_does_not_fail_its_siblings(
 async def narrow_window(
     settings: Settings, providers: ProvidersConfig
 ) -> AsyncIterator[RunningService]:
-    running = RunningService(
+    async with RunningService(
         settings.model_copy(update={"batch_window": 3, "allow_private_urls": True}), providers
-    )
-    await running.start()
-    try:
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_cancel_mid_way_keeps_counts_exact(

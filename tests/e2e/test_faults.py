@@ -100,12 +100,10 @@ async def until_exited(process: WorkerProcess, timeout_s: float) -> int:
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[RunningService]:
     """The API alone, in this process, configured like the workers."""
-    running = RunningService(settings, load_providers(settings.providers_file, os.environ))
-    await running.start(worker=False)
-    try:
+    async with RunningService(
+        settings, load_providers(settings.providers_file, os.environ), worker=False
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def submit_many(api: RunningService, count: int, **fields: Any) -> list[str]:

@@ -91,12 +91,10 @@ async def small_bodies(
     settings: Settings, providers: ProvidersConfig
 ) -> AsyncIterator[RunningService]:
     """The API (no worker) with a body limit of ``BODY_LIMIT`` bytes."""
-    running = RunningService(settings.model_copy(update={"max_body_bytes": BODY_LIMIT}), providers)
-    await running.start(worker=False)
-    try:
+    async with RunningService(
+        settings.model_copy(update={"max_body_bytes": BODY_LIMIT}), providers, worker=False
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_a_retried_json_submit_replays_the_202_and_runs_once(

@@ -101,15 +101,11 @@ async def test_a_batch_naming_an_unknown_routing_model_is_refused_at_submit(
 async def one_slot(
     settings: Settings, fake_upstream: FakeUpstream
 ) -> AsyncIterator[RunningService]:
-    running = RunningService(
+    async with RunningService(
         settings.model_copy(update={"interactive_reserve_slots": 1}),
         capped_providers(fake_upstream, 1),
-    )
-    await running.start()
-    try:
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def _evalsha_calls(redis: Redis) -> int:
@@ -158,15 +154,11 @@ async def test_a_retried_variant_waits_parked_on_the_bulk_lane(
 async def cap_four(
     settings: Settings, fake_upstream: FakeUpstream
 ) -> AsyncIterator[RunningService]:
-    running = RunningService(
+    async with RunningService(
         settings.model_copy(update={"interactive_reserve_slots": 1}),
         capped_providers(fake_upstream, CAP),
-    )
-    await running.start()
-    try:
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_variants_with_n_4_and_single_jobs_keep_to_a_cap_of_4(

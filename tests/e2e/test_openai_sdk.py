@@ -48,12 +48,10 @@ async def impatient(
     settings: Settings, providers: ProvidersConfig
 ) -> AsyncIterator[RunningService]:
     """The API and a worker, with synchronous requests waiting at most half a second."""
-    running = RunningService(settings.model_copy(update={"sync_wait_limit_s": 0.5}), providers)
-    await running.start()
-    try:
+    async with RunningService(
+        settings.model_copy(update={"sync_wait_limit_s": 0.5}), providers
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture

@@ -19,14 +19,10 @@ LIMIT = 3
 @pytest.fixture
 async def limited(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
     """The API (no worker) allowing LIMIT requests a minute per key."""
-    running = RunningService(
-        settings.model_copy(update={"rate_limit_per_minute": LIMIT}), providers
-    )
-    await running.start(worker=False)
-    try:
+    async with RunningService(
+        settings.model_copy(update={"rate_limit_per_minute": LIMIT}), providers, worker=False
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def _get(

@@ -145,12 +145,8 @@ async def private_service(
             "max_image_bytes": MAX_IMAGE_BYTES,
         }
     )
-    running = RunningService(allowed, providers)
-    await running.start()
-    try:
+    async with RunningService(allowed, providers) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 def _body(*urls: str, mask_url: str | None = None) -> dict[str, Any]:

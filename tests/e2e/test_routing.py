@@ -150,12 +150,10 @@ async def test_a_429_cools_the_upstream_down_for_every_job(
 async def tight_budget(
     settings: Settings, providers: ProvidersConfig
 ) -> AsyncIterator[RunningService]:
-    running = RunningService(settings.model_copy(update={"attempt_budget_s": 1.5}), providers)
-    await running.start()
-    try:
+    async with RunningService(
+        settings.model_copy(update={"attempt_budget_s": 1.5}), providers
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_the_attempt_budget_ends_the_job_with_upstream_error(

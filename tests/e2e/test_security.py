@@ -122,12 +122,8 @@ async def secret_service(
 ) -> AsyncIterator[RunningService]:
     """The service (with a worker) whose only key is ``secret_key``."""
     keyed = settings.model_copy(update={"api_keys": (SecretStr(secret_key),)})
-    running = RunningService(keyed, providers)
-    await running.start()
-    try:
+    async with RunningService(keyed, providers) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_keys_are_never_logged_nor_stored(

@@ -29,12 +29,8 @@ def capped_settings(settings: Settings, fake_upstream: FakeUpstream, tmp_path: P
 @pytest.fixture
 async def api(capped_settings: Settings) -> AsyncIterator[RunningService]:
     providers = load_providers(capped_settings.providers_file, os.environ)
-    running = RunningService(capped_settings, providers)
-    await running.start(worker=False)
-    try:
+    async with RunningService(capped_settings, providers, worker=False) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture

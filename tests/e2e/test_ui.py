@@ -82,12 +82,8 @@ def ui_providers(fake_upstream: FakeUpstream) -> ProvidersConfig:
 async def ui_service(
     settings: Settings, ui_providers: ProvidersConfig
 ) -> AsyncIterator[RunningService]:
-    running = RunningService(settings, ui_providers)
-    await running.start()
-    try:
+    async with RunningService(settings, ui_providers) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture

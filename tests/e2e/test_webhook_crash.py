@@ -25,12 +25,10 @@ def crash_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def api(crash_settings: Settings) -> AsyncIterator[RunningService]:
-    running = RunningService(crash_settings, load_providers(None, os.environ))
-    await running.start(worker=False)
-    try:
+    async with RunningService(
+        crash_settings, load_providers(None, os.environ), worker=False
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def test_a_worker_killed_mid_delivery_does_not_lose_the_event(

@@ -25,12 +25,8 @@ async def hooked(settings: Settings, providers: ProvidersConfig) -> AsyncIterato
     tuned = settings.model_copy(
         update={"allow_private_urls": True, "webhook_retry_schedule": "0,0.3,0.3,0.3"}
     )
-    running = RunningService(tuned, providers)
-    await running.start()
-    try:
+    async with RunningService(tuned, providers) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture

@@ -24,9 +24,12 @@ TERMINAL = ("succeeded", "failed", "canceled")
 class RunningService:
     """The API (``base_url``) and, when started, one worker; ``client`` speaks HTTP to it."""
 
-    def __init__(self, settings: Settings, providers: ProvidersConfig) -> None:
+    def __init__(
+        self, settings: Settings, providers: ProvidersConfig, *, worker: bool = True
+    ) -> None:
         self.settings = settings
         self.providers = providers
+        self._with_worker = worker
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._runner: web.AppRunner | None = None
@@ -41,6 +44,14 @@ class RunningService:
         if worker:
             await self.start_worker()
         return self
+
+    async def __aenter__(self) -> RunningService:
+        """``async with RunningService(...)``: started (with its worker unless built with
+        ``worker=False``) for the block, stopped after it."""
+        return await self.start(worker=self._with_worker)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def start_worker(self) -> None:
         """Start a worker (both lanes) in this event loop."""
