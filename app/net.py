@@ -1,4 +1,5 @@
-"""The SSRF guard every outbound URL goes through (remote input images, webhooks).
+"""The SSRF guard every outbound URL goes through (remote input images, webhooks), and
+the one bounded reader of untrusted streams.
 
 Three layers, all needed:
 
@@ -10,6 +11,10 @@ Three layers, all needed:
   so a second, rebinding answer is never asked for.
 * ``fetch_bounded``: the request. No redirects, a deadline, a byte cap; every
   failure becomes a 400/413 naming the parameter, never a 5xx.
+
+``read_bounded`` reads every untrusted stream (a request body, one of its multipart
+parts, a remote image, an upstream's answer): it stops at the first chunk past the
+caller's byte limit, so no sender can make a reader hold much more than that.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections.abc import Awaitable, Callable
 
 import aiohttp
+from aiohttp import BodyPartReader, StreamReader
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
@@ -236,14 +243,42 @@ async def _get(session: aiohttp.ClientSession, url: URL, *, max_bytes: int, para
             )
         if not 200 <= response.status < 300:
             raise InvalidRequest(f"{param} answered HTTP {response.status}", param=param)
-        too_large = PayloadTooLarge(f"{param} is larger than {max_bytes} bytes", param=param)
+        message = f"{param} is larger than {max_bytes} bytes"
         if response.content_length is not None and response.content_length > max_bytes:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(CHUNK):
-            size += len(chunk)
-            if size > max_bytes:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+            raise PayloadTooLarge(message, param=param)
+        return await read_bounded(
+            response.content, max_bytes, too_large=lambda _: PayloadTooLarge(message, param=param)
+        )
+
+
+async def read_bounded(
+    source: StreamReader | BodyPartReader,
+    limit: int,
+    *,
+    too_large: Callable[[int], Exception] | None,
+    chunk_bytes: int = CHUNK,
+) -> bytes:
+    """The rest of ``source``, read ``chunk_bytes`` at a time, if it is at most ``limit`` bytes.
+
+    ``source`` is a body (a request's ``content`` or a client response's) or one part
+    of a multipart body, as sent (no transfer decoding). Once more than ``limit`` bytes
+    have arrived it raises ``too_large(count)``, the caller's error, with ``count`` the
+    bytes read so far (more than ``limit``, at most ``limit + chunk_bytes``); with
+    ``too_large=None`` it returns the first ``limit`` bytes instead and leaves the rest
+    unread. Either way it never holds more than ``limit + chunk_bytes`` bytes. The
+    stream's own errors (a connection lost mid-body, bad framing) propagate.
+    """
+    read: Callable[[int], Awaitable[bytes]] = (
+        source.read_chunk if isinstance(source, BodyPartReader) else source.read
+    )
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await read(chunk_bytes):
+        size += len(chunk)
+        if size > limit:
+            if too_large is not None:
+                raise too_large(size)
+            chunks.append(chunk[: len(chunk) - (size - limit)])
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

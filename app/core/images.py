@@ -1,9 +1,12 @@
-"""Checking input images before anything is stored or enqueued.
+"""Decoding untrusted images safely, and checking input images before anything is
+stored or enqueued.
 
-Every file is decoded fully with Pillow (so a truncated or corrupt file is caught
-here, not in a worker minutes later), its real format is read from its bytes (the
-file name and declared content type are ignored), and its pixel count is checked
-against a cap *before* decoding, which defeats decompression bombs. These are
+``open_untrusted`` is the one decode of image bytes from outside (a client's inputs,
+an upstream's answers): the real format is read from the bytes (file names and
+declared content types are ignored), the pixel count is checked against a cap
+*before* decoding, which defeats decompression bombs, and every way Pillow fails
+becomes the caller's own error. ``check_image`` uses it on each input file, so a
+truncated or corrupt file is caught here, not in a worker minutes later. These are
 CPU-bound, synchronous functions: callers run them in an executor.
 """
 
@@ -16,13 +19,15 @@ import io
 import math
 import re
 import struct
-import warnings
 import zlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.errors import EditqError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I)
@@ -45,6 +50,83 @@ class CheckedImage:
         return self.content_type.removeprefix("image/")
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Why ``open_untrusted`` did not decode some bytes, for its caller to word an error.
+
+    ``reason`` is ``unknown`` (no image format recognised), ``format`` (a format the
+    caller does not take), ``pixels`` (over the caller's pixel cap), ``bomb`` (over
+    Pillow's own decompression-bomb limit) or ``corrupt`` (truncated or corrupt).
+    ``detail`` says it in words (Pillow's message when Pillow refused); ``image_format``
+    is Pillow's name of the format and ``width`` x ``height`` the declared size in
+    pixels, when they were read ("" and 0 otherwise).
+    """
+
+    reason: Literal["unknown", "format", "pixels", "bomb", "corrupt"]
+    detail: str
+    image_format: str = ""
+    width: int = 0
+    height: int = 0
+
+
+def open_untrusted(
+    data: bytes,
+    *,
+    max_pixels: int,
+    refuse: Callable[[Undecodable], Exception],
+    formats: Collection[str] | None = None,
+) -> Image.Image:
+    """The image in ``data``, fully decoded, once it was safe to decode it.
+
+    Its format is read from the bytes and, when ``formats`` (Pillow names: "PNG",
+    "JPEG", ...) is given, must be one of them; then its declared width x height must
+    be at most ``max_pixels``, all before any pixel is decoded (and again after, for
+    formats that learn their size while decoding; Pillow's own bomb limit bounds that
+    case). Any failure raises ``refuse(why)``: the caller's error class and wording.
+    """
+    image: Image.Image | None = None
+    cause: Exception | None = None
+    try:
+        image = Image.open(io.BytesIO(data))
+        why = _declared_problem(image, max_pixels, formats)
+        if why is None:
+            image.load()
+            # Some formats find their real size only while decoding: check it again.
+            # (No warnings filter here: it is process-wide state, and this runs in
+            # several executor threads at once.)
+            why = _declared_problem(image, max_pixels, formats)
+            if why is None:
+                return image
+    except UnidentifiedImageError as exc:
+        why, cause = Undecodable("unknown", str(exc)), exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        why, cause = Undecodable("bomb", str(exc)), exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        why, cause = Undecodable("corrupt", str(exc) or type(exc).__name__), exc
+    if image is not None:
+        image.close()
+    raise refuse(why) from cause
+
+
+def _declared_problem(
+    image: Image.Image, max_pixels: int, formats: Collection[str] | None
+) -> Undecodable | None:
+    image_format = image.format or ""
+    if formats is not None and image_format not in formats:
+        detail = f"{image_format or 'an unknown format'} is not one of {', '.join(formats)}"
+        return Undecodable("format", detail, image_format)
+    width, height = image.size
+    if width * height > max_pixels:
+        detail = f"{width}x{height} is over {max_pixels} pixels"
+        return Undecodable("pixels", detail, image_format, width, height)
+    return None
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether ``image`` has an alpha channel or a transparent colour."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
 def check_image(data: bytes, *, param: str, max_pixels: int) -> CheckedImage:
     """Decode ``data`` fully and describe it.
 
@@ -53,49 +135,44 @@ def check_image(data: bytes, *, param: str, max_pixels: int) -> CheckedImage:
     """
     if not data:
         raise InvalidRequest(f"{param} is empty", param=param)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
-            if image_format not in CONTENT_TYPES:
-                raise UnsupportedMediaType(
-                    f"{param} is {image_format or 'an unknown'} image; use PNG, JPEG or WebP",
-                    param=param,
-                )
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidRequest(
-                    f"{param} is {width}x{height} ({width * height} pixels); "
-                    f"the limit is {max_pixels} pixels",
-                    param=param,
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image.load()
-            if image_format == "PNG" and not png_data_complete(data):
-                raise InvalidRequest(
-                    f"{param} is corrupt: its pixel data does not match its header", param=param
-                )
-            has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-                "transparency" in image.info
-            )
-    except UnidentifiedImageError:
-        if _has_allowed_signature(data):
+    refuse = partial(_input_refusal, data=data, param=param, max_pixels=max_pixels)
+    with open_untrusted(data, max_pixels=max_pixels, refuse=refuse, formats=CONTENT_TYPES) as image:
+        content_type = CONTENT_TYPES[image.format or ""]
+        if content_type == "image/png" and not png_data_complete(data):
             raise InvalidRequest(
-                f"{param} could not be decoded (corrupt header)", param=param
-            ) from None
-        raise UnsupportedMediaType(
-            f"{param} is not an image (PNG, JPEG or WebP expected)", param=param
-        ) from None
-    except Image.DecompressionBombError:  # Pillow's own guard, when Image.open sees the size
-        raise InvalidRequest(
-            f"{param} has too many pixels; the limit is {max_pixels} pixels", param=param
-        ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-        raise InvalidRequest(
-            f"{param} could not be decoded (truncated or corrupt): {exc}", param=param
-        ) from None
+                f"{param} is corrupt: its pixel data does not match its header", param=param
+            )
+        width, height = image.size
+        alpha = has_alpha(image)
     digest = hashlib.sha256(data).hexdigest()
-    return CheckedImage(data, CONTENT_TYPES[image_format], width, height, has_alpha, digest)
+    return CheckedImage(data, content_type, width, height, alpha, digest)
+
+
+def _input_refusal(why: Undecodable, *, data: bytes, param: str, max_pixels: int) -> EditqError:
+    if why.reason == "unknown" and _has_allowed_signature(data):
+        return InvalidRequest(f"{param} could not be decoded (corrupt header)", param=param)
+    if why.reason == "unknown":
+        return UnsupportedMediaType(
+            f"{param} is not an image (PNG, JPEG or WebP expected)", param=param
+        )
+    if why.reason == "format":
+        return UnsupportedMediaType(
+            f"{param} is {why.image_format or 'an unknown'} image; use PNG, JPEG or WebP",
+            param=param,
+        )
+    if why.reason == "pixels":
+        return InvalidRequest(
+            f"{param} is {why.width}x{why.height} ({why.width * why.height} pixels); "
+            f"the limit is {max_pixels} pixels",
+            param=param,
+        )
+    if why.reason == "bomb":  # Pillow's own guard, when it sees the size first
+        return InvalidRequest(
+            f"{param} has too many pixels; the limit is {max_pixels} pixels", param=param
+        )
+    return InvalidRequest(
+        f"{param} could not be decoded (truncated or corrupt): {why.detail}", param=param
+    )
 
 
 def _has_allowed_signature(data: bytes) -> bool:

@@ -1,23 +1,30 @@
-"""The SSRF guard: address classes, URL syntax, the resolver and the bounded fetch."""
+"""The SSRF guard: address classes, URL syntax, the resolver and the bounded fetch; and
+the bounded reader of untrusted streams."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.base_protocol import BaseProtocol
 
 from app.errors import InvalidRequest, PayloadTooLarge
 from app.net import (
+    CHUNK,
     ForbiddenAddress,
     GuardedResolver,
     check_url,
     fetch_bounded,
     forbidden_reason,
     guarded_session,
+    read_bounded,
 )
 
 PARAM = "images[0].image_url"
@@ -229,12 +236,24 @@ async def _large(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _endless(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        while True:
+            await response.write(bytes(16 * 1024))
+    except ConnectionError:  # the reader hung up, as it should
+        return response
+
+
 @pytest.fixture
 async def local_port() -> AsyncIterator[int]:
     """A tiny HTTP server on 127.0.0.1; yields its port."""
     app = web.Application()
     app.router.add_get("/small", _small)
     app.router.add_get("/large", _large)
+    app.router.add_get("/endless", _endless)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -274,3 +293,101 @@ async def test_fetch_counts_a_body_without_length(local_port: int) -> None:
     with pytest.raises(PayloadTooLarge) as caught:
         await _fetch(f"http://127.0.0.1:{local_port}/large", allow_private=True)
     assert caught.value.param == PARAM
+
+
+async def test_fetch_takes_a_body_of_exactly_the_limit(local_port: int) -> None:
+    url = check_url(f"http://127.0.0.1:{local_port}/large", param=PARAM, allow_private=True)
+    async with guarded_session(allow_private=True, timeout_s=5) as session:
+        body = await fetch_bounded(session, url, max_bytes=10_000, timeout_s=5, param=PARAM)
+        assert body == bytes(10_000)
+        with pytest.raises(PayloadTooLarge, match="larger than 9999 bytes"):
+            await fetch_bounded(session, url, max_bytes=9_999, timeout_s=5, param=PARAM)
+
+
+LIMIT = 10_000
+
+
+def finished_stream(data: bytes) -> StreamReader:
+    """A body stream that has received all of ``data``."""
+    loop = asyncio.get_running_loop()
+    stream = StreamReader(BaseProtocol(loop), limit=2**16, loop=loop)
+    stream.feed_data(data)
+    stream.feed_eof()
+    return stream
+
+
+def refusing(counts: list[int]) -> Callable[[int], PayloadTooLarge]:
+    """A ``too_large`` that notes the byte counts it was called with."""
+
+    def too_large(count: int) -> PayloadTooLarge:
+        counts.append(count)
+        return PayloadTooLarge(f"body is larger than {LIMIT} bytes", param="body")
+
+    return too_large
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 4096, 1 << 20])
+async def test_read_bounded_takes_exactly_the_limit(chunk_bytes: int) -> None:
+    data = random.Random(chunk_bytes).randbytes(LIMIT)
+    counts: list[int] = []
+    too_large = refusing(counts)
+    read = await read_bounded(
+        finished_stream(data), LIMIT, too_large=too_large, chunk_bytes=chunk_bytes
+    )
+    assert read == data
+    assert counts == []
+    with pytest.raises(PayloadTooLarge) as caught:
+        await read_bounded(
+            finished_stream(data + b"!"), LIMIT, too_large=too_large, chunk_bytes=chunk_bytes
+        )
+    assert caught.value.param == "body"
+    assert counts == [LIMIT + 1]
+
+
+async def test_read_bounded_without_an_error_keeps_the_first_limit_bytes() -> None:
+    data = random.Random(1).randbytes(3 * LIMIT)
+    assert (
+        await read_bounded(finished_stream(data), LIMIT, too_large=None, chunk_bytes=4096)
+        == (data[:LIMIT])
+    )
+    assert await read_bounded(finished_stream(data[:10]), LIMIT, too_large=None) == data[:10]
+    assert await read_bounded(finished_stream(b""), LIMIT, too_large=None) == b""
+
+
+async def test_read_bounded_reads_one_multipart_part() -> None:
+    image, prompt = random.Random(2).randbytes(LIMIT), b"a prompt"
+    body = (
+        b"--frontier\r\n"
+        b'Content-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        + image
+        + b'\r\n--frontier\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n'
+        + prompt
+        + b"\r\n--frontier--\r\n"
+    )
+    reader = MultipartReader(
+        {"Content-Type": "multipart/form-data; boundary=frontier"}, finished_stream(body)
+    )
+    counts: list[int] = []
+    part = await reader.next()
+    assert isinstance(part, BodyPartReader)
+    assert await read_bounded(part, LIMIT, too_large=refusing(counts), chunk_bytes=4096) == image
+    part = await reader.next()
+    assert isinstance(part, BodyPartReader)
+    with pytest.raises(PayloadTooLarge):
+        await read_bounded(part, len(prompt) - 1, too_large=refusing(counts))
+    assert counts == [len(prompt)]
+
+
+async def test_read_bounded_stops_an_endless_body_one_chunk_past_the_limit(
+    local_port: int,
+) -> None:
+    counts: list[int] = []
+    limit = 1_000_000
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{local_port}/endless") as response,
+    ):
+        with pytest.raises(PayloadTooLarge):
+            await read_bounded(response.content, limit, too_large=refusing(counts))
+    assert len(counts) == 1
+    assert limit < counts[0] <= limit + CHUNK

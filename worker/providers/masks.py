@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import ImageChops
 
+from app.core.images import open_untrusted
 from app.core.providers_config import MaskConvention
+
+MAX_MASK_PIXELS = 100_000_000  # larger masks are refused before decoding (decompression bombs)
 
 
 def to_convention(mask_png: bytes, convention: MaskConvention) -> bytes:
@@ -20,15 +23,17 @@ def to_convention(mask_png: bytes, convention: MaskConvention) -> bytes:
 
     ``transparent_edits`` returns the bytes unchanged; ``opaque_edits`` returns an
     RGBA PNG with the alpha channel inverted (colours kept). Raises ValueError when
-    the mask cannot be decoded.
+    the mask cannot be decoded or is over MAX_MASK_PIXELS.
     """
     if convention == "transparent_edits":
         return mask_png
-    try:
-        with Image.open(io.BytesIO(mask_png)) as decoded:
-            mask = decoded.convert("RGBA")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"mask cannot be decoded: {exc}") from exc
+    decoded = open_untrusted(
+        mask_png,
+        max_pixels=MAX_MASK_PIXELS,
+        refuse=lambda why: ValueError(f"mask cannot be decoded: {why.detail}"),
+    )
+    with decoded:
+        mask = decoded.convert("RGBA")
     mask.putalpha(ImageChops.invert(mask.getchannel("A")))
     buffer = io.BytesIO()
     mask.save(buffer, "PNG")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from app.core.images import Undecodable, has_alpha, open_untrusted
 from app.errors import UpstreamBadResponse
 
 MAX_PIXELS = 100_000_000  # larger images are refused before decoding (decompression bombs)
@@ -57,7 +58,7 @@ def convert_output(
     if output_compression is not None and not 0 <= output_compression <= 100:
         raise ValueError(f"output_compression must be 0-100, got {output_compression}")
     pillow_format, content_type = _FORMATS[output_format]
-    image = _decode(image_bytes)
+    image = open_untrusted(image_bytes, max_pixels=MAX_PIXELS, refuse=_bad_response)
     if _already_as_asked(image, pillow_format, output_compression, background):
         # Re-encoding would give the same pixels at a high CPU cost (1 MP PNG: ~0.4 s).
         return ConvertedImage(image_bytes, content_type, image.width, image.height)
@@ -74,21 +75,15 @@ def convert_output(
     return ConvertedImage(buffer.getvalue(), content_type, image.width, image.height)
 
 
-def _decode(data: bytes) -> Image.Image:
-    """The image in ``data``, fully decoded."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            raise UpstreamBadResponse(
-                f"the upstream's image is {image.width}x{image.height}, "
-                f"over the {MAX_PIXELS} pixel limit"
-            )
-        image.load()
-    except Image.DecompressionBombError as exc:
-        raise UpstreamBadResponse(f"the upstream's image is too large: {exc}") from exc
-    except (UnidentifiedImageError, OSError, ValueError, EOFError) as exc:
-        raise UpstreamBadResponse(f"the upstream's answer is not a decodable image: {exc}") from exc
-    return image
+def _bad_response(why: Undecodable) -> UpstreamBadResponse:
+    """The error for an upstream's image that ``open_untrusted`` would not decode."""
+    if why.reason == "pixels":
+        return UpstreamBadResponse(
+            f"the upstream's image is {why.width}x{why.height}, over the {MAX_PIXELS} pixel limit"
+        )
+    if why.reason == "bomb":
+        return UpstreamBadResponse(f"the upstream's image is too large: {why.detail}")
+    return UpstreamBadResponse(f"the upstream's answer is not a decodable image: {why.detail}")
 
 
 def _already_as_asked(
@@ -106,8 +101,7 @@ def _already_as_asked(
 
 def _rgb_or_rgba(image: Image.Image) -> Image.Image:
     """``image`` as RGB or RGBA (first frame of an animation)."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+    return image.convert("RGBA" if has_alpha(image) else "RGB")
 
 
 def _flattened(image: Image.Image) -> Image.Image:

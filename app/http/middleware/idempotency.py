@@ -36,10 +36,10 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest, PayloadTooLarge
+from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest
 from app.http.app_keys import IDEMPOTENCY, SETTINGS
 from app.http.middleware.errors import TENANT
-from app.http.requests.submissions import body_deadline
+from app.http.requests.submissions import body_deadline, read_body
 from app.store.idempotency import Claim, ExistingRecord, IdempotencyStore, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -176,22 +176,6 @@ async def _renew_until_cancelled(store: IdempotencyStore, claim: Claim) -> None:
                 return
         except (RedisError, ConnectionError) as exc:
             log.warning("could not renew an idempotency claim: %s", exc)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body; PayloadTooLarge, before buffering, once it passes ``limit``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body is {request.content_length} bytes; the limit is {limit}"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def with_body(request: web.Request, body: bytes) -> web.Request:

@@ -30,12 +30,11 @@ from app.core.edit_params import EditParams, parse_edit_params
 from app.core.images import check_image, check_mask, decode_data_url
 from app.core.submissions import Submission
 from app.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
-from app.net import check_url, fetch_bounded
+from app.net import check_url, fetch_bounded, read_bounded
 from app.settings import Settings
 
 IMAGE_FIELDS = ("image", "image[]")
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
-CHUNK = 256 * 1024
 
 
 @dataclass
@@ -66,11 +65,7 @@ async def read_raw(
     request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
 ) -> RawRequest:
     """The request's fields and image bytes, in either shape, with sizes enforced."""
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        raise PayloadTooLarge(
-            f"request body is {request.content_length} bytes; the limit is "
-            f"{settings.max_body_bytes}"
-        )
+    _refuse_declared_length(request, settings.max_body_bytes)
     if request.content_type == "multipart/form-data":
         async with body_deadline(settings):
             raw = await _read_multipart(request, settings)
@@ -167,15 +162,16 @@ async def _read_part(
 
 
 async def _read_bytes(part: BodyPartReader, limit: int, param: str, budget: _Budget) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await part.read_chunk(CHUNK):
-        size += len(chunk)
-        budget.spend(len(chunk))
-        if size > limit:
-            raise PayloadTooLarge(f"{param} is larger than {limit} bytes", param=param)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The part's bytes, at most ``limit`` of them and at most what is left of ``budget``."""
+
+    def too_large(count: int) -> PayloadTooLarge:
+        if count > budget.left:  # the whole body is past its limit (the part may be too)
+            return _body_too_large(budget.limit)
+        return PayloadTooLarge(f"{param} is larger than {limit} bytes", param=param)
+
+    data = await read_bounded(part, min(limit, budget.left), too_large=too_large)
+    budget.left -= len(data)
+    return data
 
 
 class _Budget:
@@ -184,11 +180,6 @@ class _Budget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.left = limit
-
-    def spend(self, count: int) -> None:
-        self.left -= count
-        if self.left < 0:
-            raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
 
 
 async def _read_json(
@@ -201,7 +192,7 @@ async def _read_json(
 async def read_json_object(request: web.Request, settings: Settings) -> dict[str, Any]:
     """The request body as a JSON object, size-limited; InvalidRequest otherwise."""
     async with body_deadline(settings):
-        body = await _read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes)
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -246,15 +237,24 @@ async def document_images(
     return RawRequest(fields=document, images=loaded, mask=None)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body; PayloadTooLarge, before buffering, once it passes ``limit``
+    bytes (before reading anything when its Content-Length already does)."""
+    _refuse_declared_length(request, limit)
+    return await read_bounded(request.content, limit, too_large=lambda _: _body_too_large(limit))
+
+
+def _refuse_declared_length(request: web.Request, limit: int) -> None:
+    """PayloadTooLarge when the request's Content-Length is over ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body is {request.content_length} bytes; the limit is {limit}"
+        )
+
+
+def _body_too_large(limit: int) -> PayloadTooLarge:
+    """The error for a request body found, while reading it, to pass ``limit`` bytes."""
+    return PayloadTooLarge(f"request body is larger than {limit} bytes")
 
 
 def _image_reference(item: object, param: str) -> tuple[str, str]:

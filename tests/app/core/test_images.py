@@ -1,4 +1,5 @@
-"""Checking uploaded images: formats, corrupt and oversized files, masks, data URLs."""
+"""Decoding untrusted images, and checking uploaded ones: formats, corrupt and oversized
+files, masks, data URLs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ import zlib
 from collections.abc import Callable
 
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
-from app.core.images import CheckedImage, check_image, check_mask, decode_data_url
+from app.core.images import (
+    CheckedImage,
+    Undecodable,
+    check_image,
+    check_mask,
+    decode_data_url,
+    open_untrusted,
+)
 from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from tests.support.bombs import declared_png, record_decodes
 from tests.support.images import data_url, encode, mask, png
 
 MAX_PIXELS = 50_000_000
@@ -30,19 +39,6 @@ def with_ihdr_size(data: bytes, width: int, height: int, *, fix_crc: bool = True
     if fix_crc:
         patched[29:33] = struct.pack(">I", zlib.crc32(bytes(patched[12:29])))
     return bytes(patched)
-
-
-def declared_png(width: int, height: int) -> bytes:
-    """A grayscale PNG that declares ``width``x``height`` but carries a few bytes of data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def palette_with_transparency() -> bytes:
@@ -112,15 +108,7 @@ def test_pixel_cap() -> None:
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """The sizes of every image Pillow decodes from now on."""
-    calls: list[tuple[int, int]] = []
-    original = ImageFile.ImageFile.load
-
-    def spy(self: ImageFile.ImageFile) -> object:
-        calls.append(self.size)
-        return original(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
-    return calls
+    return record_decodes(monkeypatch)
 
 
 def test_decompression_bomb_refused_before_decoding(loads: list[tuple[int, int]]) -> None:
@@ -163,6 +151,67 @@ def test_lying_header_never_accepted(width: int, height: int) -> None:
 def test_bad_header_crc_refused() -> None:
     with pytest.raises((InvalidRequest, UnsupportedMediaType)):
         checked(with_ihdr_size(png(64, 48), 64, 96, fix_crc=False))
+
+
+class Refused(Exception):
+    """A caller's own error for bytes ``open_untrusted`` would not decode."""
+
+    def __init__(self, why: Undecodable) -> None:
+        super().__init__(why.detail)
+        self.why = why
+
+
+def refusal(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, formats: set[str] | None = None
+) -> Undecodable:
+    """Why ``open_untrusted`` refused ``data``; it must raise the caller's error."""
+    with pytest.raises(Refused) as caught:
+        open_untrusted(data, max_pixels=max_pixels, refuse=Refused, formats=formats)
+    return caught.value.why
+
+
+def test_open_untrusted_decodes_up_to_the_cap(loads: list[tuple[int, int]]) -> None:
+    with open_untrusted(png(64, 48), max_pixels=64 * 48, refuse=Refused) as image:
+        assert (image.format, image.size) == ("PNG", (64, 48))
+        assert loads == [(64, 48)]  # decoded already, not lazily later
+        assert image.getpixel((32, 24)) == (20, 20, 220)
+    loads.clear()
+    why = refusal(png(64, 48), max_pixels=64 * 48 - 1)
+    assert (why.reason, why.image_format, why.width, why.height) == ("pixels", "PNG", 64, 48)
+    assert loads == []
+
+
+def test_open_untrusted_refuses_a_bomb_before_decoding(loads: list[tuple[int, int]]) -> None:
+    bomb = encode(Image.new("1", (8000, 8000)), "PNG")  # under Pillow's own limit
+    assert len(bomb) < 20_000
+    why = refusal(bomb, max_pixels=1_000_000)
+    assert (why.reason, why.width, why.height) == ("pixels", 8000, 8000)
+    assert "8000x8000" in why.detail
+    assert refusal(declared_png(30_000, 30_000), max_pixels=10**10).reason == "bomb"
+    assert loads == []
+
+
+def test_open_untrusted_checks_the_format_first(loads: list[tuple[int, int]]) -> None:
+    gif_bomb = encode(Image.new("1", (8000, 8000)), "GIF")
+    why = refusal(gif_bomb, max_pixels=1_000_000, formats={"PNG", "JPEG"})
+    assert (why.reason, why.image_format) == ("format", "GIF")
+    assert refusal(gif_bomb, max_pixels=1_000_000).reason == "pixels"
+    assert loads == []
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "unknown"),
+        (b"<html>502 Bad Gateway</html>", "unknown"),
+        (encode(Image.effect_noise((128, 128), 60).convert("RGB"), "PNG")[:2000], "corrupt"),
+        (encode(Image.effect_noise((128, 128), 60).convert("RGB"), "JPEG")[:1000], "corrupt"),
+    ],
+)
+def test_open_untrusted_turns_pillow_errors_into_the_callers(data: bytes, reason: str) -> None:
+    why = refusal(data)
+    assert why.reason == reason
+    assert why.detail
 
 
 def test_mask_matching_image_accepted() -> None:

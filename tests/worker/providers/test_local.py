@@ -14,6 +14,7 @@ from PIL import Image
 
 from app.core.providers_config import UpstreamConfig
 from app.errors import UpstreamRejected
+from tests.support.bombs import declared_png, record_decodes
 from worker.providers.base import EditCall, InputImage, Upstream
 from worker.providers.local.editor import LocalUpstream
 
@@ -162,3 +163,18 @@ async def test_a_call_without_images_is_rejected() -> None:
     edit = EditCall(model="local-edit", prompt="sepia", images=())
     with pytest.raises(UpstreamRejected, match="at least one image"):
         await upstream().edit(edit)
+
+
+async def test_a_bomb_among_the_inputs_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads = record_decodes(monkeypatch)
+    bomb_mask = InputImage(declared_png(40_000, 40_000), "image/png")
+    with pytest.raises(UpstreamRejected, match="mask is too large"):  # Pillow's own limit
+        await upstream().edit(call("sepia", mask=bomb_mask))
+    assert loads == [(40, 20)]  # the image, not the mask
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # only our own guard applies
+    bomb = InputImage(declared_png(12_000, 10_000), "image/png")
+    with pytest.raises(UpstreamRejected, match="image 0 is 12000x10000, over 100000000 pixels"):
+        await upstream().edit(call("sepia", bomb))
+    assert loads == [(40, 20)]

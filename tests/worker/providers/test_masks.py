@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from tests.support.bombs import declared_png, record_decodes
 from tests.support.images import decode, encode
 from worker.providers.masks import mask_as_instruction, to_convention
 
@@ -51,6 +52,16 @@ def test_mask_without_alpha_counts_as_all_opaque() -> None:
 def test_undecodable_mask_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="mask cannot be decoded"):
         to_convention(b"not an image", "opaque_edits")
+
+
+def test_a_mask_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = record_decodes(monkeypatch)
+    with pytest.raises(ValueError, match="mask cannot be decoded"):
+        to_convention(declared_png(40_000, 40_000), "opaque_edits")  # Pillow's own limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # only our own guard applies
+    with pytest.raises(ValueError, match="12000x10000 is over 100000000 pixels"):
+        to_convention(declared_png(12_000, 10_000), "opaque_edits")
+    assert loads == []
 
 
 def test_instruction_for_transparent_edits() -> None:

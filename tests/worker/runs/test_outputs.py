@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 
 import pytest
 from PIL import Image
 
 from app.errors import UpstreamBadResponse
+from tests.support.bombs import declared_png, record_decodes
+from worker.runs import outputs
 from worker.runs.outputs import convert_output
 
 
@@ -39,16 +39,10 @@ def decoded(data: bytes) -> Image.Image:
     return image
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width``x``height`` but holds almost no pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body)
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes of every image Pillow decodes from now on."""
+    return record_decodes(monkeypatch)
 
 
 def test_png_keeps_alpha() -> None:
@@ -138,16 +132,31 @@ def test_undecodable_bytes_are_a_bad_response(data: bytes) -> None:
 
 
 def test_images_over_100_megapixels_are_refused_before_decoding(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, loads: list[tuple[int, int]]
 ) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # only our own guard applies
     with pytest.raises(UpstreamBadResponse, match="over the 100000000 pixel limit"):
-        convert_output(png_header(12_000, 10_000), "png", None, None)
+        convert_output(declared_png(12_000, 10_000), "png", None, None)
+    assert loads == []
 
 
-def test_pillow_bomb_limit_is_a_bad_response() -> None:
+def test_a_real_bomb_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, loads: list[tuple[int, int]]
+) -> None:
+    monkeypatch.setattr(outputs, "MAX_PIXELS", 1_000_000)
+    bomb = encoded(Image.new("1", (8000, 8000)))  # 64 MP, under Pillow's own limit
+    assert len(bomb) < 20_000
+    with pytest.raises(UpstreamBadResponse, match="8000x8000, over the 1000000 pixel limit"):
+        convert_output(bomb, "png", None, None)
+    assert loads == []
+    assert convert_output(encoded(half_transparent()), "png", None, None).width == 32
+    assert loads == [(32, 16)]  # the spy does see decodes
+
+
+def test_pillow_bomb_limit_is_a_bad_response(loads: list[tuple[int, int]]) -> None:
     with pytest.raises(UpstreamBadResponse, match="too large"):
-        convert_output(png_header(40_000, 40_000), "png", None, None)
+        convert_output(declared_png(40_000, 40_000), "png", None, None)
+    assert loads == []
 
 
 def test_bad_arguments_are_programming_errors() -> None:

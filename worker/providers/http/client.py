@@ -26,6 +26,7 @@ from yarl import URL
 
 from app.core.providers_config import UpstreamConfig
 from app.errors import UpstreamBadResponse, UpstreamError, UpstreamRejected, UpstreamTimeout
+from app.net import read_bounded
 from worker.providers.base import EditCall, EditOutput, InputImage
 from worker.providers.http.errors import error_for_status
 from worker.providers.http.responses import parse_edit_response
@@ -164,12 +165,7 @@ class HttpUpstreamClient:
                 method, url, data=body, headers=headers, timeout=timeout, allow_redirects=redirects
             ) as response:
                 status = response.status
-                ok = 200 <= status < 300
-                data, complete = await _read_capped(response, limit if ok else MAX_ERROR_BODY_BYTES)
-                if ok and not complete:
-                    raise UpstreamBadResponse(
-                        f"upstream answer is larger than {limit} bytes", upstream_status=status
-                    )
+                data = await _read_answer(response, limit)
                 return _Answer(status, response.headers.get("Retry-After"), data)
         except TimeoutError as exc:
             message = f"upstream {self.name} did not answer within {timeout_s:.3g} s"
@@ -183,14 +179,23 @@ class HttpUpstreamClient:
             raise UpstreamBadResponse(message, upstream_status=status) from exc
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """Up to ``limit`` bytes of the body, and whether that was all of it."""
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
-        body += chunk
-        if len(body) > limit:
-            return bytes(body[:limit]), False
-    return bytes(body), True
+async def _read_answer(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A 2xx body of at most ``limit`` bytes (UpstreamBadResponse when longer), or the
+    first ``MAX_ERROR_BODY_BYTES`` of any other, enough for its error message."""
+    status = response.status
+    if not 200 <= status < 300:
+        return await read_bounded(
+            response.content, MAX_ERROR_BODY_BYTES, too_large=None, chunk_bytes=_CHUNK_BYTES
+        )
+
+    def too_large(_: int) -> UpstreamBadResponse:
+        return UpstreamBadResponse(
+            f"upstream answer is larger than {limit} bytes", upstream_status=status
+        )
+
+    return await read_bounded(
+        response.content, limit, too_large=too_large, chunk_bytes=_CHUNK_BYTES
+    )
 
 
 def _describe(exc: BaseException) -> str:

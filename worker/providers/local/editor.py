@@ -11,8 +11,9 @@ import asyncio
 import io
 from concurrent.futures import Executor
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from app.core.images import Undecodable, open_untrusted
 from app.core.providers_config import UpstreamConfig
 from app.errors import UpstreamRejected
 from worker.providers.base import EditCall, EditOutput, InputImage
@@ -56,18 +57,15 @@ def _edit(call: EditCall) -> EditOutput:
 
 
 def _decode(image: InputImage, what: str) -> Image.Image:
-    try:
-        decoded = Image.open(io.BytesIO(image.data))
-        if decoded.width * decoded.height > _MAX_INPUT_PIXELS:
-            raise UpstreamRejected(
-                f"{what} is {decoded.width}x{decoded.height}, over {_MAX_INPUT_PIXELS} pixels"
-            )
-        decoded.load()
-    except Image.DecompressionBombError as exc:
-        raise UpstreamRejected(f"{what} is too large: {exc}") from exc
-    except (UnidentifiedImageError, OSError, ValueError, EOFError) as exc:
-        raise UpstreamRejected(f"{what} ({image.content_type}) cannot be decoded: {exc}") from exc
-    return decoded
+    def rejected(why: Undecodable) -> UpstreamRejected:
+        if why.reason == "pixels":
+            size = f"{why.width}x{why.height}"
+            return UpstreamRejected(f"{what} is {size}, over {_MAX_INPUT_PIXELS} pixels")
+        if why.reason == "bomb":
+            return UpstreamRejected(f"{what} is too large: {why.detail}")
+        return UpstreamRejected(f"{what} ({image.content_type}) cannot be decoded: {why.detail}")
+
+    return open_untrusted(image.data, max_pixels=_MAX_INPUT_PIXELS, refuse=rejected)
 
 
 def _size(size: str | None) -> tuple[int, int] | None:
