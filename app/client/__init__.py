@@ -3,6 +3,7 @@
 ``EditqClient`` (blocking) and ``AsyncEditqClient`` (asyncio) speak to a running
 editq; every answer is one of the typed models below, and every failure is an
 ``EditqClientError`` (``EditqConnectionError`` when the service cannot be reached).
+``SseDecoder`` reads an event stream fetched some other way into ``ServerSentEvent``s.
 ``__all__`` is the whole public surface (``tests/app/client/test_exported.py``).
 """
 
@@ -20,6 +21,7 @@ from app.client.models import (
     JobObject,
     JobPage,
     ServerSentEvent,
+    SseDecoder,
 )
 from app.client.uploads import ImageInput
 
@@ -39,4 +41,5 @@ __all__ = [
     "JobObject",
     "JobPage",
     "ServerSentEvent",
+    "SseDecoder",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 JOB_TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-BATCH_TERMINAL = frozenset({"completed", "canceled", "failed"})
+BATCH_TERMINAL = frozenset({"completed", "canceled"})
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 

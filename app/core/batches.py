@@ -28,6 +28,14 @@ class BatchStatus(StrEnum):
     COMPLETED = "completed"
     CANCELED = "canceled"
 
+    @property
+    def terminal(self) -> bool:
+        """True once the batch will not change any more."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.CANCELED})
+
 
 class BatchSpec(BaseModel):
     """The part of a batch fixed at submission."""
@@ -56,19 +64,11 @@ class Batch(BaseModel):
         return self.spec.id
 
     def public(self) -> dict[str, Any]:
-        """The API's batch object."""
-        return {
-            "id": self.spec.id,
-            "object": "edit.batch",
-            "status": self.status.value,
-            "total": self.spec.total,
-            "counts": self.counts,
-            "created_at": int(self.spec.created_at),
-            "finished_at": None if self.finished_at is None else int(self.finished_at),
-            "usage": self.usage,
-            "metadata": self.spec.metadata,
-            "webhook_url": self.spec.webhook_url,
-        }
+        """The API's batch object as JSON data (``app.core.public.batch_object``)."""
+        # Imported here: the public models are built from this module's models.
+        from app.core.public import batch_object
+
+        return batch_object(self).model_dump(mode="json")
 
 
 def batch_from_hash(row: dict[str, str]) -> Batch | None:

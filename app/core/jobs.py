@@ -212,49 +212,9 @@ class Job(BaseModel):
     def public(
         self, urls: list[dict[str, Any]] | None, queue_position: int | None = None
     ) -> dict[str, Any]:
-        """The API's job object; ``urls`` is the ``data`` list of the result, if any."""
-        request = self.spec.request.model_dump(mode="json", exclude={"metadata"})
-        request["images"] = [_describe(image) for image in self.spec.inputs.images]
-        if self.spec.inputs.mask is not None:
-            request["mask"] = _describe(self.spec.inputs.mask)
-        result = None
-        if self.outcome is not None and urls is not None:
-            result = {
-                "created": self.outcome.created,
-                "data": urls,
-                "output_format": self.outcome.output_format,
-                "size": self.outcome.size,
-                "quality": self.outcome.quality,
-                "usage": self.outcome.usage.model_dump(mode="json"),
-            }
-        return {
-            "id": self.spec.id,
-            "object": "edit.job",
-            "status": self.status.value,
-            "model": self.spec.request.model,
-            "created_at": int(self.spec.created_at),
-            "started_at": _seconds(self.started_at),
-            "finished_at": _seconds(self.finished_at),
-            "request": request,
-            "attempts": [attempt.model_dump(mode="json") for attempt in self.attempts],
-            "error": self.error.model_dump(mode="json") if self.error else None,
-            "result": result,
-            "cached": self.cached,
-            "batch_id": self.spec.batch_id,
-            "variant_index": self.spec.variant_index,
-            "queue_position": queue_position if self.status == JobStatus.QUEUED else None,
-            "metadata": self.spec.request.metadata,
-        }
+        """The API's job object as JSON data (``app.core.public.job_object``); ``urls``
+        is the ``data`` list of the result, if any."""
+        # Imported here: the public models are built from this module's models.
+        from app.core.public import job_object
 
-
-def _describe(image: StoredImage) -> dict[str, Any]:
-    return {
-        "content_type": image.content_type,
-        "bytes": image.bytes,
-        "width": image.width,
-        "height": image.height,
-    }
-
-
-def _seconds(value: float | None) -> int | None:
-    return None if value is None else int(value)
+        return job_object(self, urls, queue_position).model_dump(mode="json")

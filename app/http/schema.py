@@ -1,10 +1,12 @@
-"""The shapes of the HTTP API that exist only on the wire, as pydantic models.
+"""The shapes of the HTTP API, as pydantic models, for the OpenAPI document.
 
-They describe request bodies, query strings and responses for the OpenAPI document
-(``app.http.openapi``); handlers build their answers from the domain models and never
-validate against these. Where a domain model already is the shape (``EditParams``,
-``RoutingOptions``, ``Attempt``, ``JobError``, ``Usage``, ``DeliveryAttempt``,
-``BatchOptions``) it is reused, so the document follows the code.
+They describe request bodies, query strings, headers and responses for the OpenAPI
+document (``app.http.openapi``). The objects of jobs and batches live in
+``app.core.public``, where they also write the answers (``Job.public``,
+``Batch.public``), and are re-exported here, so the document comes from the very
+classes that serialize; the other replies here only describe what handlers build.
+Where a domain model already is the shape (``EditParams``, ``RoutingOptions``,
+``DeliveryAttempt``, ``BatchOptions``) it is reused, so the document follows the code.
 """
 
 from __future__ import annotations
@@ -14,9 +16,21 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, create_model
 
-from app.core.batches import BatchStatus
 from app.core.edit_params import JSON_FIELDS, EditParams
-from app.core.jobs import Attempt, JobError, JobStatus, Usage
+from app.core.jobs import JobStatus
+from app.core.public import BatchCounts as BatchCounts
+from app.core.public import BatchList as BatchList
+from app.core.public import BatchObject as BatchObject
+from app.core.public import BatchResultLine as BatchResultLine
+from app.core.public import ImageB64 as ImageB64
+from app.core.public import ImageDescription as ImageDescription
+from app.core.public import ImagesResponse as ImagesResponse
+from app.core.public import ImageUrl as ImageUrl
+from app.core.public import JobInputLinks as JobInputLinks
+from app.core.public import JobList as JobList
+from app.core.public import JobObject as JobObject
+from app.core.public import JobRequestView as JobRequestView
+from app.core.public import LinkedImage as LinkedImage
 from app.core.routing_options import RoutingOptions
 from app.core.submissions import BatchOptions
 from app.errors import EditqError
@@ -179,112 +193,6 @@ class JobPageQuery(PageQuery):
     status: JobStatus | None = None
 
 
-class ImageDescription(BaseModel):
-    """A stored input image, described without its bytes."""
-
-    content_type: str
-    bytes: int
-    width: int
-    height: int
-
-
-class JobRequestView(EditParams):
-    """The job's request: its parameters and its input images' sizes, never the bytes."""
-
-    images: list[ImageDescription]
-    mask: ImageDescription | None = None
-
-
-class ImageUrl(BaseModel):
-    """An output by presigned URL (expires after ``EDITQ_URL_EXPIRY_S``)."""
-
-    url: str
-
-
-class ImageB64(BaseModel):
-    """An output inline, base64-encoded."""
-
-    b64_json: str
-
-
-class ImagesResponse(BaseModel):
-    """The OpenAI images response."""
-
-    created: int
-    data: list[ImageUrl | ImageB64]
-    output_format: str
-    size: str
-    quality: str
-    usage: Usage
-
-
-class JobObject(BaseModel):
-    """The job object (``object: "edit.job"``)."""
-
-    id: str
-    object: Literal["edit.job"]
-    status: JobStatus
-    model: str
-    created_at: int
-    started_at: int | None
-    finished_at: int | None
-    request: JobRequestView
-    attempts: list[Attempt]
-    error: JobError | None
-    result: ImagesResponse | None
-    cached: bool
-    batch_id: str | None
-    variant_index: int | None
-    queue_position: int | None = Field(description="jobs ahead of it, while queued")
-    metadata: dict[str, str]
-
-
-class JobList(BaseModel):
-    """A page of jobs."""
-
-    object: Literal["list"]
-    data: list[JobObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class BatchObject(BaseModel):
-    """The batch object (``object: "edit.batch"``); ``counts`` are by job status."""
-
-    id: str
-    object: Literal["edit.batch"]
-    status: BatchStatus
-    total: int
-    counts: dict[str, int]
-    created_at: int
-    finished_at: int | None
-    usage: Usage
-    metadata: dict[str, str]
-    webhook_url: str | None
-
-
-class BatchList(BaseModel):
-    """A page of batches."""
-
-    object: Literal["list"]
-    data: list[BatchObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class BatchResultLine(BaseModel):
-    """One line of a batch's results (JSON Lines), per variant in order."""
-
-    index: int
-    job_id: str | None
-    status: str = Field(description="the job's status, or expired")
-    outputs: list[str] | None = Field(None, description="presigned output URLs")
-    usage: Usage | None = None
-    error: JobError | None = None
-
-
 class WebhookSecret(BaseModel):
     """The secret this key's webhooks are signed with."""
 
@@ -364,18 +272,3 @@ class IdempotencyHeaders(BaseModel):
         description="1-255 printable ASCII characters; same key and request: the first "
         "answer again (409 while it runs, 422 with another request)",
     )
-
-
-class LinkedImage(ImageDescription):
-    """A stored image with a presigned link (expires after ``EDITQ_URL_EXPIRY_S``)."""
-
-    url: str
-
-
-class JobInputLinks(BaseModel):
-    """A job's input images and mask, each with a presigned link."""
-
-    object: Literal["edit.job.inputs"]
-    job_id: str
-    images: list[LinkedImage]
-    mask: LinkedImage | None = None
