@@ -215,3 +215,35 @@ def test_lua_scripts_are_handed_their_keys() -> None:
                 if KEY_EXPRESSION.fullmatch(key) is None and key not in names:
                     bad.append(f"{path.relative_to(ROOT)}:{number}: {command} {key}")
     assert bad == []
+
+
+def _module_of(target: str, modules: set[str]) -> str | None:
+    """The project module an import names (``a.b.name`` -> ``a.b``), if any."""
+    while target and target not in modules:
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def test_no_import_cycles_not_even_through_a_local_import() -> None:
+    modules = {_module_name(path) for path in _sources()}
+    graph: dict[str, set[str]] = {module: set() for module in modules}
+    for item in IMPORTS:
+        target = _module_of(item.target, modules)
+        if target is not None and target != item.module and not item.module.startswith(target):
+            graph[item.module].add(target)
+    done: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append([*path[path.index(module) :], module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []

@@ -63,13 +63,6 @@ class Batch(BaseModel):
     def id(self) -> str:
         return self.spec.id
 
-    def public(self) -> dict[str, Any]:
-        """The API's batch object as JSON data (``app.core.public.batch_object``)."""
-        # Imported here: the public models are built from this module's models.
-        from app.core.public import batch_object
-
-        return batch_object(self).model_dump(mode="json")
-
 
 def batch_from_hash(row: dict[str, str]) -> Batch | None:
     """Rebuild a batch from its Redis hash (see ``app.store.batches``)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -208,13 +208,3 @@ class Job(BaseModel):
     def lane(self) -> Lane:
         """The lane the job runs on (see ``JobSpec.lane``)."""
         return self.spec.lane
-
-    def public(
-        self, urls: list[dict[str, Any]] | None, queue_position: int | None = None
-    ) -> dict[str, Any]:
-        """The API's job object as JSON data (``app.core.public.job_object``); ``urls``
-        is the ``data`` list of the result, if any."""
-        # Imported here: the public models are built from this module's models.
-        from app.core.public import job_object
-
-        return job_object(self, urls, queue_position).model_dump(mode="json")

@@ -1,7 +1,7 @@
 """The objects the API shows of jobs and batches, as pydantic models.
 
-These models are both the serializers and the schemas: ``Job.public`` and
-``Batch.public`` build and dump them (``job_object``, ``batch_object``), and the
+These models are both the serializers and the schemas: ``job_json`` and
+``batch_json`` build and dump them (``job_object``, ``batch_object``), and the
 OpenAPI document (``app.http.openapi``, through ``app.http.schema``) is generated
 from the very same classes, so the wire shape is written once. Where a domain model
 already is the shape (``EditParams``, ``Attempt``, ``JobError``, ``Usage``) it is
@@ -220,3 +220,15 @@ def _described(image: StoredImage) -> ImageDescription:
 
 def _seconds(value: float | None) -> int | None:
     return None if value is None else int(value)
+
+
+def job_json(
+    job: Job, urls: list[dict[str, Any]] | None, queue_position: int | None = None
+) -> dict[str, Any]:
+    """The job object of ``job`` as JSON data (see ``job_object``)."""
+    return job_object(job, urls, queue_position).model_dump(mode="json")
+
+
+def batch_json(batch: Batch) -> dict[str, Any]:
+    """The batch object of ``batch`` as JSON data (see ``batch_object``)."""
+    return batch_object(batch).model_dump(mode="json")

@@ -8,6 +8,7 @@ from typing import Any
 
 from app.blobs import ObjectStore
 from app.core.jobs import Job
+from app.core.public import job_json
 
 
 async def render_job(
@@ -23,4 +24,4 @@ async def render_job(
             data = [{"b64_json": base64.b64encode(blob).decode()} for blob in blobs]
         else:
             data = [{"url": storage.presigned_url(output.key)} for output in outputs]
-    return job.public(data, queue_position)
+    return job_json(job, data, queue_position)

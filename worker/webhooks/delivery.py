@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from app.core.public import batch_json
 from app.core.webhooks import event_body, next_delay, signed_headers
 from app.errors import EditqError
 from app.net import check_url
@@ -81,7 +82,7 @@ async def _subject(
             return None
 
         async def batch_data() -> dict[str, Any]:
-            return batch.public()
+            return batch_json(batch)
 
         return batch.spec.webhook_url, batch_data
     job = await context.store.get(subject_id)

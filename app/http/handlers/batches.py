@@ -8,6 +8,7 @@ from aiohttp import web
 
 from app.blobs import ObjectStore
 from app.core.jobs import Job
+from app.core.public import batch_json
 from app.http.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.openapi import Reply, operation
@@ -46,7 +47,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     )
     batch = await app[BATCH_SERVICE].accept(submission, request[TENANT])
     return web.json_response(
-        batch.public(), status=202, headers={"Location": f"/v1/batches/{batch.id}"}
+        batch_json(batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"}
     )
 
 
@@ -63,7 +64,7 @@ async def get_batch(request: web.Request) -> web.Response:
     wait = float_query(request, "wait", 0, 0, app[SETTINGS].max_wait_s)
     service, batch_id, tenant = app[BATCH_SERVICE], request.match_info["batch_id"], request[TENANT]
     batch = await (service.wait(batch_id, tenant, wait) if wait else service.get(batch_id, tenant))
-    return web.json_response(batch.public())
+    return web.json_response(batch_json(batch))
 
 
 @operation(
@@ -75,7 +76,7 @@ async def list_batches(request: web.Request) -> web.Response:
     batches, more = await request.app[BATCH_SERVICE].page(
         request[TENANT], limit=limit, after=request.query.get("after") or None
     )
-    data = [batch.public() for batch in batches]
+    data = [batch_json(batch) for batch in batches]
     return web.json_response(list_page(data, has_more=more))
 
 
@@ -142,4 +143,4 @@ def _result_line(index: int, job: Job | None, storage: ObjectStore) -> dict[str,
 async def cancel_batch(request: web.Request) -> web.Response:
     """POST /v1/batches/{id}/cancel: cancel every variant not yet finished."""
     batch = await request.app[BATCH_SERVICE].cancel(request.match_info["batch_id"], request[TENANT])
-    return web.json_response(batch.public())
+    return web.json_response(batch_json(batch))

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from app.blobs import ObjectStore
 from app.core.batches import BatchStatus
 from app.core.jobs import TERMINAL
+from app.core.public import batch_json
 from app.errors import NotFound
 from app.http.app_keys import BATCH_SERVICE, EVENTS, JOB_SERVICE, JOB_STORE, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT
@@ -103,9 +104,9 @@ class _BatchFeed:
 
     async def frames(self, entries: list[LogEntry]) -> bytes:
         try:
-            batch: dict[str, Any] | None = (
+            batch: dict[str, Any] | None = batch_json(
                 await self.service.get(self.subject, self.tenant)
-            ).public()
+            )
         except NotFound:  # expired while the stream was open
             batch = None
         frames = []

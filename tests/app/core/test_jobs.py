@@ -22,6 +22,7 @@ from app.core.jobs import (
     new_job_id,
     sources_of,
 )
+from app.core.public import job_json
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (
     JobStatus.QUEUED,
@@ -153,7 +154,7 @@ PUBLIC_KEYS = {
 
 
 def test_public_shape_of_a_queued_job() -> None:
-    public = job().public(None)
+    public = job_json(job(), None)
     assert set(public) == PUBLIC_KEYS
     assert public["object"] == "edit.job"
     assert public["id"] == "job_018bcfe5680000aabbccddeeff"
@@ -173,7 +174,7 @@ def test_public_shape_of_a_queued_job() -> None:
 
 def test_public_without_outcome_has_no_result() -> None:
     urls = [{"url": "http://s3/out/0"}]
-    assert job(status=FAILED).public(urls)["result"] is None
+    assert job_json(job(status=FAILED), urls)["result"] is None
 
 
 def test_public_of_a_finished_job() -> None:
@@ -202,18 +203,18 @@ def test_public_of_a_finished_job() -> None:
         outcome=outcome,
     )
     urls = [{"url": "http://s3/out/0"}]
-    public = finished.public(urls)
+    public = job_json(finished, urls)
     assert (public["started_at"], public["finished_at"]) == (1_700_000_001, 1_700_000_004)
     assert public["attempts"] == [attempt.model_dump(mode="json")]
     assert public["result"]["data"] == urls
     assert public["result"]["created"] == 1_700_000_005
     assert public["result"]["usage"]["total_tokens"] == 3
-    assert finished.public(None)["result"] is None
+    assert job_json(finished, None)["result"] is None
 
 
 def test_public_error() -> None:
     error = JobError(type="upstream_error", code="upstream_timeout", message="slow")
-    public = job(status=FAILED, error=error).public(None)
+    public = job_json(job(status=FAILED, error=error), None)
     assert public["error"] == {
         "type": "upstream_error",
         "code": "upstream_timeout",
