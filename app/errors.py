@@ -7,6 +7,7 @@
     │   └── ModelCapabilityMismatch 400 model_capability_mismatch
     ├── AuthenticationFailed        401 invalid_api_key
     ├── NotFound                    404 not_found
+    ├── MethodNotAllowed            405 method_not_allowed (``Allow`` names the methods)
     ├── RequestTimeout              408 request_timeout: the body did not arrive in time
     ├── Conflict                    409 conflict
     │   └── IdempotencyKeyInUse     409 idempotency_key_in_use: the key's first request runs
@@ -35,7 +36,7 @@ records the same ``type``/``code``/``message`` in its ``error`` field.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -107,6 +108,22 @@ class RequestTimeout(EditqError):
     status = 408
     type = "invalid_request_error"
     default_code = "request_timeout"
+
+
+class MethodNotAllowed(EditqError):
+    """The route exists but not with this method; ``Allow`` lists the ones it takes."""
+
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.allowed = tuple(sorted(allowed))
+
+    def headers(self) -> dict[str, str]:
+        """``Allow``: the methods the route takes."""
+        return {"Allow": ", ".join(self.allowed)} if self.allowed else {}
 
 
 class Conflict(EditqError):

@@ -33,7 +33,7 @@ DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEventType, ...] = (
     "job.failed",
     "job.canceled",
 )
-SIZE_PATTERN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+SIZE_PATTERN = re.compile(r"([0-9]{2,5})x([0-9]{2,5})", re.ASCII)
 MAX_SIDE = 8192
 
 

@@ -30,7 +30,9 @@ from PIL import Image, UnidentifiedImageError
 from app.errors import EditqError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I)
+DATA_URL = re.compile(
+    r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.I | re.ASCII
+)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ outputs (written under its attempt's own keys) are never the committed ones.
 from __future__ import annotations
 
 import os
+import re
 import time
 from enum import StrEnum
 from typing import Literal
@@ -83,6 +84,21 @@ def new_job_id(now: float | None = None) -> str:
 def new_batch_id(now: float | None = None) -> str:
     """A batch id that sorts by creation time, like job ids."""
     return f"batch_{_time_ordered(now)}"
+
+
+JOB_ID = re.compile(r"job_[0-9a-f]{24}", re.ASCII)
+BATCH_ID = re.compile(r"batch_[0-9a-f]{24}", re.ASCII)
+
+
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` has exactly the form ``new_job_id`` makes (nothing else may
+    reach a Redis key: ``job_…:log`` is not a job)."""
+    return JOB_ID.fullmatch(value) is not None
+
+
+def is_batch_id(value: str) -> bool:
+    """Whether ``value`` has exactly the form ``new_batch_id`` makes."""
+    return BATCH_ID.fullmatch(value) is not None
 
 
 def _time_ordered(now: float | None) -> str:

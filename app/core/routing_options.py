@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_FALLBACK_CODES = (408, 429, 500, 502, 503, 504, 529)
 
 HttpStatus = Annotated[int, Field(ge=100, le=599)]
+MAX_CALL_TIMEOUT_MS = 300_000
 
 
 class RetryOptions(BaseModel):
@@ -47,7 +48,7 @@ class WeightedModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     model: str = Field(min_length=1)
-    weight: float = Field(0.5, ge=0.001, le=1)
+    weight: float = Field(0.5, ge=0.001, le=1, allow_inf_nan=False)
 
 
 class LoadBalancerOptions(BaseModel):
@@ -64,7 +65,8 @@ class TimeoutOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    call_timeout: float = Field(ge=1)
+    # Milliseconds; no call may outlive an attempt (at most five minutes).
+    call_timeout: float = Field(ge=1, le=MAX_CALL_TIMEOUT_MS, allow_inf_nan=False)
 
 
 class RoutingOptions(BaseModel):

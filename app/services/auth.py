@@ -34,7 +34,8 @@ class ApiKeys:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise AuthenticationFailed("Authorization must be 'Bearer <key>'")
-        candidate = presented.strip().encode()
+        # A header byte that is not UTF-8 arrives as a surrogate: still just a wrong key.
+        candidate = presented.strip().encode("utf-8", "surrogateescape")
         tenant = None
         for key, key_tenant in self._keys:
             if hmac.compare_digest(candidate, key):

@@ -7,7 +7,16 @@ import time
 from collections.abc import AsyncIterator
 
 from app.core.batches import Batch, BatchSpec, BatchStatus
-from app.core.jobs import Job, JobSpec, JobStatus, Lane, new_batch_id, new_job_id
+from app.core.jobs import (
+    Job,
+    JobSpec,
+    JobStatus,
+    Lane,
+    is_batch_id,
+    is_job_id,
+    new_batch_id,
+    new_job_id,
+)
 from app.core.providers_config import ProvidersConfig
 from app.core.submissions import BatchSubmission
 from app.core.validation import check_models, in_variant
@@ -89,7 +98,7 @@ class BatchService:
 
     async def get(self, batch_id: str, tenant: str) -> Batch:
         """The tenant's batch; NotFound for a missing one or another tenant's."""
-        batch = await self._batches.get(batch_id) if batch_id.startswith("batch_") else None
+        batch = await self._batches.get(batch_id) if is_batch_id(batch_id) else None
         if batch is None or batch.spec.tenant != tenant:
             raise NotFound(f"no batch {batch_id}", param="batch_id")
         return batch
@@ -118,7 +127,7 @@ class BatchService:
         """Variants' jobs in variant order after job ``after``, filtered by status."""
         start = 0
         if after is not None:
-            anchor = await self._jobs.get(after)
+            anchor = await self._jobs.get(after) if is_job_id(after) else None
             if anchor is None or anchor.spec.batch_id != batch.id:
                 raise NotFound(f"no job {after} in batch {batch.id}", param="after")
             start = (anchor.spec.variant_index or 0) + 1

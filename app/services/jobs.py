@@ -22,6 +22,7 @@ from app.core.jobs import (
     JobSpec,
     JobStatus,
     StoredImage,
+    is_job_id,
     new_job_id,
 )
 from app.core.providers_config import ProvidersConfig
@@ -120,7 +121,7 @@ class JobService:
 
     async def get(self, job_id: str, tenant: str) -> Job:
         """The tenant's job; NotFound for a missing job or another tenant's."""
-        job = await self._store.get(job_id) if job_id.startswith("job_") else None
+        job = await self._store.get(job_id) if is_job_id(job_id) else None
         if job is None or job.spec.tenant != tenant:
             raise NotFound(f"no job {job_id}", param="job_id")
         return job

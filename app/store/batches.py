@@ -17,6 +17,7 @@ costs the queue nothing.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
@@ -30,6 +31,7 @@ from app.dispatch import BatchWindow
 from app.store.keys import Keys
 
 CHUNK = 1000
+log = logging.getLogger(__name__)
 
 
 class BatchStore:
@@ -129,7 +131,11 @@ class BatchStore:
     async def get(self, batch_id: str) -> Batch | None:
         """The batch, or None."""
         row = await cast(Awaitable[dict[str, str]], self._redis.hgetall(self._keys.batch(batch_id)))
-        return batch_from_hash(row)
+        try:
+            return batch_from_hash(row)
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError included
+            log.error("batch %s has an unreadable record (%s); it is skipped", batch_id, exc)
+            return None
 
     async def job_ids(self, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
         """The variants' job ids from index ``start`` to ``stop`` (inclusive)."""

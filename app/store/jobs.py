@@ -19,6 +19,7 @@ transition and its events are never separated by a crash.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -33,6 +34,8 @@ from app.core.webhooks import batch_completed_event_id, event_id, event_type
 from app.dispatch import BatchWindow
 from app.store.keys import Keys
 from app.store.scripts import register
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,17 +149,21 @@ class JobStore:
         return job
 
     async def get(self, job_id: str) -> Job | None:
-        """The job, or None if there is none (or it expired)."""
+        """The job, or None if there is none (or it expired, or cannot be read)."""
         row = await cast(Awaitable[dict[str, str]], self._redis.hgetall(self._keys.job(job_id)))
-        return _job_from_hash(row)
+        return _readable(job_id, row)
 
     async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
-        """Several jobs in one round trip, in the order asked."""
+        """Several jobs in one round trip, in the order asked (None: missing or unreadable)."""
+        rows = await self._rows(job_ids)
+        return [_readable(job_id, row) for job_id, row in zip(job_ids, rows, strict=True)]
+
+    async def _rows(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(self._keys.job(job_id))
-            rows = await pipe.execute()
-        return [_job_from_hash(row) for row in rows]
+            rows: list[dict[str, str]] = await pipe.execute()
+        return rows
 
     async def transition(
         self,
@@ -304,8 +311,9 @@ class JobStore:
             ids = await self._redis.zrevrangebylex(key, upper, "-", start=0, num=chunk)
             if not ids:
                 return _page(found, has_more=False)
-            jobs = await self.get_many(ids)
-            await self._forget_expired(key, ids, jobs)
+            rows = await self._rows(ids)
+            await self._forget_expired(key, ids, rows)
+            jobs = [_readable(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
             for job_id, job in zip(ids, jobs, strict=True):
                 if job is not None and (status is None or job.status == status):
                     if len(found) == limit:
@@ -316,8 +324,9 @@ class JobStore:
             upper = f"({ids[-1]}"
         return JobPage(found, has_more=True, last_id=last_scanned)
 
-    async def _forget_expired(self, key: str, ids: list[str], jobs: list[Job | None]) -> None:
-        expired = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
+    async def _forget_expired(self, key: str, ids: list[str], rows: list[dict[str, str]]) -> None:
+        # Only records that are gone: an unreadable one stays indexed (and is skipped).
+        expired = [job_id for job_id, row in zip(ids, rows, strict=True) if not row]
         if expired:
             await self._redis.zrem(key, *expired)
 
@@ -329,6 +338,16 @@ def _page(jobs: list[Job], *, has_more: bool) -> JobPage:
 def _attempts_json(attempts: Iterable[Attempt]) -> str:
     items = [attempt.model_dump(mode="json") for attempt in attempts]
     return json.dumps(items, separators=(",", ":")) if items else ""
+
+
+def _readable(job_id: str, row: dict[str, str]) -> Job | None:
+    """The job in ``row``; None when there is none, and when it cannot be read (logged):
+    one bad record must never break a read, a page or a batch of others."""
+    try:
+        return _job_from_hash(row)
+    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError included
+        log.error("job %s has an unreadable record (%s); it is skipped", job_id, exc)
+        return None
 
 
 def _job_from_hash(row: dict[str, str]) -> Job | None:

@@ -17,6 +17,7 @@ from app.errors import (
     EditqError,
     ErrorRegistry,
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -53,8 +54,11 @@ def _from_http_exception(exc: web.HTTPException) -> EditqError:
         return PayloadTooLarge("request body is too large")
     if exc.status == 415:
         return UnsupportedMediaType(exc.reason)
-    if exc.status == 405:
-        return InvalidRequest(f"method not allowed: {exc.reason}", code="method_not_allowed")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(
+            f"{exc.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}",
+            allowed=exc.allowed_methods,
+        )
     if 400 <= exc.status < 500:
         return InvalidRequest(exc.text or exc.reason)
     return EditqError(exc.reason)

@@ -91,7 +91,7 @@ def _variants(top: dict[str, Any], limit: int) -> list[dict[str, Any]]:
     if variants is None:
         try:
             number = int(float(count)) if count is not None else 0
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # "inf", 1e400, -Infinity
             raise InvalidRequest("n must be a whole number", param="n") from None
         if not 1 <= number <= limit:
             raise InvalidRequest(f"n must be between 1 and {limit}", param="n")

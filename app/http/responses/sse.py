@@ -14,7 +14,7 @@ from typing import Any
 from app.errors import InvalidRequest
 
 KEEPALIVE = b": keepalive\n\n"
-STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 MAX_ID_PART = 2**64 - 1
 
 

@@ -1,0 +1,209 @@
+"""What an attack run found, driven through the HTTP API of a running stack as an
+attacker would: non-finite numbers, Redis key suffixes in ids, non-ASCII digits,
+non-UTF-8 headers, wrong methods, and records that cannot be read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from app.store.keys import Keys
+from tests.support.images import data_url, png
+from tests.support.service import RunningService
+
+
+def job_body(**fields: Any) -> dict[str, Any]:
+    return {
+        "model": "local/editor",
+        "prompt": "grayscale",
+        "images": [{"image_url": data_url(png(16, 16))}],
+        **fields,
+    }
+
+
+async def post_raw(
+    service: RunningService, path: str, text: str, **headers: str
+) -> tuple[int, dict[str, Any]]:
+    """POST a JSON text as sent (``json.dumps`` cannot write 1e400 or Infinity)."""
+    async with service.client.post(
+        service.url(path),
+        data=text.encode(),
+        headers={**service.auth(), "Content-Type": "application/json", **headers},
+    ) as response:
+        return response.status, await response.json()
+
+
+NON_FINITE = ["1e400", "-1e400", "Infinity", "-Infinity", "NaN"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+@pytest.mark.parametrize(
+    ("template", "param"),
+    [
+        ('"timeout": {{"call_timeout": {n}}}', "timeout.call_timeout"),
+        ('"orq": {{"timeout": {{"call_timeout": {n}}}}}', "orq.timeout.call_timeout"),
+        (
+            '"load_balancer": {{"type": "weight_based", "models": '
+            '[{{"model": "local/editor", "weight": {n}}}]}}',
+            "load_balancer.models[0].weight",
+        ),
+        ('"n": {n}', "n"),
+        ('"output_compression": {n}', "output_compression"),
+        ('"cache": {{"type": "exact_match", "ttl": {n}}}', "cache.ttl"),
+        ('"retry": {{"count": {n}}}', "retry.count"),
+    ],
+)
+async def test_a_non_finite_number_anywhere_in_a_job_is_a_400(
+    api_only: RunningService, template: str, param: str, number: str
+) -> None:
+    body = json.dumps(job_body())[:-1] + ", " + template.format(n=number) + "}"
+    status, answer = await post_raw(api_only, "/v1/jobs", body)
+    assert status == 400, answer
+    assert answer["error"]["param"] == param
+    _, page = await api_only.get("/v1/jobs")
+    assert page["data"] == []  # nothing was accepted
+
+
+async def test_a_call_timeout_longer_than_an_attempt_is_refused(api_only: RunningService) -> None:
+    status, answer = await api_only.post(
+        "/v1/jobs", body=job_body(timeout={"call_timeout": 300_001})
+    )
+    assert (status, answer["error"]["param"]) == (400, "timeout.call_timeout")
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+async def test_non_finite_numbers_in_a_batch_and_the_drop_in_are_400(
+    api_only: RunningService, number: str
+) -> None:
+    plain = json.dumps(job_body())
+    timed = plain[:-1] + f', "timeout": {{"call_timeout": {number}}}}}'
+    status, answer = await post_raw(api_only, "/v1/batches", f'{{"defaults": {timed}, "n": 2}}')
+    assert (status, answer["error"]["param"]) == (400, "defaults.timeout.call_timeout")
+    status, answer = await post_raw(
+        api_only, "/v1/batches", f'{{"defaults": {plain}, "n": {number}}}'
+    )
+    assert (status, answer["error"]["param"]) == (400, "n"), answer
+    status, answer = await post_raw(api_only, "/v1/images/edits", timed)
+    assert (status, answer["error"]["param"]) == (400, "timeout.call_timeout")
+
+
+async def test_a_non_finite_number_in_a_multipart_json_part_is_a_400(
+    api_only: RunningService,
+) -> None:
+    status, answer, response = await api_only.submit(timeout='{"call_timeout": 1e400}')
+    assert (status, answer["error"]["param"]) == (400, "timeout.call_timeout")
+    assert "x-job-id" not in response.headers
+
+
+async def test_an_unreadable_record_does_not_break_reads_or_lists(
+    service: RunningService, redis_url: str
+) -> None:
+    """A record written by an older version that today's models refuse (here the
+    ``null`` an infinite timeout was once stored as) is skipped, never a 500."""
+    _, good, _ = await service.submit()
+    _, bad, _ = await service.submit()
+    await service.wait(good["id"])
+    await service.wait(bad["id"])
+    keys = Keys(service.settings.key_prefix)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        spec = json.loads(await redis.hget(keys.job(bad["id"]), "spec") or "{}")
+        spec["request"]["routing"]["timeout"] = {"call_timeout": None}
+        await redis.hset(keys.job(bad["id"]), "spec", json.dumps(spec))
+    finally:
+        await redis.aclose()
+    status, page = await service.get("/v1/jobs")
+    assert status == 200
+    assert [job["id"] for job in page["data"]] == [good["id"]]
+    assert (await service.get(f"/v1/jobs/{bad['id']}"))[0] == 404
+    assert (await service.post(f"/v1/jobs/{bad['id']}/cancel"))[0] == 404
+    assert (await service.get(f"/v1/jobs/{good['id']}"))[0] == 200
+
+
+@pytest.mark.parametrize("suffix", [":log", ":deliveries", ":wh-events", ":jobs", ":pending"])
+async def test_an_id_with_a_key_suffix_is_just_not_found(
+    service: RunningService, suffix: str
+) -> None:
+    _, job, _ = await service.submit()
+    _, batch = await service.post("/v1/batches", body={"defaults": job_body(), "n": 1})
+    for path in (
+        f"/v1/jobs/{job['id']}{suffix}",
+        f"/v1/jobs/{job['id']}{suffix}/events",
+        f"/v1/jobs/{job['id']}{suffix}/inputs",
+        f"/v1/jobs/{job['id']}{suffix}/deliveries",
+        f"/v1/batches/{batch['id']}{suffix}",
+        f"/v1/batches/{batch['id']}{suffix}/jobs",
+        f"/v1/batches/{batch['id']}{suffix}/results",
+        f"/v1/batches/{batch['id']}{suffix}/events",
+    ):
+        async with service.client.get(service.url(path), headers=service.auth()) as response:
+            assert response.status == 404, path
+    missing = f"/v1/batches/{batch['id']}/jobs?after={job['id']}{suffix}"
+    assert (await service.get(missing))[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("size", "\u0661\u0660\u0662\u0664x\u0661\u0660\u0662\u0664", "size"),  # Arabic-Indic
+        ("size", "\uff11\uff10\uff12\uff14x\uff11\uff10\uff12\uff14", "size"),  # full-width
+    ],
+)
+async def test_non_ascii_digits_are_refused(
+    api_only: RunningService, field: str, value: str, param: str
+) -> None:
+    status, answer = await api_only.post("/v1/jobs", body=job_body(**{field: value}))
+    assert (status, answer["error"]["param"]) == (400, param)
+
+
+async def test_a_non_ascii_last_event_id_is_refused(service: RunningService) -> None:
+    _, job, _ = await service.submit()
+    status, answer = await service.get(
+        f"/v1/jobs/{job['id']}/events?last_event_id=\u0661\u0662\u0663-\u0660"
+    )
+    assert (status, answer["error"]["param"]) == (400, "last_event_id")
+
+
+async def test_a_non_utf8_authorization_header_is_a_401(api_only: RunningService) -> None:
+    reader, writer = await _open(api_only)
+    try:
+        writer.write(
+            b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-\xff\xfe\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+async def _open(service: RunningService) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", service.port)
+
+
+async def test_a_wrong_method_is_a_405_with_allow(api_only: RunningService) -> None:
+    async with api_only.client.delete(
+        api_only.url("/v1/jobs"), headers=api_only.auth()
+    ) as response:
+        assert response.status == 405
+        allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+        assert {"GET", "POST"} <= allowed
+        assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_retry_of_a_rejected_request_still_works(api_only: RunningService) -> None:
+    """After every refusal above, the same client can still submit normally."""
+    status, job = await api_only.post("/v1/jobs", body=job_body())
+    assert status == 202, job
+    async with aiohttp.ClientSession() as session:
+        async with session.get(api_only.url("/healthz")) as response:
+            assert response.status == 200
