@@ -231,6 +231,8 @@ async def test_a_batch_stream_counts_up_to_completion(
     assert data[-1]["batch"]["id"] == batch["id"]
     assert data[-1]["batch"]["counts"]["succeeded"] == 5
     assert data[-1]["at"] >= data[0]["at"]
+    # Progress is a bounded summary: the batch (and its metadata) only on the last event.
+    assert all(set(item) == {"status", "counts", "at"} for item in data[:-1])
 
     resumed = await read_events(
         service, f"/v1/batches/{batch['id']}/events", headers={"Last-Event-ID": events[-2].id or ""}

@@ -5,13 +5,19 @@ non-UTF-8 headers, wrong methods, and records that cannot be read."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from app.core.batches import Batch
+from app.core.jobs import Job
+from app.services.batches import BatchService
+from app.store.jobs import JobStore
 from app.store.keys import Keys
 from tests.support.images import data_url, png
 from tests.support.service import RunningService
@@ -207,3 +213,87 @@ async def test_a_retry_of_a_rejected_request_still_works(api_only: RunningServic
     async with aiohttp.ClientSession() as session:
         async with session.get(api_only.url("/healthz")) as response:
             assert response.status == 200
+
+
+SUBMIT_ROUTES = ["/v1/jobs", "/v1/batches", "/v1/images/edits", "/v2/router/images/edits"]
+
+
+@pytest.mark.parametrize("path", SUBMIT_ROUTES)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_a_body_that_does_not_decode_is_a_400(
+    api_only: RunningService, path: str, encoding: str, idempotent: bool
+) -> None:
+    headers = {"Content-Encoding": encoding}
+    if idempotent:
+        headers["Idempotency-Key"] = f"undecodable-{path}-{encoding}"
+    status, answer = await post_raw(api_only, path, "this is not compressed at all", **headers)
+    assert status == 400, answer
+    assert set(answer["error"]) == {"message", "type", "code", "param"}
+
+
+@pytest.mark.parametrize("encoding", ["compress", "gzip, snappy", "x-unknown"])
+async def test_an_encoding_that_cannot_be_decoded_here_is_a_415(
+    api_only: RunningService, encoding: str
+) -> None:
+    status, answer = await post_raw(api_only, "/v1/jobs", "{}", **{"Content-Encoding": encoding})
+    assert status == 415, answer
+    assert answer["error"]["code"] == "unsupported_media_type"
+
+
+async def test_a_gzipped_body_is_accepted(api_only: RunningService) -> None:
+    body = gzip.compress(json.dumps(job_body()).encode())
+    async with api_only.client.post(
+        api_only.url("/v1/jobs"),
+        data=body,
+        headers={
+            **api_only.auth(),
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        },
+    ) as response:
+        assert response.status == 202, await response.text()
+
+
+async def _raw_exchange(service: RunningService, request: bytes) -> bytes:
+    reader, writer = await _open(service)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("path", ["/results", "/download", "/events"])
+async def test_a_stream_that_fails_after_it_started_is_cut_short_not_garbled(
+    service: RunningService, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    _, batch = await service.post("/v1/batches", body={"defaults": job_body(), "n": 2})
+    done = await service.get(f"/v1/batches/{batch['id']}?wait=30")
+    assert done[1]["status"] == "completed"
+
+    real_all_jobs = BatchService.all_jobs
+
+    async def all_jobs_then_fail(
+        self: BatchService, batch: Batch, chunk: int = 500
+    ) -> AsyncIterator[Job | None]:
+        async for job in real_all_jobs(self, batch, chunk):
+            yield job
+            raise RuntimeError("injected failure after the headers were sent")
+
+    async def log_fails(*args: object, **kwargs: object) -> list[tuple[str, dict[str, str]]]:
+        raise RuntimeError("injected failure after the headers were sent")
+
+    # Fault injection where each stream reads its data, after its headers are out.
+    monkeypatch.setattr(BatchService, "all_jobs", all_jobs_then_fail)
+    monkeypatch.setattr(JobStore, "log_since", log_fails)
+    answer = await _raw_exchange(
+        service,
+        f"GET /v1/batches/{batch['id']}{path} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer key-a\r\n\r\n".encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # no second status line in the body
+    assert not answer.endswith(b"0\r\n\r\n")  # no final chunk: the client sees it cut short

@@ -12,6 +12,7 @@ from app.errors import EditqError
 from app.http.app_keys import BATCH_SERVICE, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.openapi import Reply, operation
+from app.http.responses.streaming import started_stream
 from app.http.responses.zip_stream import ZipStream
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,17 @@ async def download_batch(request: web.Request) -> web.StreamResponse:
             "x-request-id": request[REQUEST_ID],
         }
     )
-    await response.prepare(request)
-    archive = ZipStream()
-    index = 0
-    async for job in service.all_jobs(batch):
-        if job is not None and job.outcome is not None:
-            modified = job.finished_at
-            for number, output in enumerate(job.outcome.outputs):
-                name = f"variant-{index:04d}-{number}"
-                await response.write(await _member(archive, storage, name, output, modified))
-        index += 1
-    await response.write(archive.finish())
-    await response.write_eof()
+    async with started_stream(request, response, f"download of {batch.id}"):
+        archive = ZipStream()
+        index = 0
+        async for job in service.all_jobs(batch):
+            if job is not None and job.outcome is not None:
+                modified = job.finished_at
+                for number, output in enumerate(job.outcome.outputs):
+                    name = f"variant-{index:04d}-{number}"
+                    await response.write(await _member(archive, storage, name, output, modified))
+            index += 1
+        await response.write(archive.finish())
     return response
 
 

@@ -15,6 +15,7 @@ from app.http.openapi import Reply, operation
 from app.http.requests.batch_submissions import read_batch_submission
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.responses.lists import list_page
+from app.http.responses.streaming import started_stream
 from app.http.schema import (
     BatchForm,
     BatchJsonRequest,
@@ -117,13 +118,12 @@ async def batch_results(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "application/jsonl", "x-request-id": request[REQUEST_ID]}
     )
-    await response.prepare(request)
-    index = 0
-    async for job in service.all_jobs(batch):
-        line = _result_line(index, job, app[STORAGE])
-        await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
-        index += 1
-    await response.write_eof()
+    async with started_stream(request, response, f"results of {batch.id}"):
+        index = 0
+        async for job in service.all_jobs(batch):
+            line = _result_line(index, job, app[STORAGE])
+            await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+            index += 1
     return response
 
 

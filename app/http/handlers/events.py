@@ -38,6 +38,7 @@ from app.http.app_keys import BATCH_SERVICE, EVENTS, JOB_SERVICE, JOB_STORE, STO
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.openapi import Reply, operation
 from app.http.responses.sse import KEEPALIVE, encode_event, parse_stream_id
+from app.http.responses.streaming import started_stream
 from app.http.schema import EventsHeaders, EventsQuery
 from app.services.batches import BatchService
 from app.services.job_views import render_job
@@ -54,8 +55,6 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
-LogEntry = tuple[str, dict[str, str]]
-
 
 class _Feed(Protocol):
     """What a stream follows: the job or batch (by id), how entries read, when it ends."""
@@ -65,7 +64,7 @@ class _Feed(Protocol):
 
     def ends(self, status: str) -> bool: ...
 
-    async def frames(self, entries: list[LogEntry]) -> bytes: ...
+    async def frame(self, entry_id: str, fields: dict[str, str]) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -77,20 +76,17 @@ class _JobFeed:
     def ends(self, status: str) -> bool:
         return status in TERMINAL
 
-    async def frames(self, entries: list[LogEntry]) -> bytes:
-        frames = []
-        for entry_id, fields in entries:
-            data: dict[str, Any] = {
-                "status": fields.get("status", ""),
-                "run": int(fields.get("run") or 0),
-                "at": _seconds(fields.get("at")),
-            }
-            if self.ends(data["status"]):
-                job = await self.store.get(self.subject)
-                if job is not None and (job.status.value, job.run) == (data["status"], data["run"]):
-                    data["job"] = await render_job(job, self.storage)
-            frames.append(encode_event(entry_id, f"job.{data['status']}", data))
-        return b"".join(frames)
+    async def frame(self, entry_id: str, fields: dict[str, str]) -> bytes:
+        data: dict[str, Any] = {
+            "status": fields.get("status", ""),
+            "run": int(fields.get("run") or 0),
+            "at": _seconds(fields.get("at")),
+        }
+        if self.ends(data["status"]):
+            job = await self.store.get(self.subject)
+            if job is not None and (job.status.value, job.run) == (data["status"], data["run"]):
+                data["job"] = await render_job(job, self.storage)
+        return encode_event(entry_id, f"job.{data['status']}", data)
 
 
 @dataclass(frozen=True)
@@ -102,25 +98,22 @@ class _BatchFeed:
     def ends(self, status: str) -> bool:
         return status != BatchStatus.RUNNING.value
 
-    async def frames(self, entries: list[LogEntry]) -> bytes:
-        try:
-            batch: dict[str, Any] | None = batch_json(
-                await self.service.get(self.subject, self.tenant)
-            )
-        except NotFound:  # expired while the stream was open
-            batch = None
-        frames = []
-        for entry_id, fields in entries:
-            status = fields.get("status", "")
-            data = {
-                "status": status,
-                "counts": json.loads(fields.get("counts") or "{}"),
-                "at": _seconds(fields.get("at")),
-                "batch": batch,
-            }
-            event = "batch.progress" if status == BatchStatus.RUNNING.value else f"batch.{status}"
-            frames.append(encode_event(entry_id, event, data))
-        return b"".join(frames)
+    async def frame(self, entry_id: str, fields: dict[str, str]) -> bytes:
+        """One event: progress carries the status and counts (bounded, whatever the
+        batch's metadata); only the final event carries the whole batch object."""
+        status = fields.get("status", "")
+        data: dict[str, Any] = {
+            "status": status,
+            "counts": json.loads(fields.get("counts") or "{}"),
+            "at": _seconds(fields.get("at")),
+        }
+        if self.ends(status):
+            try:
+                data["batch"] = batch_json(await self.service.get(self.subject, self.tenant))
+            except NotFound:  # expired while the stream was open
+                data["batch"] = None
+        event = "batch.progress" if status == BatchStatus.RUNNING.value else f"batch.{status}"
+        return encode_event(entry_id, event, data)
 
 
 @operation(
@@ -181,20 +174,20 @@ async def _stream(
     the feed ends. ``status`` is the subject's current one (for an empty replay)."""
     response = web.StreamResponse(headers=SSE_HEADERS)
     response.headers["x-request-id"] = request[REQUEST_ID]
-    await response.prepare(request)
     store = request.app[JOB_STORE]
-    try:
-        while True:
-            last_id, status = await _send_new(response, store, feed, last_id, status)
-            if feed.ends(status):
-                break
-            if await events.next_event(KEEPALIVE_S) is None:
-                await response.write(KEEPALIVE)
-    except ConnectionResetError:
-        log.debug("event stream %s: client went away", feed.subject)
-    except (RedisError, OSError) as exc:
-        # Headers are sent, so no error body: end, and the client resumes from its last id.
-        log.warning("event stream %s ended early: %s", feed.subject, exc)
+    async with started_stream(request, response, f"event stream {feed.subject}"):
+        try:
+            while True:
+                last_id, status = await _send_new(response, store, feed, last_id, status)
+                if feed.ends(status):
+                    break
+                if await events.next_event(KEEPALIVE_S) is None:
+                    await response.write(KEEPALIVE)
+        except (RedisError, OSError) as exc:
+            if isinstance(exc, ConnectionError):
+                raise  # the client went away
+            # Headers are sent, so no error body: end; the client resumes from its last id.
+            log.warning("event stream %s ended early: %s", feed.subject, exc)
     return response
 
 
@@ -204,9 +197,9 @@ async def _send_new(
     """Write every log entry after ``last_id``; the last id and status sent."""
     while True:
         entries = await store.log_since(feed.subject, last_id, LOG_PAGE)
-        if entries:
-            await response.write(await feed.frames(entries))
-            last_id, status = entries[-1][0], entries[-1][1].get("status", status)
+        for entry_id, fields in entries:  # one frame at a time: never a page in memory
+            await response.write(await feed.frame(entry_id, fields))
+            last_id, status = entry_id, fields.get("status", status)
         if len(entries) < LOG_PAGE:
             return last_id, status
 

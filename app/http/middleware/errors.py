@@ -11,6 +11,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, DecompressSizeError
+from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import RedisError
 
 from app.errors import (
@@ -64,6 +67,57 @@ def _from_http_exception(exc: web.HTTPException) -> EditqError:
     return EditqError(exc.reason)
 
 
+def _unreadable_body(exc: BadHttpMessage) -> EditqError:
+    return InvalidRequest(f"the request body could not be read: {exc.message}")
+
+
+def _undecodable_body(exc: ContentEncodingError) -> EditqError:
+    return InvalidRequest(
+        "the request body does not decode as its Content-Encoding says",
+        code="invalid_content_encoding",
+    )
+
+
+def _inflates_too_far(exc: DecompressSizeError) -> EditqError:
+    return PayloadTooLarge("the request body inflates past the size limit")
+
+
+def _payload_error(exc: RequestPayloadError) -> EditqError:
+    """aiohttp wraps what went wrong reading the body (its decoder's error) in this."""
+    cause = exc.__cause__
+    if isinstance(cause, DecompressSizeError):
+        return _inflates_too_far(cause)
+    if isinstance(cause, ContentEncodingError):
+        return _undecodable_body(cause)
+    return InvalidRequest(f"the request body could not be read: {exc}")
+
+
+def decodable_encodings() -> frozenset[str]:
+    """The request Content-Encodings aiohttp can decode here."""
+    names = {"identity", "gzip", "deflate", "x-gzip"}
+    if HAS_BROTLI:
+        names.add("br")
+    if HAS_ZSTD:
+        names.add("zstd")
+    return frozenset(names)
+
+
+def _refuse_unknown_encoding(request: web.Request) -> None:
+    header = request.headers.get("Content-Encoding")
+    if not header:
+        return
+    unknown = [
+        coding.strip()
+        for coding in header.lower().split(",")
+        if coding.strip() not in decodable_encodings()
+    ]
+    if unknown:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {', '.join(unknown)} is not supported; send "
+            f"{', '.join(sorted(decodable_encodings() - {'identity', 'x-gzip'}))} or none"
+        )
+
+
 def _store_unavailable(exc: BaseException) -> EditqError:
     log.warning("redis unavailable: %s", exc)
     return ServiceUnavailable("the job store is unavailable; try again", retry_after=5)
@@ -72,6 +126,10 @@ def _store_unavailable(exc: BaseException) -> EditqError:
 ERRORS = ErrorRegistry()
 """How every exception a handler may raise is answered (looked up along its MRO)."""
 ERRORS.register(web.HTTPException, _from_http_exception)
+ERRORS.register(RequestPayloadError, _payload_error)
+ERRORS.register(BadHttpMessage, _unreadable_body)
+ERRORS.register(ContentEncodingError, _undecodable_body)
+ERRORS.register(DecompressSizeError, _inflates_too_far)
 ERRORS.register(RedisError, _store_unavailable)
 ERRORS.register(ConnectionError, _store_unavailable)
 
@@ -83,6 +141,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     request_id = presented if CLIENT_REQUEST_ID.match(presented) else str(uuid.uuid4())
     request[REQUEST_ID] = request_id
     try:
+        _refuse_unknown_encoding(request)
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status >= 400:
