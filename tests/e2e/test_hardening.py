@@ -19,7 +19,7 @@ from app.core.jobs import Job
 from app.services.batches import BatchService
 from app.store.jobs import JobStore
 from app.store.keys import Keys
-from tests.support.images import data_url, png
+from tests.support.images import data_url, mask, png
 from tests.support.service import RunningService
 
 
@@ -297,3 +297,44 @@ async def test_a_stream_that_fails_after_it_started_is_cut_short_not_garbled(
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert answer.count(b"HTTP/1.1 ") == 1, answer  # no second status line in the body
     assert not answer.endswith(b"0\r\n\r\n")  # no final chunk: the client sees it cut short
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_a_body_of_many_tiny_parts_is_refused(
+    api_only: RunningService, idempotent: bool
+) -> None:
+    form = aiohttp.FormData(default_to_multipart=True)
+    form.add_field("model", "local/editor")
+    form.add_field("prompt", "p")
+    for index in range(10_000):
+        form.add_field(f"x{index}", "v")
+    headers = api_only.auth()
+    if idempotent:
+        headers["Idempotency-Key"] = "many-parts"
+    async with api_only.client.post(
+        api_only.url("/v1/jobs"), data=form, headers=headers
+    ) as response:
+        assert response.status == 400
+        assert "at most 64 parts" in (await response.json())["error"]["message"]
+    _, page = await api_only.get("/v1/jobs")
+    assert page["data"] == []
+
+
+async def test_a_request_of_sixteen_images_and_all_fields_fits_the_part_cap(
+    service: RunningService,
+) -> None:
+    fields: dict[str, Any] = {
+        "n": 2,
+        "size": "32x32",
+        "quality": "low",
+        "background": "auto",
+        "output_format": "png",
+        "response_format": "url",
+        "user": "u",
+        "name": "n",
+        "metadata": {"k": "v"},
+        "retry": {"count": 1},
+        "cache": {"type": "exact_match", "ttl": 60},
+    }
+    status, job, _ = await service.submit(images=[png(16, 16)] * 16, mask=mask(16, 16), **fields)
+    assert status == 202, job

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest
 from app.http.app_keys import IDEMPOTENCY, SETTINGS
 from app.http.middleware.errors import TENANT
-from app.http.requests.submissions import body_deadline, read_body
+from app.http.requests.submissions import body_deadline, count_part, read_body
 from app.store.idempotency import Claim, ExistingRecord, IdempotencyStore, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     settings = request.app[SETTINGS]
     async with body_deadline(settings):
         body = await read_body(request, settings.max_body_bytes)
-    request = with_body(request, body)
-    fingerprint = await request_fingerprint(request, body)
+        request = with_body(request, body)
+        fingerprint = await request_fingerprint(request, body)
     store = request.app[IDEMPOTENCY]
     found = await store.claim(request[TENANT], key, fingerprint)
     if isinstance(found, ExistingRecord):
@@ -215,9 +215,11 @@ async def request_fingerprint(request: web.Request, body: bytes) -> str:
 async def _multipart_digest(request: web.Request, body: bytes) -> bytes | None:
     """Digest of each part's name, filename, type and bytes; None if it will not parse."""
     digest = hashlib.sha256()
+    parts = 0
     try:
         reader = MultipartReader(request.headers, body_stream(body))
         while (part := await reader.next()) is not None:
+            parts = count_part(parts)  # refused before the rest is parsed
             if not isinstance(part, BodyPartReader):
                 return None
             for item in (

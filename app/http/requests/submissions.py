@@ -34,6 +34,7 @@ from app.net import check_url, fetch_bounded, read_bounded
 from app.settings import Settings
 
 IMAGE_FIELDS = ("image", "image[]")
+MAX_PARTS = 64
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
 
 
@@ -126,12 +127,23 @@ async def check_inputs(
     return Submission(params=params, images=checked, mask=checked_mask)
 
 
+def count_part(count: int) -> int:
+    """The number of the next multipart part; InvalidRequest once there are more than
+    ``MAX_PARTS`` (the widest real request: 16 images, a mask and about 20 fields)."""
+    count += 1
+    if count > MAX_PARTS:
+        raise InvalidRequest(f"a multipart body may have at most {MAX_PARTS} parts")
+    return count
+
+
 async def _read_multipart(request: web.Request, settings: Settings) -> RawRequest:
     raw = RawRequest(fields={}, images=[], mask=None)
     budget = _Budget(settings.max_body_bytes)
+    parts = 0
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
+            parts = count_part(parts)
             if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("nested multipart bodies are not accepted")
             await _read_part(part, raw, settings, budget)
