@@ -86,7 +86,14 @@ async def open_resources(
                 retention_s=settings.retention_s,
                 on_transition=metrics.job_transition,
             ),
-            webhooks=WebhookStore(redis, keys, retention_s=settings.retention_s),
+            webhooks=WebhookStore(
+                redis,
+                keys,
+                retention_s=settings.retention_s,
+                root_secret=(
+                    settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+                ),
+            ),
             blobs=blobs,
             events=events,
             executor=executor,

@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     janitor_interval_s: float = Field(60.0, gt=0, description="how often expired S3 objects go")
 
     webhook_secret: SecretStr | None = Field(
-        None, description="one signing secret for every key (else one per key, generated)"
+        None,
+        description="the root each key's signing secret is derived from (never handed out; "
+        "unset: one random secret per key, stored in Redis)",
     )
     webhook_retry_schedule: str = Field(
         "0,5,300,1800,7200,18000,36000,50400,72000,86400",

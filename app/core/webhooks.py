@@ -12,6 +12,8 @@ way with the ``standardwebhooks`` library.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -46,6 +48,14 @@ def event_type(status: str) -> str:
 def new_secret() -> str:
     """A fresh signing secret in the Standard Webhooks form ``whsec_<base64>``."""
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def derived_secret(root: str, tenant: str) -> str:
+    """The tenant's signing secret derived from the configured ``root`` (HMAC-SHA256):
+    stable across processes and restarts, different for every tenant, and never the
+    root itself, so no tenant can sign as another."""
+    mac = hmac.new(root.encode(), b"editq webhook secret\x00" + tenant.encode(), hashlib.sha256)
+    return "whsec_" + base64.b64encode(mac.digest()).decode()
 
 
 def event_body(kind: str, occurred_at: float, job: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from typing import Any, cast
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from app.core.webhooks import new_secret
+from app.core.webhooks import derived_secret, new_secret
 from app.store.keys import Keys
 
 CLAIM_SCRIPT = """
@@ -76,9 +76,12 @@ class WebhookEvent:
 class WebhookStore:
     """Reads and writes webhook state; see the module docstring for the layout."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, retention_s: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, retention_s: int, root_secret: str | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        self._root_secret = root_secret
         self._retention_s = retention_s
         self._claim = redis.register_script(CLAIM_SCRIPT)
 
@@ -91,7 +94,10 @@ class WebhookStore:
         return self._keys.webhook_event(event_id)
 
     async def secret_for(self, tenant: str) -> str:
-        """The tenant's signing secret, generated and stored on first use."""
+        """The tenant's signing secret: derived from the configured root secret when
+        there is one (``EDITQ_WEBHOOK_SECRET``), else generated and stored on first use."""
+        if self._root_secret is not None:
+            return derived_secret(self._root_secret, tenant)
         key = self._keys.webhook_secret(tenant)
         await self._redis.set(key, new_secret(), nx=True)
         secret = await self._redis.get(key)

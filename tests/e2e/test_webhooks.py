@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
@@ -197,3 +199,35 @@ async def _settled(service: RunningService, job_id: str) -> tuple[int, dict[str,
             return status, log
         await asyncio.sleep(0.05)
     raise AssertionError(f"deliveries of {job_id} never settled: {log}")
+
+
+ROOT_SECRET = "whsec_" + "cm9vdC1zZWNyZXQtb2YtdGhlLW9wZXJhdG9y"
+
+
+@pytest.fixture
+async def rooted(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
+    """The service with a configured root secret (EDITQ_WEBHOOK_SECRET)."""
+    tuned = settings.model_copy(
+        update={"allow_private_urls": True, "webhook_secret": SecretStr(ROOT_SECRET)}
+    )
+    async with RunningService(tuned, providers) as running:
+        yield running
+
+
+async def test_a_root_secret_gives_every_key_its_own_secret_and_never_itself(
+    rooted: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, mine = await rooted.get("/v1/webhooks/secret", key="key-a")
+    _, theirs = await rooted.get("/v1/webhooks/secret", key="key-b")
+    assert mine["secret"] != theirs["secret"]
+    assert ROOT_SECRET not in (mine["secret"], theirs["secret"])
+    _, job, _ = await rooted.submit(webhook_url=receiver.url())
+    await rooted.wait(job["id"])
+    [delivery] = await receiver.wait_for(1)
+    assert Webhook(mine["secret"]).verify(delivery.body, delivery.headers)["type"] == (
+        "job.succeeded"
+    )
+    # Another tenant's secret (and the root) cannot produce or check a key's events.
+    for other in (theirs["secret"], ROOT_SECRET):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(delivery.body, delivery.headers)

@@ -97,11 +97,7 @@ async def _subject(
 
 async def _post(context: WorkerContext, event: WebhookEvent, url: str, body: str) -> PostResult:
     settings = context.settings
-    secret = (
-        settings.webhook_secret.get_secret_value()
-        if settings.webhook_secret
-        else await context.webhooks.secret_for(event.tenant)
-    )
+    secret = await context.webhooks.secret_for(event.tenant)
     headers = signed_headers(secret, event.id, body, datetime.now(tz=UTC))
     began = time.monotonic()
 

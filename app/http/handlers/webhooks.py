@@ -7,7 +7,7 @@ import json
 from aiohttp import web
 
 from app.errors import Conflict, InvalidRequest, NotFound
-from app.http.app_keys import JOB_SERVICE, JOB_STORE, SETTINGS, WEBHOOKS
+from app.http.app_keys import JOB_SERVICE, JOB_STORE, WEBHOOKS
 from app.http.middleware.errors import TENANT
 from app.http.openapi import operation
 from app.http.schema import Deliveries, DeliveryEvent, RedeliverRequest, WebhookSecret
@@ -19,12 +19,7 @@ from app.store.webhooks import WebhookEvent
 )
 async def webhook_secret(request: web.Request) -> web.Response:
     """GET /v1/webhooks/secret: the secret (whsec_...) this key's webhooks are signed with."""
-    configured = request.app[SETTINGS].webhook_secret
-    secret = (
-        configured.get_secret_value()
-        if configured
-        else await request.app[WEBHOOKS].secret_for(request[TENANT])
-    )
+    secret = await request.app[WEBHOOKS].secret_for(request[TENANT])
     return web.json_response({"object": "webhook.secret", "secret": secret})
 
 
