@@ -24,47 +24,10 @@ from typing import cast
 from redis.asyncio import Redis
 
 from app.store.keys import Keys
+from app.store.scripts import register
 
 CLAIM_TTL_S = 120.0
 DONE_TTL_S = 24 * 3600.0
-
-CLAIM_SCRIPT = """
--- KEYS[1] record; ARGV: 1 owner token, 2 fingerprint, 3 claim ttl ms
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HGETALL', KEYS[1])
-end
-redis.call('HSET', KEYS[1], 'state', 'in_progress', 'owner', ARGV[1], 'fingerprint', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {}
-"""
-
-RENEW_SCRIPT = """
--- KEYS[1] record; ARGV: 1 owner token, 2 claim ttl ms
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
-    and redis.call('HGET', KEYS[1], 'state') == 'in_progress' then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-FINISH_SCRIPT = """
--- KEYS[1] record; ARGV: 1 owner token, 2 done ttl ms, 3.. field/value pairs.
--- A claim that expired unseen is still ours to finish; another request's is not.
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'done', 'owner', ARGV[1], unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-RELEASE_SCRIPT = """
--- KEYS[1] record; ARGV: 1 owner token
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
-    and redis.call('HGET', KEYS[1], 'state') == 'in_progress' then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -111,10 +74,10 @@ class IdempotencyStore:
         self.claim_ttl_s = claim_ttl_s
         self._done_ttl_ms = int(done_ttl_s * 1000)
         self._claim_ttl_ms = int(claim_ttl_s * 1000)
-        self._claim = redis.register_script(CLAIM_SCRIPT)
-        self._renew = redis.register_script(RENEW_SCRIPT)
-        self._finish = redis.register_script(FINISH_SCRIPT)
-        self._release = redis.register_script(RELEASE_SCRIPT)
+        self._claim = register(redis, "idempotency_claim")
+        self._renew = register(redis, "idempotency_renew")
+        self._finish = register(redis, "idempotency_finish")
+        self._release = register(redis, "idempotency_release")
 
     async def claim(self, tenant: str, key: str, fingerprint: str) -> Claim | ExistingRecord:
         """Take the key for a request with ``fingerprint``, or the record already there."""

@@ -16,20 +16,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.store.keys import Keys
+from app.store.scripts import register
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60
-
-COUNT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {count, ttl}
-"""
 
 
 @dataclass(frozen=True)
@@ -62,7 +53,7 @@ class RateLimiter:
     def __init__(self, redis: Redis, keys: Keys, *, per_minute: int) -> None:
         self._keys = keys
         self._limit = per_minute
-        self._count = redis.register_script(COUNT_SCRIPT)
+        self._count = register(redis, "count_in_window")
         self._unavailable = False
 
     async def hit(self, tenant: str) -> RateWindow | None:

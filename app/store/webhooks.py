@@ -25,12 +25,8 @@ from redis.asyncio import Redis
 
 from app.core.webhooks import derived_secret, new_secret
 from app.store.keys import Keys
+from app.store.scripts import register
 
-CLAIM_SCRIPT = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, event in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], event) end
-return due
-"""
 GONE_TTL_S = 30 * 24 * 3600
 
 
@@ -83,7 +79,7 @@ class WebhookStore:
         self._keys = keys
         self._root_secret = root_secret
         self._retention_s = retention_s
-        self._claim = redis.register_script(CLAIM_SCRIPT)
+        self._claim = register(redis, "webhook_claim_due")
 
     @property
     def outbox_key(self) -> str:
