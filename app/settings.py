@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="time a client has to send a whole request body (else 408)"
     )
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per API key per minute")
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="failed authentications per client address before 429"
+    )
 
     attempt_budget_s: float = Field(300.0, gt=0, description="upstream time per job attempt")
     max_wait_s: float = Field(300.0, ge=0, description="longest ?wait= long-poll")

@@ -15,6 +15,7 @@ from app.http.app_keys import (
     BATCH_SERVICE,
     DOCS_PAGE,
     EVENTS,
+    FAILED_LOGINS,
     FETCH_SESSION,
     IDEMPOTENCY,
     IMAGE_EXECUTOR,
@@ -50,7 +51,7 @@ from app.services.jobs import JobService
 from app.services.queue_stats import QueueStats
 from app.settings import Settings
 from app.store.idempotency import IdempotencyStore
-from app.store.rate_limits import RateLimiter
+from app.store.rate_limits import FailedLogins, RateLimiter
 
 
 def create_app(settings: Settings, providers: ProvidersConfig) -> web.Application:
@@ -93,6 +94,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[JOB_STORE] = shared.jobs
         app[IDEMPOTENCY] = IdempotencyStore(redis, keys)
         app[RATE_LIMITER] = RateLimiter(redis, keys, per_minute=settings.rate_limit_per_minute)
+        app[FAILED_LOGINS] = FailedLogins(redis, keys, per_minute=settings.auth_failures_per_minute)
         app[EVENTS] = shared.events
         app[QUEUE] = queue
         app[QUEUE_STATS] = QueueStats(redis, keys, queue, providers=app[PROVIDERS])

@@ -20,7 +20,7 @@ from app.settings import Settings
 from app.store.events import JobEventHub
 from app.store.idempotency import IdempotencyStore
 from app.store.jobs import JobStore
-from app.store.rate_limits import RateLimiter
+from app.store.rate_limits import FailedLogins, RateLimiter
 from app.store.webhooks import WebhookStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -41,3 +41,4 @@ API_DOCUMENT = web.AppKey("api_document", ApiDocument)
 DOCS_PAGE = web.AppKey("docs_page", str)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+FAILED_LOGINS = web.AppKey("failed_logins", FailedLogins)

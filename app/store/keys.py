@@ -25,6 +25,7 @@ Webhooks, idempotency, limits and the cache::
     P:wh:gone:{tenant}:{sha}      a receiver URL that answered 410 Gone
     P:idem:{tenant}:{sha256(key)} hash: one Idempotency-Key record
     P:ratelimit:{tenant}          the tenant's request count in the current minute
+    P:authfail:{sha(address)}     failed authentications from one client address
     P:cache:{tenant}:{digest}     an exact-match cache entry (a job outcome, JSON)
     P:upstream:{name}:slots       sorted set: slot tokens by lease expiry (ms)
     P:upstream:{name}:waiting     sorted set: waiting tickets by rank
@@ -137,6 +138,10 @@ class Keys:
     def rate_limit(self, tenant: str) -> str:
         """The tenant's request count in the current window."""
         return f"{self.prefix}:ratelimit:{tenant}"
+
+    def auth_failures(self, address: str) -> str:
+        """Failed authentications from one client address in the current window."""
+        return f"{self.prefix}:authfail:{_digest(address)[:32]}"
 
     def cache(self, tenant: str, digest: str) -> str:
         """An exact-match cache entry of the tenant."""

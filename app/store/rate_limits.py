@@ -71,3 +71,37 @@ class RateLimiter:
             log.info("rate limits are enforced again")
             self._unavailable = False
         return RateWindow(limit=self._limit, count=int(count), reset_s=int(ttl_ms) / 1000)
+
+
+class FailedLogins:
+    """Failed authentications per client address, in one-minute windows shared by every
+    API process: once an address has failed ``per_minute`` times, it is refused until
+    its window ends, whatever key it presents. Other addresses, a valid key's other
+    clients included, are not affected. Fails open when Redis cannot be reached."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, per_minute: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._limit = per_minute
+        self._count = register(redis, "count_in_window")
+
+    async def blocked_for(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may now."""
+        key = self._keys.auth_failures(address)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                count, ttl_ms = await pipe.execute()
+        except (RedisError, OSError):
+            return None
+        if count is None or int(count) < self._limit:
+            return None
+        return max(int(ttl_ms), 0) / 1000 or WINDOW_S
+
+    async def record(self, address: str) -> None:
+        """Count one failed authentication of ``address``."""
+        try:
+            await self._count(keys=[self._keys.auth_failures(address)], args=[WINDOW_S * 1000])
+        except (RedisError, OSError) as exc:
+            log.warning("a failed login was not counted (Redis unreachable): %s", exc)

@@ -16,7 +16,9 @@ from redis.asyncio import Redis
 
 from app.core.batches import Batch
 from app.core.jobs import Job
+from app.core.providers_config import ProvidersConfig
 from app.services.batches import BatchService
+from app.settings import Settings
 from app.store.jobs import JobStore
 from app.store.keys import Keys
 from tests.support.images import data_url, mask, png
@@ -338,3 +340,32 @@ async def test_a_request_of_sixteen_images_and_all_fields_fits_the_part_cap(
     }
     status, job, _ = await service.submit(images=[png(16, 16)] * 16, mask=mask(16, 16), **fields)
     assert status == 202, job
+
+
+@pytest.fixture
+async def guarded(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
+    tuned = settings.model_copy(update={"auth_failures_per_minute": 5})
+    async with RunningService(tuned, providers, worker=False) as running:
+        yield running
+
+
+async def test_failed_logins_are_throttled_per_address(guarded: RunningService) -> None:
+    service = guarded
+    for attempt in range(5):
+        async with service.client.get(
+            service.url("/v1/jobs"), headers={"Authorization": f"Bearer guess-{attempt}"}
+        ) as response:
+            assert response.status == 401
+    async with service.client.get(
+        service.url("/v1/jobs"), headers={"Authorization": "Bearer guess-6"}
+    ) as response:
+        assert response.status == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert (await response.json())["error"]["code"] == "rate_limit_exceeded"
+    # The address is refused even with a valid key: guessing cannot go on.
+    assert (await service.get("/v1/jobs"))[0] == 429
+    # A valid key's clients elsewhere are not locked out.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as elsewhere:
+        async with elsewhere.get(service.url("/v1/jobs"), headers=service.auth()) as response:
+            assert response.status == 200

@@ -17,6 +17,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import RedisError
 
 from app.errors import (
+    AuthenticationFailed,
     EditqError,
     ErrorRegistry,
     InvalidRequest,
@@ -28,7 +29,7 @@ from app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from app.http.app_keys import API_KEYS, RATE_LIMITER, SETTINGS
+from app.http.app_keys import API_KEYS, FAILED_LOGINS, RATE_LIMITER, SETTINGS
 from app.obs.logs import bind_log_fields, reset_log_fields
 from app.store.rate_limits import RateWindow
 
@@ -184,8 +185,24 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request.path == "/metrics" and request.app[SETTINGS].metrics_public
     )
     if not public:
-        request[TENANT] = request.app[API_KEYS].authenticate(request.headers.get("Authorization"))
+        request[TENANT] = await _authenticate(request)
     return await handler(request)
+
+
+async def _authenticate(request: web.Request) -> str:
+    """The caller's tenant; an address that failed too often is refused (429) first."""
+    failures, address = request.app[FAILED_LOGINS], request.remote or ""
+    wait = await failures.blocked_for(address)
+    if wait is not None:
+        raise RateLimited(
+            f"too many failed authentications from this address; try again in {math.ceil(wait)} s",
+            retry_after=wait,
+        )
+    try:
+        return request.app[API_KEYS].authenticate(request.headers.get("Authorization"))
+    except AuthenticationFailed:
+        await failures.record(address)
+        raise
 
 
 @web.middleware
