@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(50 * MB, ge=1)
     max_images: int = Field(16, ge=1)
     max_image_pixels: int = Field(50_000_000, ge=1)
+    max_request_pixels: int = Field(
+        200_000_000, ge=1, description="pixels all images of one request may declare"
+    )
+    decode_budget_pixels: int = Field(
+        150_000_000, ge=1, description="pixels an API process decodes at once, all requests"
+    )
+    decode_wait_s: float = Field(
+        10.0, gt=0, le=300, description="how long a decode waits for the budget before 503"
+    )
     max_prompt_chars: int = Field(32_000, ge=1)
     allow_private_urls: bool = Field(
         False, description="let outbound URLs reach private, loopback and link-local addresses"

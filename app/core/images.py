@@ -124,6 +124,17 @@ def _declared_problem(
     return None
 
 
+def declared_pixels(data: bytes) -> int:
+    """Width x height as the image's header declares them, nothing decoded; 0 when the
+    header cannot be read (the full check then says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # any Pillow failure on untrusted bytes: the decode reports it
+        return 0
+    return width * height
+
+
 def has_alpha(image: Image.Image) -> bool:
     """Whether ``image`` has an alpha channel or a transparent colour."""
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info

@@ -18,7 +18,7 @@ from app.http.app_keys import (
     FAILED_LOGINS,
     FETCH_SESSION,
     IDEMPOTENCY,
-    IMAGE_EXECUTOR,
+    IMAGE_DECODER,
     JOB_SERVICE,
     JOB_STORE,
     METRICS,
@@ -41,6 +41,7 @@ from app.http.middleware.errors import (
 )
 from app.http.middleware.idempotency import idempotency_middleware
 from app.http.openapi import build_document
+from app.http.requests.decoding import ImageDecoder
 from app.http.routes import add_routes
 from app.net import guarded_session
 from app.obs.metrics import Metrics
@@ -98,7 +99,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[EVENTS] = shared.events
         app[QUEUE] = queue
         app[QUEUE_STATS] = QueueStats(redis, keys, queue, providers=app[PROVIDERS])
-        app[IMAGE_EXECUTOR] = shared.executor
+        app[IMAGE_DECODER] = ImageDecoder(
+            shared.executor,
+            max_image_pixels=settings.max_image_pixels,
+            max_request_pixels=settings.max_request_pixels,
+            process_pixels=settings.decode_budget_pixels,
+            wait_s=settings.decode_wait_s,
+        )
         app[FETCH_SESSION] = fetch_session
         app[JOB_SERVICE] = JobService(
             store=shared.jobs,

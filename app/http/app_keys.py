@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
-
 import aiohttp
 from aiohttp import web
 
@@ -11,6 +9,7 @@ from app.blobs import ObjectStore
 from app.core.providers_config import ProvidersConfig
 from app.dispatch import EditQueue
 from app.http.openapi import ApiDocument
+from app.http.requests.decoding import ImageDecoder
 from app.obs.metrics import Metrics
 from app.services.auth import ApiKeys
 from app.services.batches import BatchService
@@ -32,7 +31,7 @@ QUEUE = web.AppKey("queue", EditQueue)
 QUEUE_STATS = web.AppKey("queue_stats", QueueStats)
 METRICS = web.AppKey("metrics", Metrics)
 EVENTS = web.AppKey("events", JobEventHub)
-IMAGE_EXECUTOR = web.AppKey("image_executor", Executor)
+IMAGE_DECODER = web.AppKey("image_decoder", ImageDecoder)
 FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)

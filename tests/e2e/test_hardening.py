@@ -17,10 +17,13 @@ from redis.asyncio import Redis
 from app.core.batches import Batch
 from app.core.jobs import Job
 from app.core.providers_config import ProvidersConfig
+from app.errors import ServiceUnavailable
+from app.http.requests.decoding import PixelBudget
 from app.services.batches import BatchService
 from app.settings import Settings
 from app.store.jobs import JobStore
 from app.store.keys import Keys
+from tests.support.bombs import declared_png, record_decodes
 from tests.support.images import data_url, mask, png
 from tests.support.service import RunningService
 
@@ -369,3 +372,37 @@ async def test_failed_logins_are_throttled_per_address(guarded: RunningService) 
     async with aiohttp.ClientSession(connector=connector) as elsewhere:
         async with elsewhere.get(service.url("/v1/jobs"), headers=service.auth()) as response:
             assert response.status == 200
+
+
+async def test_a_request_of_many_big_images_is_refused_before_any_decode(
+    api_only: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sixteen images each under the pixel cap (7000x7000 = 49 MP) declare 784 MP in
+    all: refused by the per-request budget before a single pixel is decoded."""
+    decodes = record_decodes(monkeypatch)
+    bombs = [declared_png(7000, 7000) for _ in range(16)]
+    status, answer, _ = await api_only.submit(images=bombs)
+    assert status == 400, answer
+    assert "pixels in all" in answer["error"]["message"]
+    assert decodes == []
+
+
+async def test_concurrent_decodes_share_the_process_budget() -> None:
+    budget = PixelBudget(100)
+    order: list[str] = []
+
+    async def decode(name: str, pixels: int, hold_s: float) -> None:
+        async with budget.hold(pixels, wait_s=5):
+            order.append(f"{name}+")
+            await asyncio.sleep(hold_s)
+            order.append(f"{name}-")
+
+    await asyncio.gather(decode("a", 70, 0.05), decode("b", 70, 0.0))
+    assert order == ["a+", "a-", "b+", "b-"]  # b waited: 70 + 70 > 100
+    assert budget.free == 100
+    async with budget.hold(100, wait_s=5):
+        with pytest.raises(ServiceUnavailable) as refused:
+            async with budget.hold(1, wait_s=0.05):
+                pass
+    assert refused.value.headers()["Retry-After"] == "1"
+    assert budget.free == 100

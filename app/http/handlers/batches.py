@@ -9,7 +9,7 @@ from aiohttp import web
 from app.blobs import ObjectStore
 from app.core.jobs import Job
 from app.core.public import batch_json
-from app.http.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_EXECUTOR, SETTINGS, STORAGE
+from app.http.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_DECODER, SETTINGS, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.openapi import Reply, operation
 from app.http.requests.batch_submissions import read_batch_submission
@@ -44,7 +44,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     """POST /v1/batches: shared defaults plus variants (or n copies); 202 with the batch."""
     app = request.app
     submission = await read_batch_submission(
-        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
     batch = await app[BATCH_SERVICE].accept(submission, request[TENANT])
     return web.json_response(

@@ -22,7 +22,7 @@ from aiohttp import web
 from app.core.jobs import JobError, JobStatus
 from app.core.submissions import Submission
 from app.errors import Conflict, ServiceUnavailable, SyncWaitExceeded, status_for_code
-from app.http.app_keys import FETCH_SESSION, IMAGE_EXECUTOR, JOB_SERVICE, SETTINGS, STORAGE
+from app.http.app_keys import FETCH_SESSION, IMAGE_DECODER, JOB_SERVICE, SETTINGS, STORAGE
 from app.http.middleware.errors import ERRORS, REQUEST_ID, TENANT, error_response
 from app.http.middleware.idempotency import SYNC_JOB
 from app.http.openapi import Reply, operation
@@ -72,7 +72,7 @@ async def _accept(request: web.Request) -> str:
     """Read, check and accept the request's edit; the new job's id (also as ``SYNC_JOB``)."""
     app = request.app
     submission = await read_submission(
-        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
     # Shielded: a client hanging up now must not leave a job recorded but never enqueued.
     job = await asyncio.shield(

@@ -7,7 +7,7 @@ from aiohttp import web
 from app.http.app_keys import (
     BATCH_SERVICE,
     FETCH_SESSION,
-    IMAGE_EXECUTOR,
+    IMAGE_DECODER,
     JOB_SERVICE,
     SETTINGS,
     STORAGE,
@@ -42,7 +42,7 @@ async def submit_job(request: web.Request) -> web.Response:
     """POST /v1/jobs: validate, store the inputs, enqueue; 202 with the job."""
     app = request.app
     submission = await read_submission(
-        request, app[SETTINGS], app[IMAGE_EXECUTOR], app[FETCH_SESSION]
+        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
     job = await app[JOB_SERVICE].accept(submission, request[TENANT])
     body = await render_job(job, app[STORAGE])

@@ -11,7 +11,6 @@ variant (``variants[3].size``) or the default (``defaults.size``) at fault.
 from __future__ import annotations
 
 import json
-from concurrent.futures import Executor
 from typing import Any
 
 import aiohttp
@@ -22,6 +21,7 @@ from app.core.edit_params import EditParams, invalid_request_from, parse_edit_pa
 from app.core.submissions import BatchOptions, BatchSubmission
 from app.core.validation import in_variant
 from app.errors import InvalidRequest, UnsupportedMediaType
+from app.http.requests.decoding import ImageDecoder
 from app.http.requests.submissions import check_inputs, document_images, read_json_object, read_raw
 from app.settings import Settings
 
@@ -31,7 +31,7 @@ BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
 async def read_batch_submission(
     request: web.Request,
     settings: Settings,
-    executor: Executor,
+    decoder: ImageDecoder,
     fetch_session: aiohttp.ClientSession,
 ) -> BatchSubmission:
     """Parse and check a batch request; raises an EditqError naming the field at fault."""
@@ -56,7 +56,7 @@ async def read_batch_submission(
     variants = [
         _variant(shared, override, index, settings) for index, override in enumerate(overrides)
     ]
-    checked = await check_inputs(raw.images, raw.mask, settings, executor, variants[0])
+    checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0])
     return BatchSubmission(
         variants,
         checked.images,

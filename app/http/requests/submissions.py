@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import aiohttp
@@ -27,9 +25,10 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from app.core.concurrency import gather_or_cancel
 from app.core.edit_params import EditParams, parse_edit_params
-from app.core.images import check_image, check_mask, decode_data_url
+from app.core.images import check_mask, decode_data_url
 from app.core.submissions import Submission
 from app.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from app.http.requests.decoding import ImageDecoder
 from app.net import check_url, fetch_bounded, read_bounded
 from app.settings import Settings
 
@@ -50,7 +49,7 @@ class RawRequest:
 async def read_submission(
     request: web.Request,
     settings: Settings,
-    executor: Executor,
+    decoder: ImageDecoder,
     fetch_session: aiohttp.ClientSession,
 ) -> Submission:
     """Parse, size-check and decode the request; raises an EditqError naming the field.
@@ -59,7 +58,7 @@ async def read_submission(
     """
     raw = await read_raw(request, settings, fetch_session)
     params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
-    return await check_inputs(raw.images, raw.mask, settings, executor, params)
+    return await check_inputs(raw.images, raw.mask, settings, decoder, params)
 
 
 async def read_raw(
@@ -104,25 +103,20 @@ async def check_inputs(
     images: list[tuple[str, bytes]],
     mask: tuple[str, bytes] | None,
     settings: Settings,
-    executor: Executor,
+    decoder: ImageDecoder,
     params: EditParams,
 ) -> Submission:
-    """Decode every image in the executor and check counts, formats and the mask."""
+    """Check every image (within the decoder's pixel budgets), the count and the mask."""
     if not images:
         raise InvalidRequest("at least one image is required", param="image")
     if len(images) > settings.max_images:
         raise InvalidRequest(
             f"{len(images)} images sent; at most {settings.max_images} are allowed", param="image"
         )
-    loop = asyncio.get_running_loop()
-    check = partial(check_image, max_pixels=settings.max_image_pixels)
-    checked = [
-        await loop.run_in_executor(executor, partial(check, data, param=param))
-        for param, data in images
-    ]
-    checked_mask = None
+    decoded = await decoder.check_all([*images, *([mask] if mask is not None else [])])
+    checked, checked_mask = decoded[: len(images)], None
     if mask is not None:
-        checked_mask = await loop.run_in_executor(executor, partial(check, mask[1], param=mask[0]))
+        checked_mask = decoded[-1]
         check_mask(checked_mask, checked[0], param=mask[0])
     return Submission(params=params, images=checked, mask=checked_mask)
 
