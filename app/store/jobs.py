@@ -258,6 +258,64 @@ class JobStore:
             attempt=int(attempt),
         )
 
+    async def claim(self, job: Job) -> TransitionResult:
+        """Start a new attempt at the job's current run: from queued, or taking over a
+        run whose worker died or stalled (running -> running)."""
+        return await self.transition(
+            job.id,
+            JobStatus.RUNNING,
+            expect_run=job.run,
+            batch_id=job.spec.batch_id,
+            sources=[JobStatus.QUEUED, JobStatus.RUNNING],
+            next_attempt=True,
+            fields={"started_at": job.started_at or time.time()},
+        )
+
+    async def succeed(
+        self,
+        job: Job,
+        outcome: JobOutcome,
+        attempts: Iterable[Attempt] = (),
+        *,
+        cached: bool = False,
+    ) -> TransitionResult:
+        """Record the outcome of the attempt ``job`` carries (fenced on its run and attempt)."""
+        fields: dict[str, str | float | None] = {
+            "outcome": outcome.model_dump_json(),
+            "finished_at": time.time(),
+        }
+        if cached:
+            fields["cached"] = "1"
+        return await self._end_attempt(job, JobStatus.SUCCEEDED, attempts, fields)
+
+    async def fail(
+        self, job: Job, error: JobError, attempts: Iterable[Attempt] = ()
+    ) -> TransitionResult:
+        """Record why the attempt ``job`` carries failed (fenced on its run and attempt)."""
+        fields: dict[str, str | float | None] = {
+            "error": error.model_dump_json(),
+            "finished_at": time.time(),
+        }
+        return await self._end_attempt(job, JobStatus.FAILED, attempts, fields)
+
+    async def _end_attempt(
+        self,
+        job: Job,
+        target: JobStatus,
+        attempts: Iterable[Attempt],
+        fields: dict[str, str | float | None],
+    ) -> TransitionResult:
+        return await self.transition(
+            job.id,
+            target,
+            expect_run=job.run,
+            batch_id=job.spec.batch_id,
+            expect_attempt=job.attempt,
+            sources=[JobStatus.RUNNING],
+            attempts=attempts,
+            fields=fields,
+        )
+
     async def _event(
         self, pipe: Pipeline, subject_id: str, kind: str, event: str, token: str, now_ms: int
     ) -> None:

@@ -152,15 +152,7 @@ async def _claim(context: WorkerContext, job: Job) -> Job | None:
     """Start a new attempt at the job's run: from queued, or taking over a run whose
     worker died or stalled past its lease (arq only redelivers it then). The job as
     claimed, carrying its attempt number (the fencing token), or None."""
-    result = await context.store.transition(
-        job.id,
-        JobStatus.RUNNING,
-        expect_run=job.run,
-        batch_id=job.spec.batch_id,
-        sources=[JobStatus.QUEUED, JobStatus.RUNNING],
-        next_attempt=True,
-        fields={"started_at": job.started_at or time.time()},
-    )
+    result = await context.store.claim(job)
     if not result.applied:
         log.info("job %s run %d skipped: %s (%s)", job.id, job.run, result.outcome, result.previous)
         return None
@@ -190,15 +182,7 @@ async def _answer_from_cache(context: WorkerContext, job: Job) -> bool:
         log.info("job %s: cached outputs unusable (%s); a miss", job.id, exc)
         return False
     outcome = cached.model_copy(update={"outputs": tuple(outputs), "created": int(time.time())})
-    await context.store.transition(
-        job.id,
-        JobStatus.SUCCEEDED,
-        expect_run=job.run,
-        batch_id=job.spec.batch_id,
-        expect_attempt=claimed.attempt,
-        sources=[JobStatus.RUNNING],
-        fields={"outcome": outcome.model_dump_json(), "cached": "1", "finished_at": time.time()},
-    )
+    await context.store.succeed(claimed, outcome, cached=True)
     return True
 
 
@@ -238,16 +222,7 @@ async def _execute_and_record(
     else:
         await _record_success(context, job, outcome, attempts)
         return
-    await context.store.transition(
-        job.id,
-        JobStatus.FAILED,
-        expect_run=job.run,
-        batch_id=job.spec.batch_id,
-        expect_attempt=job.attempt,
-        sources=[JobStatus.RUNNING],
-        attempts=attempts,
-        fields={"error": error.model_dump_json(), "finished_at": time.time()},
-    )
+    await context.store.fail(job, error, attempts)
 
 
 async def _record_success(
@@ -264,16 +239,7 @@ async def _record_success(
     # fenced transition is safe; if a try applied but its reply was lost, the job is
     # already succeeded under this very attempt.
     result = await retry_until(
-        lambda: context.store.transition(
-            job.id,
-            JobStatus.SUCCEEDED,
-            expect_run=job.run,
-            batch_id=job.spec.batch_id,
-            expect_attempt=job.attempt,
-            sources=[JobStatus.RUNNING],
-            attempts=attempts,
-            fields={"outcome": outcome.model_dump_json(), "finished_at": time.time()},
-        ),
+        lambda: context.store.succeed(job, outcome, attempts),
         until=asyncio.get_running_loop().time() + STORE_RETRY_S,
         what=f"recording that {job.id} succeeded",
         retry_on=(RedisError, OSError),
