@@ -69,16 +69,19 @@ def redis_settings(redis_url: str) -> RedisSettings:
     return RedisSettings.from_dsn(redis_url)
 
 
-async def connect(redis_url: str, queue_name: str) -> EditQueue:
-    """An ``EditQueue`` over a new arq pool that reads and writes JSON payloads (close
-    it with ``aclose``)."""
-    pool = await create_pool(
+async def open_pool(redis_url: str, queue_name: str) -> ArqRedis:
+    """A new arq pool that reads and writes JSON payloads; the caller closes it."""
+    return await create_pool(
         redis_settings(redis_url),
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=queue_name,
     )
-    return EditQueue(pool, queue_name)
+
+
+async def connect(redis_url: str, queue_name: str) -> EditQueue:
+    """An ``EditQueue`` over a new arq pool (close it with ``aclose``)."""
+    return EditQueue(await open_pool(redis_url, queue_name), queue_name)
 
 
 def _payload(job_id: str, run: int, enqueued_ms: int) -> bytes:

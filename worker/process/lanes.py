@@ -20,12 +20,14 @@ import logging
 import signal
 from typing import Any
 
+from arq.connections import ArqRedis
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from app.background import Backoff
 from app.core.jobs import Lane
 from app.core.providers_config import ProvidersConfig
+from app.dispatch import lane_queue, open_pool
 from app.settings import Settings
 from worker.process.arq_settings import worker_settings
 from worker.process.resources import shutdown, startup
@@ -42,6 +44,10 @@ class LaneWorkers:
         self.providers = providers
         self.ctx: dict[str, Any] = {"settings": settings, "providers": providers}
         self._workers: dict[Lane, Worker] = {}
+        # Each lane's arq pool is ours: opened before the lane polls, closed after it
+        # stopped. Left to arq, a lane stopped while its pool was still connecting
+        # leaked that connection.
+        self._pools: dict[Lane, ArqRedis] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -50,6 +56,7 @@ class LaneWorkers:
             **worker_settings(self.settings, self.providers, lane),
             handle_signals=False,
             ctx=self.ctx,
+            redis_pool=self._pools[lane],
         )
         # A picked job's in-progress key starts at one lease, which its task renews
         # (``LeaseKeeper.hold``), not at arq's job_timeout + 10 s: a worker killed after
@@ -61,6 +68,10 @@ class LaneWorkers:
     async def start(self) -> None:
         """Build the shared context, then start polling both lanes."""
         await startup(self.ctx)
+        for lane in Lane:
+            self._pools[lane] = await open_pool(
+                self.settings.redis_url, lane_queue(self.settings.queue_name, lane)
+            )
         self._supervisors = [
             asyncio.create_task(self._supervise(lane), name=f"lane-{lane.value}") for lane in Lane
         ]
@@ -110,6 +121,10 @@ class LaneWorkers:
         for task in self._supervisors:
             task.cancel()
         await asyncio.gather(*self._supervisors, return_exceptions=True)
+        for pool in self._pools.values():
+            with contextlib.suppress(RedisError, OSError):
+                await pool.aclose()
+        self._pools.clear()
         await shutdown(self.ctx)
 
     async def run(self) -> None:
