@@ -83,17 +83,23 @@ def new_job_id(now: float | None = None) -> str:
 
 def new_batch_id(now: float | None = None) -> str:
     """A batch id that sorts by creation time, like job ids."""
-    return f"batch_{_time_ordered(now)}"
+    return f"{BATCH_PREFIX}{_time_ordered(now)}"
 
 
 JOB_ID = re.compile(r"job_[0-9a-f]{24}", re.ASCII)
-BATCH_ID = re.compile(r"batch_[0-9a-f]{24}", re.ASCII)
+BATCH_PREFIX = "batch_"
+BATCH_ID = re.compile(BATCH_PREFIX + r"[0-9a-f]{24}", re.ASCII)
 
 
 def is_job_id(value: str) -> bool:
     """Whether ``value`` has exactly the form ``new_job_id`` makes (nothing else may
     reach a Redis key: ``job_…:log`` is not a job)."""
     return JOB_ID.fullmatch(value) is not None
+
+
+def names_a_batch(subject_id: str) -> bool:
+    """Whether a (well-formed) job-or-batch id is a batch's: its prefix says so."""
+    return subject_id.startswith(BATCH_PREFIX)
 
 
 def is_batch_id(value: str) -> bool:

@@ -19,12 +19,11 @@ transition and its events are never separated by a crash.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -32,10 +31,9 @@ from redis.asyncio.client import Pipeline
 from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus, sources_of
 from app.core.webhooks import batch_completed_event_id, event_id, event_type
 from app.dispatch import BatchWindow
+from app.store.job_records import attempts_json, job_from_row
 from app.store.keys import Keys
 from app.store.scripts import register
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -151,12 +149,12 @@ class JobStore:
     async def get(self, job_id: str) -> Job | None:
         """The job, or None if there is none (or it expired, or cannot be read)."""
         row = await cast(Awaitable[dict[str, str]], self._redis.hgetall(self._keys.job(job_id)))
-        return _readable(job_id, row)
+        return job_from_row(job_id, row)
 
     async def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
         """Several jobs in one round trip, in the order asked (None: missing or unreadable)."""
         rows = await self._rows(job_ids)
-        return [_readable(job_id, row) for job_id, row in zip(job_ids, rows, strict=True)]
+        return [job_from_row(job_id, row) for job_id, row in zip(job_ids, rows, strict=True)]
 
     async def _rows(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -213,7 +211,7 @@ class JobStore:
             "1" if next_run else "0",
             "" if expect_attempt is None else expect_attempt,
             "1" if next_attempt else "0",
-            _attempts_json(attempts),
+            attempts_json(attempts),
             self._retention_s,
             now_ms,
             job_id,
@@ -340,7 +338,7 @@ class JobStore:
 
     async def append_attempts(self, job_id: str, run: int, attempts: Iterable[Attempt]) -> bool:
         """Record calls of a running job; False when ``run`` is no longer current."""
-        payload = _attempts_json(attempts)
+        payload = attempts_json(attempts)
         if not payload:
             return True
         return bool(await self._append(keys=[self._keys.job(job_id)], args=[run, payload]))
@@ -371,7 +369,7 @@ class JobStore:
                 return _page(found, has_more=False)
             rows = await self._rows(ids)
             await self._forget_expired(key, ids, rows)
-            jobs = [_readable(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
+            jobs = [job_from_row(job_id, row) for job_id, row in zip(ids, rows, strict=True)]
             for job_id, job in zip(ids, jobs, strict=True):
                 if job is not None and (status is None or job.status == status):
                     if len(found) == limit:
@@ -391,39 +389,3 @@ class JobStore:
 
 def _page(jobs: list[Job], *, has_more: bool) -> JobPage:
     return JobPage(jobs, has_more=has_more, last_id=jobs[-1].id if jobs else None)
-
-
-def _attempts_json(attempts: Iterable[Attempt]) -> str:
-    items = [attempt.model_dump(mode="json") for attempt in attempts]
-    return json.dumps(items, separators=(",", ":")) if items else ""
-
-
-def _readable(job_id: str, row: dict[str, str]) -> Job | None:
-    """The job in ``row``; None when there is none, and when it cannot be read (logged):
-    one bad record must never break a read, a page or a batch of others."""
-    try:
-        return _job_from_hash(row)
-    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError included
-        log.error("job %s has an unreadable record (%s); it is skipped", job_id, exc)
-        return None
-
-
-def _job_from_hash(row: dict[str, str]) -> Job | None:
-    if not row or "spec" not in row:
-        return None
-    fields: dict[str, Any] = {
-        "spec": JobSpec.model_validate_json(row["spec"]),
-        "status": JobStatus(row["status"]),
-        "run": int(row.get("run", 1)),
-        "attempt": int(row.get("attempt", 0)),
-        "attempts": json.loads(row.get("attempts") or "[]"),
-    }
-    for name in ("started_at", "finished_at"):
-        if row.get(name):
-            fields[name] = float(row[name])
-    if row.get("error"):
-        fields["error"] = JobError.model_validate_json(row["error"])
-    if row.get("outcome"):
-        fields["outcome"] = JobOutcome.model_validate_json(row["outcome"])
-    fields["cached"] = row.get("cached") == "1"
-    return Job.model_validate(fields)

@@ -34,7 +34,7 @@ Webhooks, idempotency, limits and the cache::
     P:janitor:lock                held by the one worker sweeping expired S3 objects
 
 arq's own keys (queues, job payloads, in-progress markers) are ``app.dispatch``'s.
-A job's or batch's keys are chosen by its id: batch ids start with ``batch_``.
+A job's or batch's keys are chosen by its id (``app.core.jobs.names_a_batch``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-BATCH_ID_PREFIX = "batch_"
+from app.core.jobs import names_a_batch
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Keys:
 
     def subject(self, subject_id: str) -> str:
         """The record of a job or a batch, by its id."""
-        if subject_id.startswith(BATCH_ID_PREFIX):
+        if names_a_batch(subject_id):
             return self.batch(subject_id)
         return self.job(subject_id)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from app.core.jobs import names_a_batch
 from app.core.public import batch_json
 from app.core.webhooks import event_body, next_delay, signed_headers
 from app.errors import EditqError
@@ -76,7 +77,7 @@ async def _subject(
     context: WorkerContext, subject_id: str
 ) -> tuple[str, Callable[[], Awaitable[dict[str, Any]]]] | None:
     """The webhook URL of a job or batch and how to render it for the event body."""
-    if subject_id.startswith("batch_"):
+    if names_a_batch(subject_id):
         batch = await context.batches.get(subject_id)
         if batch is None or batch.spec.webhook_url is None:
             return None

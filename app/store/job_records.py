@@ -1,0 +1,53 @@
+"""A job's Redis hash and the ``Job`` it holds, both ways (see ``app.store.jobs``).
+
+Reading is forgiving on purpose: a record today's models cannot read (written by an
+older version, or damaged) is logged and read as absent, so one bad record never
+breaks a read, a page or a batch of others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def attempts_json(attempts: Iterable[Attempt]) -> str:
+    """Attempts as the compact JSON array the scripts append ("" for none)."""
+    items = [attempt.model_dump(mode="json") for attempt in attempts]
+    return json.dumps(items, separators=(",", ":")) if items else ""
+
+
+def job_from_row(job_id: str, row: dict[str, str]) -> Job | None:
+    """The job in ``row``; None when there is none, and when it cannot be read (logged)."""
+    try:
+        return _job_from_hash(row)
+    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError included
+        log.error("job %s has an unreadable record (%s); it is skipped", job_id, exc)
+        return None
+
+
+def _job_from_hash(row: dict[str, str]) -> Job | None:
+    if not row or "spec" not in row:
+        return None
+    fields: dict[str, Any] = {
+        "spec": JobSpec.model_validate_json(row["spec"]),
+        "status": JobStatus(row["status"]),
+        "run": int(row.get("run", 1)),
+        "attempt": int(row.get("attempt", 0)),
+        "attempts": json.loads(row.get("attempts") or "[]"),
+    }
+    for name in ("started_at", "finished_at"):
+        if row.get(name):
+            fields[name] = float(row[name])
+    if row.get("error"):
+        fields["error"] = JobError.model_validate_json(row["error"])
+    if row.get("outcome"):
+        fields["outcome"] = JobOutcome.model_validate_json(row["outcome"])
+    fields["cached"] = row.get("cached") == "1"
+    return Job.model_validate(fields)
