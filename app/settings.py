@@ -113,14 +113,20 @@ class Settings(BaseSettings):
     )
     metrics_public: bool = Field(False, description="serve the API's GET /metrics without a key")
 
+    crash_at: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="testing only: die (SIGKILL) on reaching these named points "
+        "(name or name@n, comma-separated; see app/crash_points.py)",
+    )
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] | None = Field(
         None, description="log line format (default: json for api and worker, text for dev)"
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "crash_at", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value

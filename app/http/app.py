@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from app.core.providers_config import ProvidersConfig
+from app.crash_points import CrashPoints
 from app.http.app_keys import (
     API_DOCUMENT,
     API_KEYS,
@@ -107,6 +108,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             wait_s=settings.decode_wait_s,
         )
         app[FETCH_SESSION] = fetch_session
+        crash_points = CrashPoints(settings.crash_at)
         app[JOB_SERVICE] = JobService(
             store=shared.jobs,
             storage=shared.blobs,
@@ -114,6 +116,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             events=shared.events,
             providers=app[PROVIDERS],
             allow_private_urls=settings.allow_private_urls,
+            crash_points=crash_points,
         )
         app[BATCH_SERVICE] = BatchService(
             batches=shared.batches,
@@ -124,5 +127,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             window=settings.batch_window,
             providers=app[PROVIDERS],
             allow_private_urls=settings.allow_private_urls,
+            crash_points=crash_points,
         )
         yield

@@ -20,6 +20,7 @@ from app.core.jobs import (
 from app.core.providers_config import ProvidersConfig
 from app.core.submissions import BatchSubmission
 from app.core.validation import check_models, in_variant
+from app.crash_points import CrashPoints
 from app.dispatch import EditQueue
 from app.errors import Conflict, EditqError, NotFound
 from app.net import check_url
@@ -45,7 +46,9 @@ class BatchService:
         window: int,
         providers: ProvidersConfig,
         allow_private_urls: bool,
+        crash_points: CrashPoints | None = None,
     ) -> None:
+        self._crash_points = crash_points or CrashPoints()
         self._providers = providers
         self._batches = batches
         self._jobs = jobs
@@ -94,7 +97,11 @@ class BatchService:
             )
             for index, params in enumerate(submission.variants)
         ]
-        return await self._batches.create(spec, jobs, self._window)
+        batch = await self._batches.create(
+            spec, jobs, self._window, reached=self._crash_points.reach
+        )
+        self._crash_points.reach("batch.released")
+        return batch
 
     async def get(self, batch_id: str, tenant: str) -> Batch:
         """The tenant's batch; NotFound for a missing one or another tenant's."""

@@ -28,6 +28,7 @@ from app.core.jobs import (
 from app.core.providers_config import ProvidersConfig
 from app.core.submissions import Submission
 from app.core.validation import check_models
+from app.crash_points import CrashPoints
 from app.dispatch import EditQueue
 from app.errors import Conflict, EditqError, NotFound
 from app.net import check_url
@@ -49,8 +50,10 @@ class JobService:
         events: JobEventHub,
         providers: ProvidersConfig,
         allow_private_urls: bool = False,
+        crash_points: CrashPoints | None = None,
     ) -> None:
         self._allow_private_urls = allow_private_urls
+        self._crash_points = crash_points or CrashPoints()
         self._store = store
         self._storage = storage
         self._queue = queue
@@ -78,6 +81,7 @@ class JobService:
             inputs=inputs,
         )
         job = await self._store.create(spec)
+        self._crash_points.reach("job.recorded")
         try:
             await self._queue.enqueue(job_id, job.run, job.lane)
         except Exception as exc:

@@ -52,8 +52,16 @@ class BatchStore:
         self._on_transition = on_transition  # told how many queued jobs it created (metrics)
         self._retention_s = retention_s
 
-    async def create(self, spec: BatchSpec, jobs: Sequence[JobSpec], window: int) -> Batch:
-        """Store the batch and its queued jobs; enqueue the first ``window`` variants."""
+    async def create(
+        self,
+        spec: BatchSpec,
+        jobs: Sequence[JobSpec],
+        window: int,
+        *,
+        reached: Callable[[str], None] = lambda point: None,
+    ) -> Batch:
+        """Store the batch and its queued jobs; enqueue the first ``window`` variants.
+        ``reached`` is told each crash point passed (``app.crash_points``)."""
         key = self._keys.batch(spec.id)
         fields: dict[str, str | int] = {
             "spec": spec.model_dump_json(),
@@ -84,6 +92,7 @@ class BatchStore:
                     self._add_job(pipe, job, spec)
             pipe.expire(job_list, self._retention_s)
             await pipe.execute()
+        reached("batch.jobs_written")
         # The jobs exist before any of them can be picked.
         async with self._redis.pipeline(transaction=False) as pipe:
             self._window.enqueue_variants(
