@@ -2,12 +2,14 @@
 
 arq keeps, per queue, a sorted set of job ids scored by when each may start, a
 payload key per job (``arq.constants.job_key_prefix``) and an in-progress marker
-per running job (``in_progress_key_prefix``). editq relies on that layout in four
-places, all here: enqueueing a batch's variants in bulk (payloads written at
-once, the first window scored into the bulk queue, the rest released one by one
-by ``release_window.lua``), withdrawing a canceled run, leasing a running job
-(its score moved to *now + lease*, its marker shortened to the lease) and handing
-a job back on shutdown. ``tests/test_dispatch_contract.py`` fails loudly when
+per running job (``in_progress_key_prefix``). editq relies on that layout in five
+places, all here: enqueueing a run inside the MULTI that records it (a new job) or
+moves it (a retry, ``enqueue_moved.lua``), so a crash can never leave a queued job
+no worker will pick; writing a batch's variants' payloads in bulk while the batch
+is created and then scoring its first window into the bulk queue, the rest
+released one by one by ``release_window.lua``; withdrawing a canceled run; leasing
+a running job (its score moved to *now + lease*, its marker shortened to the
+lease) and handing a job back on shutdown. ``tests/test_dispatch_contract.py`` fails loudly when
 arq's layout changes; ``pyproject.toml`` pins arq to the tested minor.
 
 The front end enqueues ``run_edit`` by name with the job id and run number only
@@ -31,6 +33,7 @@ from app.core.jobs import Lane
 from app.store.scripts import register
 
 EDIT_TASK = "run_edit"
+PAYLOAD_TTL_MS = 24 * 3600 * 1000  # as arq's own enqueue (its ``expires_extra_ms``)
 DELIVER_TASK = "deliver_webhook"
 
 
@@ -98,6 +101,7 @@ class EditQueue:
     def __init__(self, pool: ArqRedis, queue_name: str) -> None:
         self._pool = pool
         self._queue_name = queue_name
+        self._enqueue_moved = register(pool, "enqueue_moved")
 
     async def aclose(self) -> None:
         """Close the arq pool."""
@@ -111,14 +115,23 @@ class EditQueue:
         """The key a live worker of the lane refreshes."""
         return health_check_key(self._queue_name, lane)
 
-    async def enqueue(self, job_id: str, run: int, lane: Lane) -> None:
-        """Queue run ``run`` of ``job_id`` for the next free worker of its lane."""
-        await self._pool.enqueue_job(
-            EDIT_TASK,
-            job_id,
-            run,
-            _job_id=arq_job_id(job_id, run),
-            _queue_name=self.queue_for(lane),
+    def enqueue_on(self, pipe: Pipeline, job_id: str, run: int, lane: Lane) -> None:
+        """Queue run ``run`` of ``job_id`` for the next free worker of its lane, on
+        ``pipe``: in the MULTI that records the job, so both happen or neither."""
+        arq_id, now_ms = arq_job_id(job_id, run), _now_ms()
+        pipe.psetex(job_key_prefix + arq_id, PAYLOAD_TTL_MS, _payload(job_id, run, now_ms))
+        pipe.zadd(self.queue_for(lane), {arq_id: now_ms})
+
+    async def enqueue_moved(
+        self, pipe: Pipeline, *, job_key: str, token: str, job_id: str, run: int, lane: Lane
+    ) -> None:
+        """Queue on ``pipe`` (right after the job's transition) run ``run`` of
+        ``job_id``, which happens only if that transition (``token``) applied."""
+        arq_id, now_ms = arq_job_id(job_id, run), _now_ms()
+        await self._enqueue_moved(
+            keys=[job_key, job_key_prefix + arq_id, self.queue_for(lane)],
+            args=[token, _payload(job_id, run, now_ms), PAYLOAD_TTL_MS, arq_id, now_ms],
+            client=pipe,
         )
 
     async def enqueue_delivery(self, event_id: str) -> None:
@@ -174,15 +187,32 @@ class EditQueue:
             await pipe.execute()
 
 
+PUSH_CHUNK = 1000  # ids per RPUSH: one command's arguments stay bounded
+
+
 class BatchWindow:
-    """A batch's variants on the bulk lane: all written at once, a window of them
-    queued, the rest released one per finished variant (by ``release_window.lua``)."""
+    """A batch's variants on the bulk lane: all payloads written while the batch is
+    created, then a window of them queued at once, the rest released one per finished
+    variant (by ``release_window.lua``)."""
 
     def __init__(self, redis: Redis, queue_name: str) -> None:
         self._queue = lane_queue(queue_name, Lane.BULK)
         self._release = register(redis, "release_window")
 
-    def enqueue_variants(
+    def write_payloads(self, pipe: Pipeline, job_ids: Sequence[str], *, ttl_s: int) -> None:
+        """Write run 1's arq payload of each variant on ``pipe``; none is queued yet."""
+        now_ms = _now_ms()
+        for job_id in job_ids:
+            arq_id = arq_job_id(job_id, 1)
+            pipe.psetex(job_key_prefix + arq_id, ttl_s * 1000, _payload(job_id, 1, now_ms))
+
+    def forget_payloads(self, pipe: Pipeline, job_ids: Sequence[str]) -> None:
+        """Delete run 1's arq payload of each variant on ``pipe`` (a batch discarded
+        before it was released)."""
+        if job_ids:
+            pipe.delete(*(job_key_prefix + arq_job_id(job_id, 1) for job_id in job_ids))
+
+    def release_first(
         self,
         pipe: Pipeline,
         job_ids: Sequence[str],
@@ -191,24 +221,18 @@ class BatchWindow:
         pending_key: str,
         ttl_s: int,
     ) -> None:
-        """Queue run 1 of a batch's variants on ``pipe``: every payload is written now,
-        the first ``window`` are scored into the bulk queue and the rest wait in
-        ``pending_key`` (released one per finished variant by ``release_window``)."""
+        """Queue run 1 of a batch's variants on ``pipe``, their payloads written already
+        (``write_payloads``): the first ``window`` are scored into the bulk queue and
+        the rest wait in ``pending_key`` (released one per finished variant by
+        ``release_window``)."""
         now_ms = _now_ms()
-        queue = self._queue
-        ready: dict[str, int] = {}
-        waiting: list[str] = []
-        for index, job_id in enumerate(job_ids):
-            arq_id = arq_job_id(job_id, 1)
-            pipe.psetex(job_key_prefix + arq_id, ttl_s * 1000, _payload(job_id, 1, now_ms))
-            if index < window:
-                ready[arq_id] = now_ms + index
-            else:
-                waiting.append(arq_id)
-        if ready:
-            pipe.zadd(queue, ready)
+        arq_ids = [arq_job_id(job_id, 1) for job_id in job_ids]
+        if ready := arq_ids[:window]:
+            pipe.zadd(self._queue, {arq_id: now_ms + index for index, arq_id in enumerate(ready)})
+        waiting = arq_ids[window:]
+        for start in range(0, len(waiting), PUSH_CHUNK):
+            pipe.rpush(pending_key, *waiting[start : start + PUSH_CHUNK])
         if waiting:
-            pipe.rpush(pending_key, *waiting)
             pipe.expire(pending_key, ttl_s)
 
     async def release_next(

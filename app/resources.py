@@ -84,6 +84,7 @@ async def open_resources(
                 keys,
                 window,
                 retention_s=settings.retention_s,
+                lease_s=settings.submit_lease_s,
                 on_transition=metrics.job_transition,
             ),
             webhooks=WebhookStore(

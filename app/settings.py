@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(
         10.0, gt=0, description="a running job's lease, renewed by its worker"
     )
+    submit_lease_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="how long a submit's Idempotency-Key and half-written batch stay held "
+        "for an API process that stopped renewing them (died) before a retry takes over",
+    )
     retention_s: int = Field(7 * 24 * 3600, ge=1, description="job records and images live")
     janitor_interval_s: float = Field(60.0, gt=0, description="how often expired S3 objects go")
 

@@ -76,7 +76,8 @@ def test_the_worker_attributes_the_lane_runner_uses(settings: Settings) -> None:
 async def test_arq_runs_variants_written_in_bulk_and_honours_the_scores(
     settings: Settings,
 ) -> None:
-    """What ``BatchWindow.enqueue_variants`` writes, arq's own worker picks up: the
+    """What ``BatchWindow.write_payloads`` and ``release_first`` write, arq's own worker
+    picks up: the
     window's runs (scored now) and not the rest (waiting in the pending list); and a
     run scored in the future (a lease, a parked waiter) is not picked meanwhile."""
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
@@ -89,7 +90,8 @@ async def test_arq_runs_variants_written_in_bulk_and_honours_the_scores(
     try:
         window = BatchWindow(redis, settings.queue_name)
         async with redis.pipeline(transaction=False) as pipe:
-            window.enqueue_variants(
+            window.write_payloads(pipe, ["job_a", "job_b", "job_c"], ttl_s=60)
+            window.release_first(
                 pipe,
                 ["job_a", "job_b", "job_c"],
                 window=2,

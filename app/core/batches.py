@@ -8,12 +8,14 @@ and reading a batch never scans its jobs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.core.jobs import JobInputs, JobStatus
+from app.core.edit_params import EditParams
+from app.core.jobs import JobInputs, JobSpec, JobStatus
 
 BatchEventType = Literal[
     "batch.completed", "job.running", "job.succeeded", "job.failed", "job.canceled"
@@ -36,6 +38,10 @@ class BatchStatus(StrEnum):
 
 TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.CANCELED})
 
+CREATING = "creating"
+"""The stored status of a batch whose variants are still being written: no client
+sees it (it is not there yet) and no variant of it runs until it is released."""
+
 
 class BatchSpec(BaseModel):
     """The part of a batch fixed at submission."""
@@ -48,6 +54,30 @@ class BatchSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     webhook_url: str | None = None
     webhook_events: tuple[BatchEventType, ...] = DEFAULT_BATCH_EVENTS
+    first_rank: float = Field(
+        0.0, description="the bulk lane's fair-share rank of variant 0 (the clock at creation)"
+    )
+
+
+def variant_jobs(
+    spec: BatchSpec, job_ids: Sequence[str], variants: Sequence[EditParams]
+) -> list[JobSpec]:
+    """The jobs of a batch's variants, in variant order: the same every time they are
+    built from the same batch, ids and variants (a creation resumed after a crash
+    writes exactly what the first attempt would have)."""
+    return [
+        JobSpec(
+            id=job_id,
+            tenant=spec.tenant,
+            created_at=spec.created_at,
+            request=params.model_copy(update={"webhook_url": spec.webhook_url}),
+            inputs=spec.inputs,
+            batch_id=spec.id,
+            variant_index=index,
+            rank=spec.first_rank + index,
+        )
+        for index, (job_id, params) in enumerate(zip(job_ids, variants, strict=True))
+    ]
 
 
 class Batch(BaseModel):
@@ -65,8 +95,9 @@ class Batch(BaseModel):
 
 
 def batch_from_hash(row: dict[str, str]) -> Batch | None:
-    """Rebuild a batch from its Redis hash (see ``app.store.batches``)."""
-    if not row or "spec" not in row:
+    """Rebuild a batch from its Redis hash (see ``app.store.batches``); None when there
+    is none or it is still being created."""
+    if not row or "spec" not in row or row.get("status") == CREATING:
         return None
     counts = {status.value: int(row.get(f"n_{status.value}", 0)) for status in JobStatus}
     usage: dict[str, Any] = {

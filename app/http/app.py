@@ -94,7 +94,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = shared.blobs
         app[WEBHOOKS] = shared.webhooks
         app[JOB_STORE] = shared.jobs
-        app[IDEMPOTENCY] = IdempotencyStore(redis, keys)
+        app[IDEMPOTENCY] = IdempotencyStore(redis, keys, lease_s=settings.submit_lease_s)
         app[RATE_LIMITER] = RateLimiter(redis, keys, per_minute=settings.rate_limit_per_minute)
         app[FAILED_LOGINS] = FailedLogins(redis, keys, per_minute=settings.auth_failures_per_minute)
         app[EVENTS] = shared.events

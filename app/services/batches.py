@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
-from app.core.batches import Batch, BatchSpec, BatchStatus
+from app.core.batches import Batch, BatchSpec, BatchStatus, variant_jobs
 from app.core.jobs import (
     Job,
-    JobSpec,
     JobStatus,
     Lane,
     is_batch_id,
@@ -22,14 +22,23 @@ from app.core.submissions import BatchSubmission
 from app.core.validation import check_models, in_variant
 from app.crash_points import CrashPoints
 from app.dispatch import EditQueue
-from app.errors import Conflict, EditqError, NotFound
+from app.errors import Conflict, EditqError, IdempotencyKeyInUse, NotFound
 from app.net import check_url
 from app.services.jobs import JobService
-from app.store.batches import BatchStore
+from app.services.reservations import Reservation
+from app.store.batches import BatchStore, CreationLost
 from app.store.events import JobEventHub
 from app.store.jobs import JobStore
 
 CANCEL_CHUNK = 500
+WRITE_CHUNK = 1000  # variants per MULTI while a batch is created
+
+
+def _still_being_created(batch_id: str) -> IdempotencyKeyInUse:
+    return IdempotencyKeyInUse(
+        f"batch {batch_id} is still being created by another request; retry later",
+        param="Idempotency-Key",
+    )
 
 
 class BatchService:
@@ -58,8 +67,16 @@ class BatchService:
         self._window = window
         self._allow_private_urls = allow_private_urls
 
-    async def accept(self, submission: BatchSubmission, tenant: str) -> Batch:
-        """Store the inputs once, create every variant's job, release the first window."""
+    async def accept(
+        self,
+        submission: BatchSubmission,
+        tenant: str,
+        *,
+        reservation: Reservation | None = None,
+    ) -> Batch:
+        """Store the inputs once, create every variant's job, release the first window;
+        with a ``reservation``, finish or return the batch an interrupted earlier
+        request with the same key reserved instead of making another."""
         options = submission.options
         if options.webhook_url is not None:
             check_url(
@@ -70,10 +87,19 @@ class BatchService:
                 check_models(params, self._providers)
             except EditqError as exc:
                 raise in_variant(exc, index, submission.overrides[index]) from None
-        batch_id = new_batch_id()
+        resumed = reservation.resumed if reservation is not None else None
+        if resumed is not None and is_batch_id(resumed):
+            batch = await self._resume(resumed, submission, tenant)
+            if batch is not None:
+                return batch
+            batch_id = resumed  # nothing of it was written (or it was discarded): anew
+        else:
+            batch_id = new_batch_id()
+            if reservation is not None:
+                await reservation.reserve(batch_id)
         inputs = await self._job_service.store_inputs(batch_id, submission.images, submission.mask)
+        self._crash_points.reach("batch.inputs_stored")
         now = time.time()
-        base = await self._batches.fair_clock()
         spec = BatchSpec(
             id=batch_id,
             tenant=tenant,
@@ -83,25 +109,51 @@ class BatchService:
             metadata=options.metadata,
             webhook_url=options.webhook_url,
             webhook_events=options.webhook_events,
+            first_rank=await self._batches.fair_clock(),
         )
-        jobs = [
-            JobSpec(
-                id=new_job_id(now),
-                tenant=tenant,
-                created_at=now,
-                request=params.model_copy(update={"webhook_url": options.webhook_url}),
-                inputs=inputs,
-                batch_id=batch_id,
-                variant_index=index,
-                rank=base + index,
-            )
-            for index, params in enumerate(submission.variants)
-        ]
-        batch = await self._batches.create(
-            spec, jobs, self._window, reached=self._crash_points.reach
-        )
+        job_ids = [new_job_id(now) for _ in submission.variants]
+        token = os.urandom(12).hex()
+        if not await self._batches.begin(spec, job_ids, token):
+            raise _still_being_created(batch_id)
+        return await self._finish_creation(spec, job_ids, submission, token)
+
+    async def _resume(
+        self, batch_id: str, submission: BatchSubmission, tenant: str
+    ) -> Batch | None:
+        """The batch an interrupted request with the same key reserved: as it is once
+        released, finished first while still being created; None if it was never
+        written (or was discarded)."""
+        batch = await self._batches.get(batch_id)
+        if batch is not None:
+            if batch.spec.tenant != tenant:
+                raise Conflict(f"batch {batch_id} belongs to another key")
+            return batch
+        creating = await self._batches.being_created(batch_id)
+        if creating is None:
+            return None
+        token = os.urandom(12).hex()
+        if not await self._batches.take_over(batch_id, token):
+            raise _still_being_created(batch_id)
+        return await self._finish_creation(creating.spec, creating.job_ids, submission, token)
+
+    async def _finish_creation(
+        self,
+        spec: BatchSpec,
+        job_ids: Sequence[str],
+        submission: BatchSubmission,
+        token: str,
+    ) -> Batch:
+        """Write every variant in bounded chunks, then release the batch to the workers."""
+        jobs = variant_jobs(spec, job_ids, submission.variants)
+        try:
+            for start in range(0, len(jobs), WRITE_CHUNK):
+                await self._batches.write_jobs(spec, jobs[start : start + WRITE_CHUNK], token)
+                self._crash_points.reach("batch.jobs_written")
+            await self._batches.release(spec, job_ids, token, self._window)
+        except CreationLost:
+            raise _still_being_created(spec.id) from None
         self._crash_points.reach("batch.released")
-        return batch
+        return await self.get(spec.id, spec.tenant)
 
     async def get(self, batch_id: str, tenant: str) -> Batch:
         """The tenant's batch; NotFound for a missing one or another tenant's."""

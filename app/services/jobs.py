@@ -1,9 +1,11 @@
 """What the API does with jobs: accept, read, wait for, cancel and retry them.
 
-Accepting stores the inputs in object storage first, then the job record, then
-enqueues the run; a failure before the record exists leaves nothing a client was
-told about, and a failure to enqueue marks the job failed rather than leaving it
-queued forever.
+Accepting stores the inputs in object storage first, then records the job and
+queues its run in one MULTI: a failure (or a crash) before that leaves nothing a
+client was told about, and after it the job runs. A retry moves the job and queues
+its new run in one MULTI too. With an ``Idempotency-Key`` the job's id is reserved
+before anything is written, so a retried request after a crash returns that job
+(or creates it under that id) instead of a second one.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import asyncio
 import logging
 import time
 
+from redis.asyncio.client import Pipeline
+
 from app.blobs import ObjectStore, input_key, mask_key
 from app.core.images import CheckedImage
 from app.core.jobs import (
     TERMINAL,
     Job,
-    JobError,
     JobInputs,
     JobSpec,
     JobStatus,
@@ -30,8 +33,9 @@ from app.core.submissions import Submission
 from app.core.validation import check_models
 from app.crash_points import CrashPoints
 from app.dispatch import EditQueue
-from app.errors import Conflict, EditqError, NotFound
+from app.errors import Conflict, NotFound
 from app.net import check_url
+from app.services.reservations import Reservation
 from app.store.events import JobEventHub
 from app.store.jobs import JobPage, JobStore
 
@@ -68,11 +72,26 @@ class JobService:
             check_url(url, param="webhook_url", allow_private=self._allow_private_urls)
         check_models(submission.params, self._providers)
 
-    async def accept(self, submission: Submission, tenant: str) -> Job:
-        """Store the inputs, record the job and enqueue its first run."""
+    async def accept(
+        self, submission: Submission, tenant: str, *, reservation: Reservation | None = None
+    ) -> Job:
+        """Store the inputs, record the job and enqueue its first run; with a
+        ``reservation``, the job an interrupted earlier request reserved, if it exists."""
         self.check_request(submission)
-        job_id = new_job_id()
+        resumed = reservation.resumed if reservation is not None else None
+        if resumed is not None and is_job_id(resumed):
+            existing = await self._store.get(resumed)
+            if existing is not None:
+                if existing.spec.tenant != tenant:
+                    raise Conflict(f"job {resumed} belongs to another key")
+                return existing
+            job_id = resumed  # nothing of it was recorded: create it under that id
+        else:
+            job_id = new_job_id()
+            if reservation is not None:
+                await reservation.reserve(job_id)
         inputs = await self.store_inputs(job_id, submission.images, submission.mask)
+        self._crash_points.reach("job.inputs_stored")
         spec = JobSpec(
             id=job_id,
             tenant=tenant,
@@ -80,13 +99,10 @@ class JobService:
             request=submission.params,
             inputs=inputs,
         )
-        job = await self._store.create(spec)
+        job = await self._store.create(
+            spec, lambda pipe: self._queue.enqueue_on(pipe, job_id, 1, spec.lane)
+        )
         self._crash_points.reach("job.recorded")
-        try:
-            await self._queue.enqueue(job_id, job.run, job.lane)
-        except Exception as exc:
-            await self._fail_unqueued(job, exc)
-            raise
         return job
 
     async def store_inputs(
@@ -106,22 +122,6 @@ class JobService:
             images=tuple(stored[: len(images)]),
             mask=stored[-1] if mask else None,
         )
-
-    async def _fail_unqueued(self, job: Job, exc: Exception) -> None:
-        error = JobError(
-            type="server_error", code="service_unavailable", message=f"could not enqueue: {exc}"
-        )
-        try:
-            await self._store.transition(
-                job.id,
-                JobStatus.FAILED,
-                expect_run=job.run,
-                batch_id=job.spec.batch_id,
-                sources=[JobStatus.QUEUED],
-                fields={"error": error.model_dump_json(), "finished_at": time.time()},
-            )
-        except EditqError:
-            log.exception("job %s could not be enqueued nor marked failed", job.id)
 
     async def get(self, job_id: str, tenant: str) -> Job:
         """The tenant's job; NotFound for a missing job or another tenant's."""
@@ -167,11 +167,19 @@ class JobService:
     async def retry(self, job_id: str, tenant: str) -> Job:
         """Run a failed or canceled job again under the same id; 409 otherwise."""
         job = await self.get(job_id, tenant)
+        lane = job.lane
+
+        async def enqueue(pipe: Pipeline, job_key: str, token: str, run: int) -> None:
+            await self._queue.enqueue_moved(
+                pipe, job_key=job_key, token=token, job_id=job_id, run=run, lane=lane
+            )
+
         result = await self._store.transition(
             job_id,
             JobStatus.QUEUED,
             sources=[JobStatus.FAILED, JobStatus.CANCELED],
             next_run=True,
+            then=enqueue,
             fields={
                 "error": None,
                 "outcome": None,
@@ -184,7 +192,7 @@ class JobService:
             raise Conflict(
                 f"job {job_id} is {job.status.value}; only failed or canceled jobs can be retried"
             )
-        await self._queue.enqueue(job_id, result.run, job.lane)
+        self._crash_points.reach("job.requeued")
         return await self.get(job_id, tenant)
 
 

@@ -12,6 +12,17 @@ variant that finishes releases the next one (``release_window.lua``, in the same
 MULTI as its transition), so concurrent batches take turns on a shared upstream
 instead of the first one holding it until it is done, and a 10,000-variant batch
 costs the queue nothing.
+
+Creating a 10,000-variant batch is many writes, so it is made crash-safe rather than
+one huge transaction. ``begin`` writes the record with status ``creating`` (no client
+sees it) and the variants' ids, and takes the batch's ``creator`` key (the creating
+request's token, with a lease of ``lease_s``); ``write_jobs`` writes the variants in
+bounded chunks, each a MULTI fenced on that token (WATCH) that renews the lease; and
+``release`` makes it ``running``, lists it and queues its first window in one fenced
+MULTI. Until then no variant can run. A creator that dies leaves the batch
+``creating``: a retry of the same request (``take_over`` once the lease lapsed)
+writes the chunks again (the same ids, the same content) and releases it, or the
+worker's sweeper discards it when no retry came (``stale_creations``, ``discard``).
 """
 
 from __future__ import annotations
@@ -20,18 +31,32 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
 
-from app.core.batches import Batch, BatchSpec, BatchStatus, batch_from_hash
+from app.core.batches import CREATING, Batch, BatchSpec, BatchStatus, batch_from_hash
 from app.core.jobs import JobSpec, JobStatus
 from app.dispatch import BatchWindow
 from app.store.keys import Keys
 
 CHUNK = 1000
 log = logging.getLogger(__name__)
+
+
+class CreationLost(Exception):
+    """Another request (or the stale-creation sweeper) holds this batch's creation now."""
+
+
+@dataclass(frozen=True)
+class CreatingBatch:
+    """A batch whose creation has begun and not finished: its spec and variant ids."""
+
+    spec: BatchSpec
+    job_ids: tuple[str, ...]
 
 
 class BatchStore:
@@ -44,70 +69,158 @@ class BatchStore:
         window: BatchWindow,
         *,
         retention_s: int,
+        lease_s: float,
         on_transition: Callable[[JobStatus, int], None] | None = None,
     ) -> None:
         self._redis = redis
+        self._lease_ms = int(lease_s * 1000)
         self._keys = keys
         self._window = window
         self._on_transition = on_transition  # told how many queued jobs it created (metrics)
         self._retention_s = retention_s
 
-    async def create(
-        self,
-        spec: BatchSpec,
-        jobs: Sequence[JobSpec],
-        window: int,
-        *,
-        reached: Callable[[str], None] = lambda point: None,
-    ) -> Batch:
-        """Store the batch and its queued jobs; enqueue the first ``window`` variants.
-        ``reached`` is told each crash point passed (``app.crash_points``)."""
-        key = self._keys.batch(spec.id)
+    async def begin(self, spec: BatchSpec, job_ids: Sequence[str], token: str) -> bool:
+        """Start creating the batch: its record (status ``creating``, seen by no client)
+        and its variants' ids, held by ``token`` for one lease. False, writing
+        nothing, when another request holds the batch's creation."""
+        creator = self._keys.batch_creator(spec.id)
+        if not await self._redis.set(creator, token, nx=True, px=self._lease_ms):
+            return False
+        key, job_list = self._keys.batch(spec.id), self._keys.batch_jobs(spec.id)
         fields: dict[str, str | int] = {
             "spec": spec.model_dump_json(),
             "tenant": spec.tenant,
-            "status": BatchStatus.RUNNING.value,
+            "status": CREATING,
             "total": spec.total,
-            "n_queued": spec.total,
         }
-        if spec.webhook_url and "batch.completed" in spec.webhook_events:
-            fields["webhook_events"] = " batch.completed "
-        now_ms = int(time.time() * 1000)
-        counts = {status.value: 0 for status in JobStatus} | {JobStatus.QUEUED.value: spec.total}
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self._retention_s)
-            log = self._keys.log(spec.id)
-            pipe.xadd(
-                log,
-                {"status": BatchStatus.RUNNING.value, "counts": json.dumps(counts), "at": now_ms},
-            )
-            pipe.expire(log, self._retention_s)
-            pipe.zadd(self._keys.tenant_batches(spec.tenant), {spec.id: 0})
-            job_list = self._keys.batch_jobs(spec.id)
-            for start in range(0, len(jobs), CHUNK):
-                chunk = jobs[start : start + CHUNK]
-                pipe.rpush(job_list, *(job.id for job in chunk))
-                for job in chunk:
-                    self._add_job(pipe, job, spec)
+            pipe.delete(job_list)
+            for start in range(0, len(job_ids), CHUNK):
+                pipe.rpush(job_list, *job_ids[start : start + CHUNK])
             pipe.expire(job_list, self._retention_s)
+            pipe.zadd(self._keys.batches_being_created, {spec.id: int(time.time() * 1000)})
             await pipe.execute()
-        reached("batch.jobs_written")
-        # The jobs exist before any of them can be picked.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._window.enqueue_variants(
+        return True
+
+    async def take_over(self, batch_id: str, token: str) -> bool:
+        """Hold the creation of a batch whose creator's lease lapsed; False while
+        another request (or the sweeper) holds it."""
+        creator = self._keys.batch_creator(batch_id)
+        return bool(await self._redis.set(creator, token, nx=True, px=self._lease_ms))
+
+    async def being_created(self, batch_id: str) -> CreatingBatch | None:
+        """The batch as far as its creation got, while it is still being created."""
+        key = self._keys.batch(batch_id)
+        status, spec = await cast(
+            Awaitable[list[str | None]], self._redis.hmget(key, ["status", "spec"])
+        )
+        if status != CREATING or spec is None:
+            return None
+        job_ids = await self.job_ids(batch_id)
+        return CreatingBatch(BatchSpec.model_validate_json(spec), tuple(job_ids))
+
+    async def write_jobs(self, batch: BatchSpec, jobs: Sequence[JobSpec], token: str) -> None:
+        """Write one bounded chunk of the batch's variants (records, logs, arq payloads)
+        and renew the creation's lease; CreationLost (writing nothing) if ``token``
+        no longer holds it. Writing a chunk again writes the same thing."""
+        creator = self._keys.batch_creator(batch.id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(creator)
+            if await cast(Awaitable[str | None], pipe.get(creator)) != token:
+                raise CreationLost(f"batch {batch.id} is being created by another request")
+            pipe.multi()  # type: ignore[no-untyped-call]
+            for job in jobs:
+                self._add_job(pipe, job, batch)
+            self._window.write_payloads(pipe, [job.id for job in jobs], ttl_s=self._retention_s)
+            pipe.pexpire(creator, self._lease_ms)
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise CreationLost(f"batch {batch.id} was taken over while written") from None
+
+    async def release(
+        self, batch: BatchSpec, job_ids: Sequence[str], token: str, window: int
+    ) -> None:
+        """Finish the creation in one MULTI: the batch becomes ``running``, is listed for
+        its tenant and its first ``window`` variants are queued. CreationLost if
+        ``token`` no longer holds it; a batch released already stays as it is."""
+        key, creator = self._keys.batch(batch.id), self._keys.batch_creator(batch.id)
+        now_ms = int(time.time() * 1000)
+        counts = {status.value: 0 for status in JobStatus} | {JobStatus.QUEUED.value: batch.total}
+        fields: dict[str, str | int] = {
+            "status": BatchStatus.RUNNING.value,
+            f"n_{JobStatus.QUEUED.value}": batch.total,
+        }
+        if batch.webhook_url and "batch.completed" in batch.webhook_events:
+            fields["webhook_events"] = " batch.completed "
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(creator, key)
+            held = await cast(Awaitable[str | None], pipe.get(creator)) == token
+            status = await cast(Awaitable[str | None], pipe.hget(key, "status"))
+            if not held or status != CREATING:
+                raise CreationLost(f"batch {batch.id} is being created by another request")
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(key, mapping=fields)
+            log_key = self._keys.log(batch.id)
+            running = BatchStatus.RUNNING.value
+            pipe.xadd(log_key, {"status": running, "counts": json.dumps(counts), "at": now_ms})
+            pipe.expire(log_key, self._retention_s)
+            pipe.zadd(self._keys.tenant_batches(batch.tenant), {batch.id: 0})
+            self._window.release_first(
                 pipe,
-                [job.id for job in jobs],
+                job_ids,
                 window=window,
-                pending_key=self._keys.batch_pending(spec.id),
+                pending_key=self._keys.batch_pending(batch.id),
                 ttl_s=self._retention_s,
             )
-            await pipe.execute()
+            pipe.delete(creator)
+            pipe.zrem(self._keys.batches_being_created, batch.id)
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise CreationLost(f"batch {batch.id} was taken over while released") from None
         if self._on_transition is not None:
-            self._on_transition(JobStatus.QUEUED, len(jobs))
-        batch = await self.get(spec.id)
-        assert batch is not None
-        return batch
+            self._on_transition(JobStatus.QUEUED, len(job_ids))
+
+    async def stale_creations(self, started_before_ms: int, limit: int = 100) -> list[str]:
+        """Ids of batches whose creation began before ``started_before_ms`` and is not
+        finished (the sweeper's candidates; each may still be held by a live creator)."""
+        ids = await self._redis.zrangebyscore(
+            self._keys.batches_being_created, "-inf", started_before_ms, start=0, num=limit
+        )
+        return [str(batch_id) for batch_id in ids]
+
+    async def discard(self, batch_id: str, token: str) -> bool:
+        """Delete everything a creation that will not be finished wrote (its variants'
+        records, logs and payloads, then the batch), holding it with ``token``; its
+        stored inputs are left to the retention janitor, due now. False if ``token``
+        does not hold it (nothing is deleted then)."""
+        creator, key = self._keys.batch_creator(batch_id), self._keys.batch(batch_id)
+        if await self._redis.get(creator) != token:
+            return False
+        if await cast(Awaitable[str | None], self._redis.hget(key, "status")) not in (
+            CREATING,
+            None,
+        ):
+            await self._redis.zrem(self._keys.batches_being_created, batch_id)
+            return False  # released meanwhile: nothing to discard
+        job_ids = await self.job_ids(batch_id)
+        for start in range(0, len(job_ids), CHUNK):
+            chunk = job_ids[start : start + CHUNK]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.delete(self._keys.job(job_id), self._keys.log(job_id))
+                self._window.forget_payloads(pipe, chunk)
+                pipe.pexpire(creator, self._lease_ms)
+                await pipe.execute()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key, self._keys.batch_jobs(batch_id), creator)
+            pipe.zrem(self._keys.batches_being_created, batch_id)
+            pipe.zadd(self._keys.retention, {batch_id: int(time.time() * 1000)})
+            await pipe.execute()
+        return True
 
     def _add_job(self, pipe: Pipeline, job: JobSpec, batch: BatchSpec) -> None:
         fields: dict[str, str | int] = {

@@ -2,15 +2,17 @@
 
 One hash per record (``Keys.idempotency``: the key itself is stored hashed)::
 
-    state (in_progress | done), owner (the claim's
-                                    token), fingerprint; once done also status,
-                                    headers (JSON), body (absent: answer from job_id),
-                                    job_id
+    state (in_progress | done), owner (the claim's token), fingerprint,
+    lease (ms, Redis time), resource (the job or batch id the request reserved);
+    once done also status, headers (JSON), body (absent: answer from job_id), job_id
 
-A request claims its key in one atomic step (set only if absent) for ``claim_ttl_s``,
-which its holder renews while it runs, so a crashed API process frees the key within
-one claim TTL. A finished record lives ``done_ttl_s`` (24 h). Only the claim's owner
-can renew, finish or release it.
+A request claims its key in one atomic step with a lease of ``lease_s``, which its
+holder renews while it runs. Before it writes anything it reserves the id it will
+create (``reserve``). If its API process dies, the lease lapses and the next request
+with the same key and fingerprint takes the claim over and learns that id
+(``Claim.resumed``), so it finishes or returns that job or batch instead of making a
+second one. A record lives ``done_ttl_s`` (24 h) from its claim and again from its
+answer. Only the claim's owner can renew, reserve, finish or release it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from redis.asyncio import Redis
 from app.store.keys import Keys
 from app.store.scripts import register
 
-CLAIM_TTL_S = 120.0
+LEASE_S = 15.0
 DONE_TTL_S = 24 * 3600.0
 
 
@@ -43,11 +45,13 @@ class StoredResponse:
 
 @dataclass(frozen=True)
 class Claim:
-    """A key this request holds (``token`` proves it) until it finishes or releases it."""
+    """A key this request holds (``token`` proves it) until it finishes or releases it.
+    ``resumed`` is the id an earlier holder of the key reserved before it died."""
 
     record_key: str
     token: str
     fingerprint: str
+    resumed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,46 +63,61 @@ class ExistingRecord:
 
 
 class IdempotencyStore:
-    """Claims, renews, finishes and releases idempotency records (times in seconds)."""
+    """Claims, renews, reserves, finishes and releases idempotency records (times in
+    seconds)."""
 
     def __init__(
         self,
         redis: Redis,
         keys: Keys,
         *,
-        claim_ttl_s: float = CLAIM_TTL_S,
+        lease_s: float = LEASE_S,
         done_ttl_s: float = DONE_TTL_S,
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self.claim_ttl_s = claim_ttl_s
+        self.lease_s = lease_s
         self._done_ttl_ms = int(done_ttl_s * 1000)
-        self._claim_ttl_ms = int(claim_ttl_s * 1000)
+        self._lease_ms = int(lease_s * 1000)
         self._claim = register(redis, "idempotency_claim")
         self._renew = register(redis, "idempotency_renew")
+        self._reserve = register(redis, "idempotency_reserve")
         self._finish = register(redis, "idempotency_finish")
         self._release = register(redis, "idempotency_release")
 
     async def claim(self, tenant: str, key: str, fingerprint: str) -> Claim | ExistingRecord:
-        """Take the key for a request with ``fingerprint``, or the record already there."""
-        claim = Claim(self._keys.idempotency(tenant, key), uuid.uuid4().hex, fingerprint)
+        """Take the key for a request with ``fingerprint`` (taking over one whose holder's
+        lease lapsed: ``Claim.resumed`` then names what it reserved), or the record
+        already there."""
+        record_key, token = self._keys.idempotency(tenant, key), uuid.uuid4().hex
         reply = await cast(
             Awaitable[list[str]],
             self._claim(
-                keys=[claim.record_key], args=[claim.token, fingerprint, self._claim_ttl_ms]
+                keys=[record_key],
+                args=[token, fingerprint, self._lease_ms, self._done_ttl_ms],
             ),
         )
-        if not reply:
-            return claim
-        return _existing(dict(zip(reply[::2], reply[1::2], strict=True)))
+        if reply[0] == "claimed":
+            return Claim(record_key, token, fingerprint, resumed=reply[1] or None)
+        fields = reply[1:]
+        return _existing(dict(zip(fields[::2], fields[1::2], strict=True)))
 
     async def renew(self, claim: Claim) -> bool:
-        """Extend the claim by its TTL; False once it is no longer this request's."""
+        """Extend the claim's lease; False once it is no longer this request's."""
         renewed = await cast(
             Awaitable[int],
-            self._renew(keys=[claim.record_key], args=[claim.token, self._claim_ttl_ms]),
+            self._renew(keys=[claim.record_key], args=[claim.token, self._lease_ms]),
         )
         return bool(renewed)
+
+    async def reserve(self, claim: Claim, resource_id: str) -> bool:
+        """Record the id this request is about to create; False once the claim is no
+        longer this request's (then it must create nothing)."""
+        reserved = await cast(
+            Awaitable[int],
+            self._reserve(keys=[claim.record_key], args=[claim.token, resource_id]),
+        )
+        return bool(reserved)
 
     async def finish(self, claim: Claim, response: StoredResponse) -> bool:
         """Keep ``response`` for the key's retries; False if another request holds it."""

@@ -55,6 +55,10 @@ class TransitionResult:
         return self.outcome == "applied"
 
 
+AfterMove = Callable[[Pipeline, str, str, int], Awaitable[None]]
+"""Adds to a transition's MULTI what acts only if the move applied: handed the job's
+key, the move's token and the run after the move."""
+
 _OUTCOMES = {1: "applied", 0: "missing", -1: "stale", -2: "refused"}
 WRONG_BATCH = -3
 
@@ -118,8 +122,10 @@ class JobStore:
         entries = await self._redis.xrange(self._keys.log(subject_id), min=start, count=count)
         return [(str(entry_id), dict(fields)) for entry_id, fields in entries]
 
-    async def create(self, spec: JobSpec) -> Job:
-        """Store a new queued job (run 1) and index it for its tenant."""
+    async def create(self, spec: JobSpec, enqueue: Callable[[Pipeline], None] | None = None) -> Job:
+        """Store a new queued job (run 1) and index it for its tenant; ``enqueue`` adds
+        the queueing of its run to the same MULTI, so the job is never recorded
+        without being queued (nor queued without its record)."""
         job = Job(spec=spec, status=JobStatus.QUEUED)
         key = self._keys.job(spec.id)
         fields: dict[str, str | int] = {
@@ -141,6 +147,8 @@ class JobStore:
             pipe.xadd(log, {"status": job.status.value, "run": job.run, "at": at_ms})
             pipe.expire(log, self._retention_s)
             pipe.zadd(self._keys.tenant_jobs(spec.tenant), {spec.id: 0})
+            if enqueue is not None:
+                enqueue(pipe)
             await pipe.execute()
         if self._on_transition is not None:
             self._on_transition(JobStatus.QUEUED, 1)
@@ -176,6 +184,7 @@ class JobStore:
         next_attempt: bool = False,
         attempts: Iterable[Attempt] = (),
         fields: dict[str, str | float | None] | None = None,
+        then: AfterMove | None = None,
     ) -> TransitionResult:
         """Move the job to ``target`` if its status allows it and its run is ``expect_run``
         (and its attempt ``expect_attempt``: the fencing token of one worker's go at a run).
@@ -185,8 +194,10 @@ class JobStore:
         read first and the move is fenced on the run read. ``next_attempt`` starts a new
         attempt (a claim or take-over); ``sources`` narrows the statuses it may move from
         (default: all that ``TRANSITIONS`` allows); ``next_run`` starts a new run (retry);
-        ``attempts`` are appended; ``fields`` are set (None deletes). Every change
-        restarts the retention clock.
+        ``attempts`` are appended; ``fields`` are set (None deletes); ``then`` adds to
+        the same MULTI what must happen exactly when the move applies (it is handed the
+        job's key, the move's token and the run after it). Every change restarts the
+        retention clock.
         """
         if expect_run is None:
             current = await self._current(job_id)
@@ -243,6 +254,8 @@ class JobStore:
                 )
                 completed = batch_completed_event_id(batch_id, job_id, run_after)
                 await self._event(pipe, batch_id, "batch.completed", completed, token, now_ms)
+            if then is not None:
+                await then(pipe, job_key, token, run_after)
             replies = await pipe.execute()
         code, status, run, attempt = replies[0]
         if int(code) == WRONG_BATCH:

@@ -95,6 +95,16 @@ class Keys:
         """The arq ids of variants not yet released to the bulk queue (a list)."""
         return f"{self.batch(batch_id)}:pending"
 
+    def batch_creator(self, batch_id: str) -> str:
+        """The token of the request creating the batch (a string with the lease's TTL)."""
+        return f"{self.batch(batch_id)}:creator"
+
+    @property
+    def batches_being_created(self) -> str:
+        """Ids of batches not fully written yet, by when their creation began (ms; a
+        sorted set the stale-creation sweeper reads)."""
+        return f"{self.prefix}:batches:creating"
+
     @property
     def bulk_clock(self) -> str:
         """The bulk lane's fair-share virtual clock."""

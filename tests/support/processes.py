@@ -1,4 +1,4 @@
-"""Worker processes for tests that need real processes (shared limits, crashes)."""
+"""Worker and API processes for tests that need real processes (shared limits, crashes)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Self
 
 from app.settings import Settings, settings_environment
 
@@ -31,19 +32,21 @@ def write_providers(path: Path, base_url: str, cap: int) -> Path:
     return path
 
 
-class WorkerProcess:
-    """``python -m worker`` configured like ``settings``, in its own process."""
+class ServiceProcess:
+    """An editq command configured like ``settings``, in its own process."""
+
+    command: tuple[str, ...] = ()
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self._environment = {**os.environ, **settings_environment(settings)}
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Self:
         """Start the process."""
         with self._log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "worker"],
+                list(self.command),
                 env=self._environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -82,3 +85,27 @@ class WorkerProcess:
             self._process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def wait(self, timeout_s: float) -> int:
+        """The exit status once the process ends within ``timeout_s``."""
+        assert self._process is not None
+        return self._process.wait(timeout_s)
+
+
+class WorkerProcess(ServiceProcess):
+    """``python -m worker`` configured like ``settings``, in its own process."""
+
+    command = (sys.executable, "-m", "worker")
+
+
+class ApiProcess(ServiceProcess):
+    """``editq api`` configured like ``settings`` on ``port`` (``crash_at`` set: a test
+    makes it die at a named point; see ``app.crash_points``)."""
+
+    def __init__(
+        self, settings: Settings, log_path: Path, port: int, *, crash_at: str = ""
+    ) -> None:
+        super().__init__(settings.model_copy(update={"crash_at": ()}), log_path)
+        self._environment["EDITQ_CRASH_AT"] = crash_at
+        self.command = (str(Path(sys.executable).with_name("editq")), "api", "--port", str(port))
+        self.base_url = f"http://127.0.0.1:{port}"

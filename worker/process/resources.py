@@ -28,6 +28,7 @@ from app.store.jobs import JobStore
 from app.store.webhooks import WebhookStore
 from worker.capacity.gate import UpstreamGate
 from worker.housekeeping.janitor import RetentionJanitor
+from worker.housekeeping.stale_batches import StaleBatchSweeper
 from worker.process.cancellations import CancellationWatcher
 from worker.process.leases import LeaseKeeper
 from worker.process.metrics_server import MetricsServer
@@ -38,6 +39,9 @@ from worker.webhooks.dispatcher import WebhookDispatcher
 
 CONTEXT_KEY = "editq"
 STACK_KEY = "editq-resources"
+# A creation is discarded once its creator has been silent this many leases: a client
+# retrying with the same key has had the time to take it over and finish it first.
+STALE_CREATION_LEASES = 4
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,13 @@ async def _open(
     )
     janitor.start()
     stack.push_async_callback(janitor.stop)
+    sweeper = StaleBatchSweeper(
+        shared.batches,
+        interval_s=settings.submit_lease_s,
+        stale_after_s=STALE_CREATION_LEASES * settings.submit_lease_s,
+    )
+    sweeper.start()
+    stack.push_async_callback(sweeper.stop)
     metrics_server = MetricsServer(
         metrics,
         gate,

@@ -11,6 +11,7 @@ from app.core.jobs import Job
 from app.core.public import batch_json
 from app.http.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_DECODER, SETTINGS, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT
+from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
 from app.http.requests.batch_submissions import read_batch_submission
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
@@ -46,7 +47,9 @@ async def submit_batch(request: web.Request) -> web.Response:
     submission = await read_batch_submission(
         request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
-    batch = await app[BATCH_SERVICE].accept(submission, request[TENANT])
+    batch = await app[BATCH_SERVICE].accept(
+        submission, request[TENANT], reservation=request.get(RESERVATION)
+    )
     return web.json_response(
         batch_json(batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"}
     )

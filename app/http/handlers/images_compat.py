@@ -24,7 +24,7 @@ from app.core.submissions import Submission
 from app.errors import Conflict, ServiceUnavailable, SyncWaitExceeded, status_for_code
 from app.http.app_keys import FETCH_SESSION, IMAGE_DECODER, JOB_SERVICE, SETTINGS, STORAGE
 from app.http.middleware.errors import ERRORS, REQUEST_ID, TENANT, error_response
-from app.http.middleware.idempotency import SYNC_JOB
+from app.http.middleware.idempotency import RESERVATION, SYNC_JOB
 from app.http.openapi import Reply, operation
 from app.http.requests.submissions import read_submission
 from app.http.schema import EditForm, EditJsonRequest, IdempotencyHeaders, ImagesResponse
@@ -76,7 +76,11 @@ async def _accept(request: web.Request) -> str:
     )
     # Shielded: a client hanging up now must not leave a job recorded but never enqueued.
     job = await asyncio.shield(
-        app[JOB_SERVICE].accept(with_sync_defaults(submission), request[TENANT])
+        app[JOB_SERVICE].accept(
+            with_sync_defaults(submission),
+            request[TENANT],
+            reservation=request.get(RESERVATION),
+        )
     )
     request[SYNC_JOB] = job.id
     return job.id

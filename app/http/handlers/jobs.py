@@ -13,6 +13,7 @@ from app.http.app_keys import (
     STORAGE,
 )
 from app.http.middleware.errors import TENANT
+from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.requests.submissions import read_submission
@@ -44,7 +45,9 @@ async def submit_job(request: web.Request) -> web.Response:
     submission = await read_submission(
         request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
-    job = await app[JOB_SERVICE].accept(submission, request[TENANT])
+    job = await app[JOB_SERVICE].accept(
+        submission, request[TENANT], reservation=request.get(RESERVATION)
+    )
     body = await render_job(job, app[STORAGE])
     return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.id}"})
 

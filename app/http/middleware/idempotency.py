@@ -14,6 +14,10 @@ Stripe's semantics, per API key (tenant), on ``POST /v1/jobs``, ``/v1/batches``,
   presigned URLs expire.
 - The same key with another request: 422 ``idempotency_key_reused``. The same key
   while its first request still runs: 409 ``idempotency_key_in_use``.
+- The first request reserves the id it creates before writing anything
+  (``RESERVATION``). If its API process dies, the key's lease lapses
+  (``EDITQ_SUBMIT_LEASE_S``) and a retry takes it over and is handed that id: the
+  service then finishes or returns that job or batch, never a second one.
 - An answer that created nothing frees the key: a 4xx (fix the request and retry
   with the same key) or a 5xx before anything was accepted.
 
@@ -53,6 +57,31 @@ IDEMPOTENT_PATHS = frozenset({"/v1/jobs", "/v1/batches"}) | SYNC_PATHS
 KEPT_HEADERS = ("Content-Type", "Location", JOB_ID_HEADER)
 CHUNK = 256 * 1024
 
+
+class KeyReservation:
+    """The ``Reservation`` of a request holding an ``Idempotency-Key`` claim."""
+
+    def __init__(self, store: IdempotencyStore, claim: Claim) -> None:
+        self._store = store
+        self._claim = claim
+
+    @property
+    def resumed(self) -> str | None:
+        """The id the key's previous holder reserved before it died, or None."""
+        return self._claim.resumed
+
+    async def reserve(self, resource_id: str) -> None:
+        """Record ``resource_id`` on the claim; IdempotencyKeyInUse if it was lost."""
+        if not await self._store.reserve(self._claim, resource_id):
+            raise IdempotencyKeyInUse(
+                f"another request with this {KEY_HEADER} took it over; retry later",
+                param=KEY_HEADER,
+            )
+
+
+RESERVATION = web.RequestKey("idempotency_reservation", KeyReservation)
+"""Set on a request that holds its ``Idempotency-Key``: handlers pass it to the service."""
+
 SYNC_JOB = web.RequestKey("sync_job", str)
 """The job a synchronous edit answers from: set by the middleware on a retry (answer
 from it, accept nothing) and by the handler as soon as it accepted one."""
@@ -85,6 +114,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     found = await store.claim(request[TENANT], key, fingerprint)
     if isinstance(found, ExistingRecord):
         return await _answer_again(request, handler, found, fingerprint)
+    request[RESERVATION] = KeyReservation(store, found)
     try:
         async with _renewing(store, found):
             response = await handler(request)
@@ -170,7 +200,7 @@ async def _renewing(store: IdempotencyStore, claim: Claim) -> AsyncIterator[None
 
 async def _renew_until_cancelled(store: IdempotencyStore, claim: Claim) -> None:
     while True:
-        await asyncio.sleep(store.claim_ttl_s / 3)
+        await asyncio.sleep(store.lease_s / 3)
         try:
             if not await store.renew(claim):
                 return

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -31,7 +32,7 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def store(redis: Redis, settings: Settings) -> IdempotencyStore:
-    return IdempotencyStore(redis, Keys(settings.key_prefix), claim_ttl_s=5, done_ttl_s=60)
+    return IdempotencyStore(redis, Keys(settings.key_prefix), lease_s=5, done_ttl_s=60)
 
 
 async def claimed(store: IdempotencyStore, key: str = "k", fingerprint: str = "f1") -> Claim:
@@ -54,7 +55,13 @@ async def test_one_claim_per_key_and_the_rest_see_it_in_progress(
     assert len(claims) == 1
     others = [result for result in results if isinstance(result, ExistingRecord)]
     assert others == [ExistingRecord(fingerprint="f1", response=None)] * 9
-    assert 0 < await redis.pttl(claims[0].record_key) <= 5000
+    assert claims[0].resumed is None
+    # The record outlives its lease (it names what the request reserved); the lease
+    # itself is a field in Redis time.
+    assert 5000 < await redis.pttl(claims[0].record_key) <= 60_000
+    lease = int(await cast(Awaitable[str], redis.hget(claims[0].record_key, "lease")))
+    seconds, micros = await redis.time()
+    assert 0 < lease - (seconds * 1000 + micros // 1000) <= 5000
 
 
 async def test_a_finished_record_is_returned_for_24h(store: IdempotencyStore, redis: Redis) -> None:
@@ -75,25 +82,58 @@ async def test_release_frees_the_key(store: IdempotencyStore) -> None:
     assert again.token != claim.token
 
 
-async def test_only_the_owner_renews_finishes_or_releases(
+async def lapse(redis: Redis, claim: Claim) -> None:
+    """Make the claim's lease lapse, as when its API process died."""
+    await cast(Awaitable[int], redis.hset(claim.record_key, "lease", "0"))
+
+
+async def test_only_the_owner_renews_reserves_finishes_or_releases(
     store: IdempotencyStore, redis: Redis
 ) -> None:
     claim = await claimed(store)
     intruder = Claim(claim.record_key, "not-the-token", "f9")
     assert not await store.renew(intruder)
+    assert not await store.reserve(intruder, "job_x")
     assert not await store.finish(intruder, ACCEPTED)
     await store.release(intruder)
     assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None)
-    await redis.pexpire(claim.record_key, 100)
-    assert await store.renew(claim)
-    assert await redis.pttl(claim.record_key) > 1000
+    await lapse(redis, claim)
+    assert await store.renew(claim)  # a late renewal by a live owner keeps its claim
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None)
     assert await store.finish(claim, ACCEPTED)
     assert not await store.renew(claim)  # done: nothing left to renew
     await store.release(claim)  # done records stay
     assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", ACCEPTED)
 
 
-async def test_an_expired_claim_frees_the_key(store: IdempotencyStore, redis: Redis) -> None:
+async def test_a_lapsed_claim_is_taken_over_with_what_it_reserved(
+    store: IdempotencyStore, redis: Redis
+) -> None:
+    dead = await claimed(store)
+    assert await store.reserve(dead, "batch_0123")
+    await lapse(redis, dead)
+    assert await store.claim("tenant", "k", "f2") == ExistingRecord("f1", None)  # other body
+    retry = await claimed(store)
+    assert retry.resumed == "batch_0123" and retry.token != dead.token
+    # The dead request, if it was only slow, can no longer act on the key.
+    assert not await store.renew(dead)
+    assert not await store.reserve(dead, "batch_other")
+    assert not await store.finish(dead, ACCEPTED)
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None)
+    assert await store.finish(retry, ACCEPTED)
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", ACCEPTED)
+
+
+async def test_a_lapsed_claim_that_reserved_nothing_runs_afresh(
+    store: IdempotencyStore, redis: Redis
+) -> None:
+    dead = await claimed(store)
+    await lapse(redis, dead)
+    retry = await claimed(store)
+    assert retry.resumed is None
+
+
+async def test_an_expired_record_frees_the_key(store: IdempotencyStore, redis: Redis) -> None:
     claim = await claimed(store)
     await redis.pexpire(claim.record_key, 1)
     await asyncio.sleep(0.01)

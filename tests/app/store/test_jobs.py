@@ -8,13 +8,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
 
+import arq.constants
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
 
 from app.core.edit_params import EditParams
 from app.core.jobs import Attempt, JobError, JobInputs, JobSpec, JobStatus, StoredImage, new_job_id
-from app.dispatch import BatchWindow
+from app.dispatch import BatchWindow, arq_job_id, connect
 from app.settings import Settings
 from app.store.jobs import JobStore
 from app.store.keys import Keys
@@ -336,3 +337,51 @@ async def test_concurrent_claims_apply_once(store: JobStore) -> None:
     stored = await store.get(job.id)
     assert stored is not None
     assert (stored.status, stored.run) == (RUNNING, 1)
+
+
+async def test_a_job_is_recorded_and_queued_in_one_step(
+    store: JobStore, redis: Redis, settings: Settings
+) -> None:
+    queue = await connect(settings.redis_url, settings.queue_name)
+    try:
+        job_spec = spec()
+        await store.create(
+            job_spec, lambda pipe: queue.enqueue_on(pipe, job_spec.id, 1, job_spec.lane)
+        )
+        arq_id = arq_job_id(job_spec.id, 1)
+        assert await redis.zscore(queue.queue_for(job_spec.lane), arq_id) is not None
+        payload = await redis.get(arq.constants.job_key_prefix + arq_id)
+        assert payload is not None and json.loads(payload)["a"] == [job_spec.id, 1]
+    finally:
+        await queue.aclose()
+
+
+async def test_a_retry_queues_its_run_only_when_the_move_applies(
+    store: JobStore, redis: Redis, settings: Settings
+) -> None:
+    queue = await connect(settings.redis_url, settings.queue_name)
+    job_spec = spec()
+    lane_queue = queue.queue_for(job_spec.lane)
+
+    async def enqueue(pipe: Pipeline, job_key: str, token: str, run: int) -> None:
+        await queue.enqueue_moved(
+            pipe, job_key=job_key, token=token, job_id=job_spec.id, run=run, lane=job_spec.lane
+        )
+
+    try:
+        await store.create(job_spec)
+        refused = await store.transition(
+            job_spec.id, QUEUED, sources=[FAILED, CANCELED], next_run=True, then=enqueue
+        )
+        assert not refused.applied
+        assert await redis.zcard(lane_queue) == 0
+        assert await redis.exists(arq.constants.job_key_prefix + arq_job_id(job_spec.id, 2)) == 0
+        assert (await store.transition(job_spec.id, CANCELED)).applied
+        moved = await store.transition(
+            job_spec.id, QUEUED, sources=[FAILED, CANCELED], next_run=True, then=enqueue
+        )
+        assert moved.applied and moved.run == 2
+        assert await redis.zrange(lane_queue, 0, -1) == [arq_job_id(job_spec.id, 2)]
+        assert await redis.exists(arq.constants.job_key_prefix + arq_job_id(job_spec.id, 2)) == 1
+    finally:
+        await queue.aclose()

@@ -420,7 +420,7 @@ async def test_a_variants_last_transition_counts_releases_and_announces(
 ) -> None:
     window = BatchWindow(redis, settings.queue_name)
     jobs = JobStore(redis, keys, window, retention_s=RETENTION_S)
-    batches = BatchStore(redis, keys, window, retention_s=RETENTION_S)
+    batches = BatchStore(redis, keys, window, retention_s=RETENTION_S, lease_s=10)
     batch_id = new_batch_id()
     specs = [job_spec(batch_id, index) for index in range(2)]
     spec = BatchSpec(
@@ -432,7 +432,10 @@ async def test_a_variants_last_transition_counts_releases_and_announces(
         webhook_url="https://x.test/h",
         webhook_events=("batch.completed", "job.succeeded"),
     )
-    await batches.create(spec, specs, window=1)
+    ids = [job.id for job in specs]
+    assert await batches.begin(spec, ids, "creator")
+    await batches.write_jobs(spec, specs, "creator")
+    await batches.release(spec, ids, "creator", window=1)
     queue = bulk_queue(settings)
     assert await redis.zrange(queue, 0, -1) == [f"{specs[0].id}:1"]
 
