@@ -21,7 +21,7 @@ import aiohttp
 
 from app.core.jobs import names_a_batch
 from app.core.public import batch_json
-from app.core.webhooks import SigningSecrets, event_body, next_delay, signed_headers
+from app.core.webhooks import event_body, next_delay, signed_headers
 from app.errors import EditqError
 from app.net import check_url
 from app.services.job_views import render_job
@@ -98,8 +98,8 @@ async def _subject(
 
 async def _post(context: WorkerContext, event: WebhookEvent, url: str, body: str) -> PostResult:
     settings = context.settings
-    secret = await context.webhooks.secret_for(event.tenant)
-    headers = signed_headers(SigningSecrets(secret), event.id, body, datetime.now(tz=UTC))
+    secrets = await context.webhooks.signing_secrets(event.tenant)
+    headers = signed_headers(secrets, event.id, body, datetime.now(tz=UTC))
     began = time.monotonic()
 
     def elapsed() -> int:

@@ -19,7 +19,7 @@ from app.store.webhooks import WebhookEvent
 )
 async def webhook_secret(request: web.Request) -> web.Response:
     """GET /v1/webhooks/secret: the secret (whsec_...) this key's webhooks are signed with."""
-    secret = await request.app[WEBHOOKS].secret_for(request[TENANT])
+    secret = (await request.app[WEBHOOKS].signing_secrets(request[TENANT])).current
     return web.json_response({"object": "webhook.secret", "secret": secret})
 
 
