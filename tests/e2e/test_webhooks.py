@@ -155,6 +155,20 @@ async def test_redeliver_sends_the_same_event_again(
     assert (status, body["error"]["param"]) == (404, "event_id")
 
 
+async def test_a_redeliver_body_that_is_not_an_object_sends_nothing(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, job, _ = await hooked.submit(webhook_url=receiver.url())
+    await receiver.wait_for(1)
+    await _settled(hooked, job["id"])
+    for body in (["evt_nope"], "evt_nope", 3):
+        status, answer = await hooked.post(f"/v1/jobs/{job['id']}/deliveries/redeliver", body=body)
+        assert (status, answer["error"]["type"]) == (400, "invalid_request_error"), answer
+    _, log = await hooked.get(f"/v1/jobs/{job['id']}/deliveries")
+    assert [(e["state"], e["attempts"]) for e in log["events"]] == [("delivered", 1)]
+    assert len(receiver.received) == 1
+
+
 async def test_retry_after_on_429_is_honoured(
     hooked: RunningService, receiver: WebhookReceiver
 ) -> None:

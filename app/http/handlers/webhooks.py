@@ -3,7 +3,6 @@ deliveries, redelivery."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, TypeVar
 
@@ -12,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.core.edit_params import invalid_request_from
 from app.core.webhooks import SigningSecrets
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.errors import Conflict, NotFound
 from app.http.app_keys import JOB_SERVICE, JOB_STORE, SETTINGS, WEBHOOKS
 from app.http.middleware.errors import TENANT
 from app.http.openapi import operation
@@ -105,7 +104,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     json_body=RedeliverRequest,
     body_required=False,
     replies={202: DeliveryEvent},
-    errors=(400, 404, 409, 503),
+    errors=(400, 404, 408, 409, 413, 503),
 )
 async def redeliver(request: web.Request) -> web.Response:
     """POST /v1/jobs/{id}/deliveries/redeliver [{"event_id"}]: send an event again now
@@ -116,7 +115,7 @@ async def redeliver(request: web.Request) -> web.Response:
         raise Conflict(f"job {job.id} has no webhook_url")
     hooks = request.app[WEBHOOKS]
     events = await hooks.events_of(job.id)
-    wanted = await _event_id_from(request)
+    wanted = (await _options(request, RedeliverRequest)).event_id
     chosen: WebhookEvent | None = events[-1] if events and wanted is None else None
     for event in events:
         if event.id == wanted:
@@ -129,16 +128,3 @@ async def redeliver(request: web.Request) -> web.Response:
     await hooks.redeliver(chosen, url)
     await request.app[JOB_STORE].notify(job.id)
     return web.json_response(chosen.summary(None) | {"state": "pending", "attempts": 0}, status=202)
-
-
-async def _event_id_from(request: web.Request) -> str | None:
-    if not request.can_read_body:
-        return None
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except ValueError:
-        raise InvalidRequest('body must be JSON: {"event_id": ...}') from None
-    event_id = body.get("event_id") if isinstance(body, dict) else None
-    if event_id is not None and not isinstance(event_id, str):
-        raise InvalidRequest("event_id must be a string", param="event_id")
-    return event_id
