@@ -7,6 +7,11 @@ it), is fixed when the transition happens, so every attempt and every redelivery
 of it carries the same ``webhook-id`` and receivers can deduplicate. Bodies are
 ``{"type", "timestamp", "data": <job object>}`` and are signed the Standard Webhooks
 way with the ``standardwebhooks`` library.
+
+A tenant can rotate its secret. The one it replaced keeps signing events next to the
+new one until its overlap ends (``webhook-signature`` then carries two ``v1,<sig>``
+entries, which Standard Webhooks receivers check one by one), so a receiver can
+switch secrets without rejecting a single event.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +32,9 @@ from standardwebhooks import Webhook
 MAX_PROMPT_IN_EVENT = 2000
 STANDARD_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 MAX_RETRY_AFTER_S = 86400
+PREVIOUS_SECRET_DEFAULT_S = 24 * 3600
+PREVIOUS_SECRET_MAX_S = 7 * 24 * 3600
+"""How long, by default and at most, a rotated-out secret keeps signing (seconds)."""
 
 
 def event_id(job_id: str, run: int, status: str) -> str:
@@ -50,12 +59,38 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
-def derived_secret(root: str, tenant: str) -> str:
+def derived_secret(root: str, tenant: str, generation: int = 0) -> str:
     """The tenant's signing secret derived from the configured ``root`` (HMAC-SHA256):
-    stable across processes and restarts, different for every tenant, and never the
-    root itself, so no tenant can sign as another."""
-    mac = hmac.new(root.encode(), b"editq webhook secret\x00" + tenant.encode(), hashlib.sha256)
+    stable across processes and restarts, different for every tenant and every
+    ``generation`` (how many times the tenant rotated), and never the root itself, so
+    no tenant can sign as another."""
+    message = b"editq webhook secret\x00" + tenant.encode()
+    if generation:  # generation 0 keeps the secret keys had before rotation existed
+        message += b"\x00" + str(generation).encode()
+    mac = hmac.new(root.encode(), message, hashlib.sha256)
     return "whsec_" + base64.b64encode(mac.digest()).decode()
+
+
+@dataclass(frozen=True)
+class SigningSecrets:
+    """A tenant's signing secrets: the current one and, after a rotation, the one it
+    replaced, which keeps signing until ``previous_until`` (seconds since the epoch)."""
+
+    current: str
+    previous: str | None = None
+    previous_until: float | None = None
+
+    def previous_expires_at(self, now: float) -> float | None:
+        """When the previous secret stops signing, or None if it already has at ``now``."""
+        if self.previous is None or self.previous_until is None or now >= self.previous_until:
+            return None
+        return self.previous_until
+
+    def in_use(self, now: float) -> tuple[str, ...]:
+        """The secrets an event sent at ``now`` is signed with, the current one first."""
+        if self.previous is None or self.previous_expires_at(now) is None:
+            return (self.current,)
+        return (self.current, self.previous)
 
 
 def event_body(kind: str, occurred_at: float, job: dict[str, Any]) -> str:
@@ -71,9 +106,14 @@ def event_body(kind: str, occurred_at: float, job: dict[str, Any]) -> str:
     return json.dumps({"type": kind, "timestamp": timestamp, "data": data}, separators=(",", ":"))
 
 
-def signed_headers(secret: str, message_id: str, body: str, now: datetime) -> dict[str, str]:
-    """The ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers."""
-    signature = Webhook(secret).sign(message_id, now, body)
+def signed_headers(
+    secrets: SigningSecrets, message_id: str, body: str, now: datetime
+) -> dict[str, str]:
+    """The ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` headers of a
+    delivery at ``now``: one space-separated ``v1,<sig>`` per secret in use then."""
+    signature = " ".join(
+        Webhook(secret).sign(message_id, now, body) for secret in secrets.in_use(now.timestamp())
+    )
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(int(now.timestamp())),

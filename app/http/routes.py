@@ -42,6 +42,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{job_id}/deliveries", webhooks.list_deliveries)
     app.router.add_post("/v1/jobs/{job_id}/deliveries/redeliver", webhooks.redeliver)
     app.router.add_get("/v1/webhooks/secret", webhooks.webhook_secret)
+    app.router.add_post("/v1/webhooks/secret/rotate", webhooks.rotate_webhook_secret)
     app.router.add_post("/v1/batches", batches.submit_batch)
     app.router.add_get("/v1/batches", batches.list_batches)
     app.router.add_get("/v1/batches/{batch_id}", batches.get_batch)

@@ -33,6 +33,7 @@ from app.core.public import JobRequestView as JobRequestView
 from app.core.public import LinkedImage as LinkedImage
 from app.core.routing_options import RoutingOptions
 from app.core.submissions import BatchOptions
+from app.core.webhooks import PREVIOUS_SECRET_DEFAULT_S, PREVIOUS_SECRET_MAX_S
 from app.errors import EditqError
 from app.store.webhooks import DeliveryAttempt
 
@@ -198,6 +199,22 @@ class WebhookSecret(BaseModel):
 
     object: Literal["webhook.secret"]
     secret: str = Field(description="whsec_...")
+    previous_expires_at: int | None = Field(
+        description="when (Unix seconds) the secret the last rotation replaced stops signing "
+        "events next to this one; null when only this one signs"
+    )
+
+
+class RotateSecretRequest(BaseModel):
+    """How long the secret being replaced keeps signing events next to the new one."""
+
+    expire_previous_in_s: int = Field(
+        PREVIOUS_SECRET_DEFAULT_S,
+        ge=0,
+        le=PREVIOUS_SECRET_MAX_S,
+        strict=True,
+        description="seconds (0: at once)",
+    )
 
 
 class DeliveryEvent(BaseModel):

@@ -21,7 +21,8 @@ Webhooks, idempotency, limits and the cache::
 
     P:wh:event:{event id}         hash: one webhook event (``app.store.webhooks``)
     P:wh:outbox                   sorted set: pending event ids by due time (ms)
-    P:wh:secret:{tenant}          the tenant's signing secret
+    P:wh:secret:{tenant}          the tenant's signing secret, when not derived from a root
+    P:wh:rotation:{tenant}        hash: the tenant's secret rotations (``app.store.webhooks``)
     P:wh:gone:{tenant}:{sha}      a receiver URL that answered 410 Gone
     P:idem:{tenant}:{sha256(key)} hash: one Idempotency-Key record
     P:ratelimit:{tenant}          the tenant's request count in the current minute
@@ -132,8 +133,12 @@ class Keys:
         return f"{self.prefix}:wh:outbox"
 
     def webhook_secret(self, tenant: str) -> str:
-        """The tenant's webhook signing secret."""
+        """The tenant's generated webhook signing secret."""
         return f"{self.prefix}:wh:secret:{tenant}"
+
+    def webhook_rotation(self, tenant: str) -> str:
+        """The tenant's signing secret rotations (a hash)."""
+        return f"{self.prefix}:wh:rotation:{tenant}"
 
     def webhook_gone(self, tenant: str, url: str) -> str:
         """Marks a receiver URL of the tenant that answered 410 Gone."""

@@ -10,6 +10,12 @@ its delivery attempts; a URL that answered 410 is marked gone and sent nothing m
 
 Events are created in the same MULTI as the transition they report
 (``webhook_event.lua``, run by ``app.store.jobs``).
+
+A tenant's signing secret is derived from the configured root secret and the
+tenant's rotation count (its generation), so nothing secret is stored; without a
+root it is generated on first use and stored. A rotation hash per tenant holds the
+generation, until when (ms) the secret a rotation replaced keeps signing, and, for a
+generated secret, that replaced secret (``webhook_rotate_secret.lua``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, cast
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from app.core.webhooks import derived_secret, new_secret
+from app.core.webhooks import SigningSecrets, derived_secret, new_secret
 from app.store.keys import Keys
 from app.store.scripts import register
 
@@ -80,6 +86,7 @@ class WebhookStore:
         self._root_secret = root_secret
         self._retention_s = retention_s
         self._claim = register(redis, "webhook_claim_due")
+        self._rotate = register(redis, "webhook_rotate_secret")
 
     @property
     def outbox_key(self) -> str:
@@ -89,15 +96,52 @@ class WebhookStore:
     def _event_key(self, event_id: str) -> str:
         return self._keys.webhook_event(event_id)
 
-    async def secret_for(self, tenant: str) -> str:
-        """The tenant's signing secret: derived from the configured root secret when
+    async def signing_secrets(self, tenant: str) -> SigningSecrets:
+        """The tenant's signing secrets: derived from the configured root secret when
         there is one (``EDITQ_WEBHOOK_SECRET``), else generated and stored on first use."""
+        rotation_key = self._keys.webhook_rotation(tenant)
         if self._root_secret is not None:
-            return derived_secret(self._root_secret, tenant)
-        key = self._keys.webhook_secret(tenant)
-        await self._redis.set(key, new_secret(), nx=True)
-        secret = await self._redis.get(key)
-        return str(secret)
+            generation, until = await cast(
+                Awaitable[list[str | None]],
+                self._redis.hmget(rotation_key, ["generation", "previous_until"]),
+            )
+            return self._derived(self._root_secret, tenant, int(generation or 0), until)
+        secret_key = self._keys.webhook_secret(tenant)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(secret_key, new_secret(), nx=True)
+            pipe.get(secret_key)
+            pipe.hmget(rotation_key, ["previous", "previous_until"])
+            _, current, (previous, until) = await pipe.execute()
+        return SigningSecrets(str(current), previous, _seconds(until))
+
+    async def rotate_secret(
+        self, tenant: str, *, keep_previous_s: float, now: float | None = None
+    ) -> SigningSecrets:
+        """Give the tenant a new signing secret; the one it replaces keeps signing for
+        ``keep_previous_s`` seconds from ``now`` (default: the present). Concurrent
+        rotations each replace the secret the one before made. Returns the secrets
+        after this rotation."""
+        until_ms = round(((time.time() if now is None else now) + keep_previous_s) * 1000)
+        fresh = new_secret() if self._root_secret is None else ""
+        generation, replaced = await self._rotate(
+            keys=[self._keys.webhook_secret(tenant), self._keys.webhook_rotation(tenant)],
+            args=[fresh, until_ms],
+        )
+        if self._root_secret is not None:
+            return self._derived(self._root_secret, tenant, int(generation), until_ms)
+        return SigningSecrets(fresh, replaced, until_ms / 1000)
+
+    @staticmethod
+    def _derived(
+        root: str, tenant: str, generation: int, until_ms: str | int | None
+    ) -> SigningSecrets:
+        if not generation:
+            return SigningSecrets(derived_secret(root, tenant))
+        return SigningSecrets(
+            derived_secret(root, tenant, generation),
+            derived_secret(root, tenant, generation - 1),
+            _seconds(until_ms),
+        )
 
     async def get(self, event_id: str) -> WebhookEvent | None:
         """The event, or None."""
@@ -191,3 +235,8 @@ class WebhookStore:
     async def is_gone(self, tenant: str, url: str) -> bool:
         """True if ``url`` answered 410 Gone (and no one redelivered to it since)."""
         return bool(await self._redis.exists(self._gone_key(tenant, url)))
+
+
+def _seconds(ms: str | int | None) -> float | None:
+    """A stored time in ms as seconds; None stays None."""
+    return None if ms is None else int(ms) / 1000

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -153,6 +155,20 @@ async def test_redeliver_sends_the_same_event_again(
     assert (status, body["error"]["param"]) == (404, "event_id")
 
 
+async def test_a_redeliver_body_that_is_not_an_object_sends_nothing(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, job, _ = await hooked.submit(webhook_url=receiver.url())
+    await receiver.wait_for(1)
+    await _settled(hooked, job["id"])
+    for body in (["evt_nope"], "evt_nope", 3):
+        status, answer = await hooked.post(f"/v1/jobs/{job['id']}/deliveries/redeliver", body=body)
+        assert (status, answer["error"]["type"]) == (400, "invalid_request_error"), answer
+    _, log = await hooked.get(f"/v1/jobs/{job['id']}/deliveries")
+    assert [(e["state"], e["attempts"]) for e in log["events"]] == [("delivered", 1)]
+    assert len(receiver.received) == 1
+
+
 async def test_retry_after_on_429_is_honoured(
     hooked: RunningService, receiver: WebhookReceiver
 ) -> None:
@@ -231,3 +247,114 @@ async def test_a_root_secret_gives_every_key_its_own_secret_and_never_itself(
     for other in (theirs["secret"], ROOT_SECRET):
         with pytest.raises(WebhookVerificationError):
             Webhook(other).verify(delivery.body, delivery.headers)
+
+
+def _signatures(delivery: Received) -> list[str]:
+    return delivery.headers["webhook-signature"].split(" ")
+
+
+def _accepts(secret: str, delivery: Received) -> bool:
+    """Whether a receiver holding ``secret`` accepts the delivery."""
+    try:
+        Webhook(secret).verify(delivery.body, delivery.headers)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+async def _delivered(service: RunningService, receiver: WebhookReceiver, key: str) -> Received:
+    """The delivery of a new job's ``job.succeeded`` event."""
+    seen = len(receiver.received)
+    _, job, _ = await service.submit(key=key, webhook_url=receiver.url(f"/{key}"))
+    await service.wait(job["id"], key=key)
+    delivery = (await receiver.wait_for(seen + 1))[seen]
+    assert json.loads(delivery.body)["data"]["id"] == job["id"]
+    return delivery
+
+
+async def test_a_rotated_secret_signs_next_to_the_old_one_until_that_expires(
+    hooked: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, old = await hooked.get("/v1/webhooks/secret")
+    _, theirs = await hooked.get("/v1/webhooks/secret", key="key-b")
+    assert old["previous_expires_at"] is None
+    status, new = await hooked.post("/v1/webhooks/secret/rotate")
+    assert status == 200, new
+    assert new["secret"] not in (old["secret"], theirs["secret"])
+    assert new["secret"].startswith("whsec_")
+    asked_at = time.time()
+    assert asked_at - 60 < new["previous_expires_at"] - 24 * 3600 <= asked_at  # the default
+    _, shown = await hooked.get("/v1/webhooks/secret")
+    assert shown == new
+
+    delivery = await _delivered(hooked, receiver, "key-a")
+    assert len(_signatures(delivery)) == 2  # receivers with either secret accept it
+    assert _accepts(new["secret"], delivery) and _accepts(old["secret"], delivery)
+    assert not _accepts(theirs["secret"], delivery)
+
+    # Another key's secret and signatures are untouched by this key's rotation.
+    _, still_theirs = await hooked.get("/v1/webhooks/secret", key="key-b")
+    assert still_theirs == theirs
+    delivery = await _delivered(hooked, receiver, "key-b")
+    assert len(_signatures(delivery)) == 1
+    assert _accepts(theirs["secret"], delivery)
+
+    # A rotation that expires the replaced secret at once: only the newest signs.
+    status, newest = await hooked.post(
+        "/v1/webhooks/secret/rotate", body={"expire_previous_in_s": 0}
+    )
+    assert status == 200, newest
+    assert newest["previous_expires_at"] is None
+    delivery = await _delivered(hooked, receiver, "key-a")
+    assert len(_signatures(delivery)) == 1
+    assert _accepts(newest["secret"], delivery)
+    assert not _accepts(new["secret"], delivery) and not _accepts(old["secret"], delivery)
+
+
+async def test_a_rotation_with_a_root_derives_a_new_secret_for_that_key_only(
+    rooted: RunningService, receiver: WebhookReceiver
+) -> None:
+    _, mine = await rooted.get("/v1/webhooks/secret", key="key-a")
+    _, theirs = await rooted.get("/v1/webhooks/secret", key="key-b")
+    status, new = await rooted.post(
+        "/v1/webhooks/secret/rotate", body={"expire_previous_in_s": 3600}
+    )
+    assert status == 200, new
+    assert new["secret"] not in (mine["secret"], theirs["secret"], ROOT_SECRET)
+    assert (await rooted.get("/v1/webhooks/secret", key="key-b"))[1] == theirs
+    delivery = await _delivered(rooted, receiver, "key-a")
+    assert _accepts(new["secret"], delivery) and _accepts(mine["secret"], delivery)
+    for other in (theirs["secret"], ROOT_SECRET):
+        assert not _accepts(other, delivery)
+    delivery = await _delivered(rooted, receiver, "key-b")
+    assert _signatures(delivery) == [
+        Webhook(theirs["secret"]).sign(
+            delivery.headers["webhook-id"],
+            datetime.fromtimestamp(int(delivery.headers["webhook-timestamp"]), tz=UTC),
+            delivery.body,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"expire_previous_in_s": -1}, "expire_previous_in_s"),
+        ({"expire_previous_in_s": 7 * 24 * 3600 + 1}, "expire_previous_in_s"),
+        ({"expire_previous_in_s": "3600"}, "expire_previous_in_s"),
+        ({"expire_previous_in_s": 1.5}, "expire_previous_in_s"),
+        ({"expire_previous_in_s": True}, "expire_previous_in_s"),
+        ({"expire_previous_in_s": None}, "expire_previous_in_s"),
+        ([3600], None),
+    ],
+)
+async def test_a_bad_rotation_is_refused_and_keeps_the_secret(
+    api_only: RunningService, body: Any, param: str | None
+) -> None:
+    _, before = await api_only.get("/v1/webhooks/secret")
+    status, answer = await api_only.post("/v1/webhooks/secret/rotate", body=body)
+    assert status == 400, answer
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert answer["error"]["param"] == param
+    _, after = await api_only.get("/v1/webhooks/secret")
+    assert after == before

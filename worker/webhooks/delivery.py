@@ -98,8 +98,8 @@ async def _subject(
 
 async def _post(context: WorkerContext, event: WebhookEvent, url: str, body: str) -> PostResult:
     settings = context.settings
-    secret = await context.webhooks.secret_for(event.tenant)
-    headers = signed_headers(secret, event.id, body, datetime.now(tz=UTC))
+    secrets = await context.webhooks.signing_secrets(event.tenant)
+    headers = signed_headers(secrets, event.id, body, datetime.now(tz=UTC))
     began = time.monotonic()
 
     def elapsed() -> int:
