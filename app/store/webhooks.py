@@ -121,7 +121,8 @@ class WebhookStore:
         ``keep_previous_s`` seconds from ``now`` (default: the present). Concurrent
         rotations each replace the secret the one before made. Returns the secrets
         after this rotation."""
-        until_ms = round(((time.time() if now is None else now) + keep_previous_s) * 1000)
+        # Floored: a previous secret expired "at once" (0 s) is never shown as still in use.
+        until_ms = int(((time.time() if now is None else now) + keep_previous_s) * 1000)
         fresh = new_secret() if self._root_secret is None else ""
         generation, replaced = await self._rotate(
             keys=[self._keys.webhook_secret(tenant), self._keys.webhook_rotation(tenant)],
