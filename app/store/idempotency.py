@@ -140,7 +140,9 @@ class IdempotencyStore:
         return bool(done)
 
     async def release(self, claim: Claim) -> None:
-        """Free the key: the request created nothing, so a retry may run afresh."""
+        """Give the key back after an error answer: freed when the request reserved
+        nothing, else left for the next retry to take over and finish what it
+        reserved."""
         await cast(Awaitable[int], self._release(keys=[claim.record_key], args=[claim.token]))
 
 

@@ -19,7 +19,9 @@ Stripe's semantics, per API key (tenant), on ``POST /v1/jobs``, ``/v1/batches``,
   (``EDITQ_SUBMIT_LEASE_S``) and a retry takes it over and is handed that id: the
   service then finishes or returns that job or batch, never a second one.
 - An answer that created nothing frees the key: a 4xx (fix the request and retry
-  with the same key) or a 5xx before anything was accepted.
+  with the same key) or a 5xx before anything was accepted. An error after the
+  request reserved its id hands the key straight to the next retry, which finishes
+  that id.
 
 The body is read once, size-limited, and given to the handler in a copy of the
 request. A multipart body is fingerprinted part by part (names, filenames, types,

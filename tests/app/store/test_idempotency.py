@@ -124,6 +124,17 @@ async def test_a_lapsed_claim_is_taken_over_with_what_it_reserved(
     assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", ACCEPTED)
 
 
+async def test_a_released_claim_keeps_what_it_reserved_for_the_next_retry(
+    store: IdempotencyStore,
+) -> None:
+    failed = await claimed(store)
+    assert await store.reserve(failed, "job_0123")
+    await store.release(failed)  # say, a 503 after the job was (maybe) written
+    retry = await claimed(store)
+    assert retry.resumed == "job_0123"
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None)
+
+
 async def test_a_lapsed_claim_that_reserved_nothing_runs_afresh(
     store: IdempotencyStore, redis: Redis
 ) -> None:
