@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest
 from app.http.app_keys import IDEMPOTENCY, SETTINGS
 from app.http.middleware.errors import TENANT
-from app.http.requests.submissions import body_deadline, count_part, read_body
+from app.http.requests.bodies import body_deadline, count_part, read_body
 from app.store.idempotency import Claim, ExistingRecord, IdempotencyStore, StoredResponse
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,8 @@ stalled or slow-loris upload cannot hold a connection.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +25,19 @@ from app.core.concurrency import gather_or_cancel
 from app.core.edit_params import EditParams, parse_edit_params
 from app.core.images import check_mask, decode_data_url
 from app.core.submissions import Submission
-from app.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.http.requests.bodies import (
+    body_deadline,
+    body_too_large,
+    count_part,
+    read_body,
+    refuse_declared_length,
+)
 from app.http.requests.decoding import ImageDecoder
 from app.net import check_url, fetch_bounded, read_bounded
 from app.settings import Settings
 
 IMAGE_FIELDS = ("image", "image[]")
-MAX_PARTS = 64
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
 
 
@@ -65,7 +69,7 @@ async def read_raw(
     request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
 ) -> RawRequest:
     """The request's fields and image bytes, in either shape, with sizes enforced."""
-    _refuse_declared_length(request, settings.max_body_bytes)
+    refuse_declared_length(request, settings.max_body_bytes)
     if request.content_type == "multipart/form-data":
         async with body_deadline(settings):
             raw = await _read_multipart(request, settings)
@@ -83,20 +87,6 @@ async def read_raw(
             "send multipart/form-data or application/json"
         )
     return raw
-
-
-@asynccontextmanager
-async def body_deadline(settings: Settings) -> AsyncIterator[None]:
-    """Reading a request body inside must end within ``body_read_timeout_s``;
-    RequestTimeout (408) otherwise, InvalidRequest if the client hangs up mid-body."""
-    seconds = settings.body_read_timeout_s
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
-    except ConnectionError:  # not the job store's: the client left before its body ended
-        raise InvalidRequest("the connection closed before the whole body arrived") from None
 
 
 async def check_inputs(
@@ -119,15 +109,6 @@ async def check_inputs(
         checked_mask = decoded[-1]
         check_mask(checked_mask, checked[0], param=mask[0])
     return Submission(params=params, images=checked, mask=checked_mask)
-
-
-def count_part(count: int) -> int:
-    """The number of the next multipart part; InvalidRequest once there are more than
-    ``MAX_PARTS`` (the widest real request: 16 images, a mask and about 20 fields)."""
-    count += 1
-    if count > MAX_PARTS:
-        raise InvalidRequest(f"a multipart body may have at most {MAX_PARTS} parts")
-    return count
 
 
 async def _read_multipart(request: web.Request, settings: Settings) -> RawRequest:
@@ -172,7 +153,7 @@ async def _read_bytes(part: BodyPartReader, limit: int, param: str, budget: _Bud
 
     def too_large(count: int) -> PayloadTooLarge:
         if count > budget.left:  # the whole body is past its limit (the part may be too)
-            return _body_too_large(budget.limit)
+            return body_too_large(budget.limit)
         return PayloadTooLarge(f"{param} is larger than {limit} bytes", param=param)
 
     data = await read_bounded(part, min(limit, budget.left), too_large=too_large)
@@ -241,26 +222,6 @@ async def document_images(
     if mask is not None:
         return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
     return RawRequest(fields=document, images=loaded, mask=None)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body; PayloadTooLarge, before buffering, once it passes ``limit``
-    bytes (before reading anything when its Content-Length already does)."""
-    _refuse_declared_length(request, limit)
-    return await read_bounded(request.content, limit, too_large=lambda _: _body_too_large(limit))
-
-
-def _refuse_declared_length(request: web.Request, limit: int) -> None:
-    """PayloadTooLarge when the request's Content-Length is over ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body is {request.content_length} bytes; the limit is {limit}"
-        )
-
-
-def _body_too_large(limit: int) -> PayloadTooLarge:
-    """The error for a request body found, while reading it, to pass ``limit`` bytes."""
-    return PayloadTooLarge(f"request body is larger than {limit} bytes")
 
 
 def _image_reference(item: object, param: str) -> tuple[str, str]:
