@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import MultipartReader
 from redis.asyncio import Redis
 
 from app.core.batches import Batch
@@ -343,6 +345,56 @@ async def test_a_request_of_sixteen_images_and_all_fields_fits_the_part_cap(
     }
     status, job, _ = await service.submit(images=[png(16, 16)] * 16, mask=mask(16, 16), **fields)
     assert status == 202, job
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_a_multipart_body_is_parsed_once_giving_the_loop_turns(
+    api_only: RunningService, monkeypatch: pytest.MonkeyPatch, idempotent: bool
+) -> None:
+    """With an ``Idempotency-Key`` a multipart body used to be parsed twice, the
+    fingerprint's pass and the handler's, each from memory without ever letting another
+    request run. Now one reader parses it, and a task that only counts its own turns
+    of the event loop gets at least one between every two parts."""
+    readers: list[MultipartReader] = []
+    turns_at_part: list[int] = []
+    turns = 0
+    original_next = MultipartReader.next
+
+    async def next_part(self: MultipartReader) -> object:
+        if not any(reader is self for reader in readers):
+            readers.append(self)
+        turns_at_part.append(turns)
+        return await original_next(self)
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(MultipartReader, "next", next_part)
+    form = aiohttp.FormData()
+    form.add_field("model", "local/editor")
+    form.add_field("prompt", "make it grayscale")
+    for index in range(8):
+        form.add_field(f"note_{index}", "x" * 100_000)  # not a field: ignored
+    for index in range(4):
+        form.add_field("image[]", png(16, 16), filename=f"{index}.png", content_type="image/png")
+    headers = api_only.auth()
+    if idempotent:
+        headers["Idempotency-Key"] = "parsed-once"
+    counter = asyncio.create_task(count_turns())
+    try:
+        async with api_only.client.post(
+            api_only.url("/v1/jobs"), data=form, headers=headers
+        ) as response:
+            status, answer = response.status, await response.json()
+    finally:
+        counter.cancel()
+    assert status == 202, answer
+    assert len(readers) == 1
+    assert len(turns_at_part) == 15  # 14 parts, then the end
+    assert all(a < b for a, b in itertools.pairwise(turns_at_part))
 
 
 @pytest.fixture

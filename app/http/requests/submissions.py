@@ -18,27 +18,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp import web
 
 from app.core.concurrency import gather_or_cancel
 from app.core.edit_params import EditParams, parse_edit_params
 from app.core.images import check_mask, decode_data_url
 from app.core.submissions import Submission
-from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.errors import InvalidRequest, UnsupportedMediaType
 from app.http.requests.bodies import (
+    IMAGE_FIELDS,
+    MASK_FIELD,
+    Form,
     body_deadline,
-    body_too_large,
-    count_part,
+    image_param,
     read_body,
+    read_form,
     refuse_declared_length,
 )
 from app.http.requests.decoding import ImageDecoder
-from app.net import check_url, fetch_bounded, read_bounded
+from app.net import check_url, fetch_bounded
 from app.settings import Settings
-
-IMAGE_FIELDS = ("image", "image[]")
-MAX_TEXT_FIELD_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -72,14 +71,15 @@ async def read_raw(
     refuse_declared_length(request, settings.max_body_bytes)
     if request.content_type == "multipart/form-data":
         async with body_deadline(settings):
-            raw = await _read_multipart(request, settings)
+            form = await read_form(request, settings)
+        raw = _raw_from_form(form, settings)
     elif request.content_type == "application/json":
         raw = await _read_json(request, settings, fetch_session)
     elif request.content_type == "application/x-www-form-urlencoded":
         async with body_deadline(settings):
-            form = await request.post()  # fields only: files need multipart
+            posted = await request.post()  # fields only: files need multipart
         raw = RawRequest(
-            fields={k: v for k, v in form.items() if isinstance(v, str)}, images=[], mask=None
+            fields={k: v for k, v in posted.items() if isinstance(v, str)}, images=[], mask=None
         )
     else:
         raise UnsupportedMediaType(
@@ -111,62 +111,22 @@ async def check_inputs(
     return Submission(params=params, images=checked, mask=checked_mask)
 
 
-async def _read_multipart(request: web.Request, settings: Settings) -> RawRequest:
+def _raw_from_form(form: Form, settings: Settings) -> RawRequest:
+    """The fields, images and mask of a parsed multipart body."""
     raw = RawRequest(fields={}, images=[], mask=None)
-    budget = _Budget(settings.max_body_bytes)
-    parts = 0
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            parts = count_part(parts)
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequest("nested multipart bodies are not accepted")
-            await _read_part(part, raw, settings, budget)
-    except (ValueError, BadHttpMessage) as exc:  # bad framing, or a part's bad headers
-        raise InvalidRequest(f"malformed multipart body: {exc}") from None
+    for part in form.checked_parts():
+        if part.name in IMAGE_FIELDS:
+            if len(raw.images) >= settings.max_images:
+                raise InvalidRequest(f"more than {settings.max_images} images sent", param="image")
+            raw.images.append((image_param(len(raw.images)), part.data))
+        elif part.name == MASK_FIELD:
+            raw.mask = (MASK_FIELD, part.data)
+        else:
+            try:
+                raw.fields[part.name] = part.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequest(f"{part.name} is not valid UTF-8", param=part.name) from None
     return raw
-
-
-async def _read_part(
-    part: BodyPartReader, raw: RawRequest, settings: Settings, budget: _Budget
-) -> None:
-    name = part.name
-    if not name:
-        raise InvalidRequest("a multipart part has no name (Content-Disposition name=...)")
-    if name in IMAGE_FIELDS:
-        param = f"image[{len(raw.images)}]"
-        if len(raw.images) >= settings.max_images:
-            raise InvalidRequest(f"more than {settings.max_images} images sent", param="image")
-        raw.images.append((param, await _read_bytes(part, settings.max_image_bytes, param, budget)))
-    elif name == "mask":
-        raw.mask = ("mask", await _read_bytes(part, settings.max_image_bytes, "mask", budget))
-    else:
-        data = await _read_bytes(part, MAX_TEXT_FIELD_BYTES, name, budget)
-        try:
-            raw.fields[name] = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequest(f"{name} is not valid UTF-8", param=name) from None
-
-
-async def _read_bytes(part: BodyPartReader, limit: int, param: str, budget: _Budget) -> bytes:
-    """The part's bytes, at most ``limit`` of them and at most what is left of ``budget``."""
-
-    def too_large(count: int) -> PayloadTooLarge:
-        if count > budget.left:  # the whole body is past its limit (the part may be too)
-            return body_too_large(budget.limit)
-        return PayloadTooLarge(f"{param} is larger than {limit} bytes", param=param)
-
-    data = await read_bounded(part, min(limit, budget.left), too_large=too_large)
-    budget.left -= len(data)
-    return data
-
-
-class _Budget:
-    """Bytes left of the whole body's allowance."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.left = limit
 
 
 async def _read_json(
