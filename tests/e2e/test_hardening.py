@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import MultipartReader
+from PIL import Image
 from redis.asyncio import Redis
 
 from app.core.batches import Batch
@@ -26,7 +27,7 @@ from app.settings import Settings
 from app.store.jobs import JobStore
 from app.store.keys import Keys
 from tests.support.bombs import declared_png, record_decodes
-from tests.support.images import data_url, mask, png
+from tests.support.images import data_url, encode, mask, png
 from tests.support.service import RunningService
 
 
@@ -436,6 +437,51 @@ async def test_a_request_of_many_big_images_is_refused_before_any_decode(
     status, answer, _ = await api_only.submit(images=bombs)
     assert status == 400, answer
     assert "pixels in all" in answer["error"]["message"]
+    assert decodes == []
+
+
+async def test_a_mask_of_another_size_is_refused_before_any_decode(
+    api_only: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mask's header says 7000x7000 (under the pixel cap) and carries a few bytes:
+    decoding it would fail as truncated. Its size is compared with the image's from
+    both headers, so the answer is the size mismatch and nothing is decoded."""
+    decodes = record_decodes(monkeypatch)
+    status, answer, _ = await api_only.submit(images=[png(16, 16)], mask=declared_png(7000, 7000))
+    assert status == 400, answer
+    assert answer["error"]["param"] == "mask"
+    assert answer["error"]["code"] == "invalid_request_error"
+    assert "mask is 7000x7000 but the image is 16x16" in answer["error"]["message"]
+    assert decodes == []
+
+
+@pytest.mark.parametrize(
+    ("last", "mask_image", "status", "param", "words"),
+    [
+        (encode(Image.new("RGB", (16, 16)), "GIF"), None, 415, "image[15]", "GIF"),
+        (declared_png(8000, 8000), None, 400, "image[15]", "8000x8000"),
+        (b"", None, 400, "image[15]", "empty"),
+        (png(16, 16), png(16, 16), 400, "mask", "alpha channel"),
+    ],
+    ids=["format", "pixels", "empty", "mask-alpha"],
+)
+async def test_what_a_header_shows_is_refused_before_any_image_is_decoded(
+    api_only: RunningService,
+    monkeypatch: pytest.MonkeyPatch,
+    last: bytes,
+    mask_image: bytes | None,
+    status: int,
+    param: str,
+    words: str,
+) -> None:
+    """Fifteen good images, then one (or a mask) that its header alone refuses: the
+    refusal comes before the good ones are decoded, not after."""
+    decodes = record_decodes(monkeypatch)
+    images = [png(16, 16)] * 15 + [last]
+    got, answer, _ = await api_only.submit(images=images, mask=mask_image)
+    assert got == status, answer
+    assert answer["error"]["param"] == param
+    assert words in answer["error"]["message"]
     assert decodes == []
 
 

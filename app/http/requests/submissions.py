@@ -96,19 +96,21 @@ async def check_inputs(
     decoder: ImageDecoder,
     params: EditParams,
 ) -> Submission:
-    """Check every image (within the decoder's pixel budgets), the count and the mask."""
+    """Check the count, every image (within the decoder's pixel budgets) and the mask;
+    whatever the headers show is refused before any image is decoded."""
     if not images:
         raise InvalidRequest("at least one image is required", param="image")
     if len(images) > settings.max_images:
         raise InvalidRequest(
             f"{len(images)} images sent; at most {settings.max_images} are allowed", param="image"
         )
-    decoded = await decoder.check_all([*images, *([mask] if mask is not None else [])])
-    checked, checked_mask = decoded[: len(images)], None
+    inputs = [*images, *([mask] if mask is not None else [])]
+    declared = decoder.read_headers(inputs)
     if mask is not None:
-        checked_mask = decoded[-1]
-        check_mask(checked_mask, checked[0], param=mask[0])
-    return Submission(params=params, images=checked, mask=checked_mask)
+        check_mask(declared[-1], declared[0], param=mask[0])
+    decoded = await decoder.decode(inputs, declared)
+    checked_mask = decoded[-1] if mask is not None else None
+    return Submission(params=params, images=decoded[: len(images)], mask=checked_mask)
 
 
 def _raw_from_form(form: Form, settings: Settings) -> RawRequest:
