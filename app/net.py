@@ -38,6 +38,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SCHEMES = ("http", "https")
 MAX_URL_CHARS = 8192
 CHUNK = 256 * 1024
+YIELD_BYTES = 4 * 1024 * 1024
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
@@ -266,7 +267,9 @@ async def read_bounded(
     bytes read so far (more than ``limit``, at most ``limit + chunk_bytes``); with
     ``too_large=None`` it returns the first ``limit`` bytes instead and leaves the rest
     unread. Either way it never holds more than ``limit + chunk_bytes`` bytes. The
-    stream's own errors (a connection lost mid-body, bad framing) propagate.
+    stream's own errors (a connection lost mid-body, bad framing) propagate. Every
+    ``YIELD_BYTES`` it gives the event loop a turn: a stream already in memory never
+    makes a read wait, and other requests must not wait for all of it.
     """
     read: Callable[[int], Awaitable[bytes]] = (
         source.read_chunk if isinstance(source, BodyPartReader) else source.read
@@ -281,4 +284,6 @@ async def read_bounded(
             chunks.append(chunk[: len(chunk) - (size - limit)])
             break
         chunks.append(chunk)
+        if size // YIELD_BYTES != (size - len(chunk)) // YIELD_BYTES:
+            await asyncio.sleep(0)
     return b"".join(chunks)

@@ -5,9 +5,12 @@ stored or enqueued.
 an upstream's answers): the real format is read from the bytes (file names and
 declared content types are ignored), the pixel count is checked against a cap
 *before* decoding, which defeats decompression bombs, and every way Pillow fails
-becomes the caller's own error. ``check_image`` uses it on each input file, so a
-truncated or corrupt file is caught here, not in a worker minutes later. These are
-CPU-bound, synchronous functions: callers run them in an executor.
+becomes the caller's own error. An input is checked in two steps: ``read_header``
+reads what its header declares (format, size, alpha) and refuses what that alone
+shows, so a request's inputs can all be refused, and a mask compared with its image
+(``check_mask``), before any of them is decoded; then ``check_image`` decodes it, so a
+truncated or corrupt file is caught here, not in a worker minutes later.
+``check_image`` is CPU-bound: callers run it in an executor.
 """
 
 from __future__ import annotations
@@ -53,6 +56,23 @@ class CheckedImage:
 
 
 @dataclass(frozen=True)
+class DeclaredImage:
+    """What an input image's header declares, nothing decoded: content type, width and
+    height in pixels, and whether it has alpha (a mode with alpha or a transparent
+    colour, both known before any pixel is decoded)."""
+
+    content_type: str
+    width: int
+    height: int
+    has_alpha: bool
+
+    @property
+    def pixels(self) -> int:
+        """Width x height."""
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
 class Undecodable:
     """Why ``open_untrusted`` did not decode some bytes, for its caller to word an error.
 
@@ -77,6 +97,7 @@ def open_untrusted(
     max_pixels: int,
     refuse: Callable[[Undecodable], Exception],
     formats: Collection[str] | None = None,
+    decode: bool = True,
 ) -> Image.Image:
     """The image in ``data``, fully decoded, once it was safe to decode it.
 
@@ -85,12 +106,16 @@ def open_untrusted(
     be at most ``max_pixels``, all before any pixel is decoded (and again after, for
     formats that learn their size while decoding; Pillow's own bomb limit bounds that
     case). Any failure raises ``refuse(why)``: the caller's error class and wording.
+    With ``decode=False`` only the header is read and checked: the image comes back
+    undecoded, for its declared format, size and mode.
     """
     image: Image.Image | None = None
     cause: Exception | None = None
     try:
         image = Image.open(io.BytesIO(data))
         why = _declared_problem(image, max_pixels, formats)
+        if why is None and not decode:
+            return image
         if why is None:
             image.load()
             # Some formats find their real size only while decoding: check it again.
@@ -124,15 +149,19 @@ def _declared_problem(
     return None
 
 
-def declared_pixels(data: bytes) -> int:
-    """Width x height as the image's header declares them, nothing decoded; 0 when the
-    header cannot be read (the full check then says why)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:  # any Pillow failure on untrusted bytes: the decode reports it
-        return 0
-    return width * height
+def read_header(data: bytes, *, param: str, max_pixels: int) -> DeclaredImage:
+    """What ``data``'s header declares, nothing decoded (cheap enough for the event loop).
+
+    Raises what ``check_image`` would for an image its header alone refuses, naming
+    ``param``: InvalidRequest (empty, a corrupt header, more than ``max_pixels``) or
+    UnsupportedMediaType (not a PNG, JPEG or WebP).
+    """
+    refuse = partial(_input_refusal, data=data, param=param, max_pixels=max_pixels)
+    with open_untrusted(
+        data, max_pixels=max_pixels, refuse=refuse, formats=CONTENT_TYPES, decode=False
+    ) as image:
+        width, height = image.size
+        return DeclaredImage(CONTENT_TYPES[image.format or ""], width, height, has_alpha(image))
 
 
 def has_alpha(image: Image.Image) -> bool:
@@ -146,8 +175,6 @@ def check_image(data: bytes, *, param: str, max_pixels: int) -> CheckedImage:
     Raises InvalidRequest (empty, truncated, corrupt, too many pixels) or
     UnsupportedMediaType (not a PNG, JPEG or WebP), naming ``param``.
     """
-    if not data:
-        raise InvalidRequest(f"{param} is empty", param=param)
     refuse = partial(_input_refusal, data=data, param=param, max_pixels=max_pixels)
     with open_untrusted(data, max_pixels=max_pixels, refuse=refuse, formats=CONTENT_TYPES) as image:
         content_type = CONTENT_TYPES[image.format or ""]
@@ -162,6 +189,8 @@ def check_image(data: bytes, *, param: str, max_pixels: int) -> CheckedImage:
 
 
 def _input_refusal(why: Undecodable, *, data: bytes, param: str, max_pixels: int) -> EditqError:
+    if not data:
+        return InvalidRequest(f"{param} is empty", param=param)
     if why.reason == "unknown" and _has_allowed_signature(data):
         return InvalidRequest(f"{param} could not be decoded (corrupt header)", param=param)
     if why.reason == "unknown":
@@ -196,8 +225,9 @@ def _has_allowed_signature(data: bytes) -> bool:
     )
 
 
-def check_mask(mask: CheckedImage, first: CheckedImage, *, param: str = "mask") -> None:
-    """A mask must have an alpha channel and the first image's dimensions."""
+def check_mask(mask: DeclaredImage, first: DeclaredImage, *, param: str = "mask") -> None:
+    """A mask must have an alpha channel and the first image's dimensions; both as
+    their headers declare them, so it is refused before either is decoded."""
     if (mask.width, mask.height) != (first.width, first.height):
         raise InvalidRequest(
             f"mask is {mask.width}x{mask.height} but the image is "

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import MultipartReader
+from PIL import Image
 from redis.asyncio import Redis
 
 from app.core.batches import Batch
@@ -24,7 +27,7 @@ from app.settings import Settings
 from app.store.jobs import JobStore
 from app.store.keys import Keys
 from tests.support.bombs import declared_png, record_decodes
-from tests.support.images import data_url, mask, png
+from tests.support.images import data_url, encode, mask, png
 from tests.support.service import RunningService
 
 
@@ -345,6 +348,56 @@ async def test_a_request_of_sixteen_images_and_all_fields_fits_the_part_cap(
     assert status == 202, job
 
 
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_a_multipart_body_is_parsed_once_giving_the_loop_turns(
+    api_only: RunningService, monkeypatch: pytest.MonkeyPatch, idempotent: bool
+) -> None:
+    """With an ``Idempotency-Key`` a multipart body used to be parsed twice, the
+    fingerprint's pass and the handler's, each from memory without ever letting another
+    request run. Now one reader parses it, and a task that only counts its own turns
+    of the event loop gets at least one between every two parts."""
+    readers: list[MultipartReader] = []
+    turns_at_part: list[int] = []
+    turns = 0
+    original_next = MultipartReader.next
+
+    async def next_part(self: MultipartReader) -> object:
+        if not any(reader is self for reader in readers):
+            readers.append(self)
+        turns_at_part.append(turns)
+        return await original_next(self)
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(MultipartReader, "next", next_part)
+    form = aiohttp.FormData()
+    form.add_field("model", "local/editor")
+    form.add_field("prompt", "make it grayscale")
+    for index in range(8):
+        form.add_field(f"note_{index}", "x" * 100_000)  # not a field: ignored
+    for index in range(4):
+        form.add_field("image[]", png(16, 16), filename=f"{index}.png", content_type="image/png")
+    headers = api_only.auth()
+    if idempotent:
+        headers["Idempotency-Key"] = "parsed-once"
+    counter = asyncio.create_task(count_turns())
+    try:
+        async with api_only.client.post(
+            api_only.url("/v1/jobs"), data=form, headers=headers
+        ) as response:
+            status, answer = response.status, await response.json()
+    finally:
+        counter.cancel()
+    assert status == 202, answer
+    assert len(readers) == 1
+    assert len(turns_at_part) == 15  # 14 parts, then the end
+    assert all(a < b for a, b in itertools.pairwise(turns_at_part))
+
+
 @pytest.fixture
 async def guarded(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
     tuned = settings.model_copy(update={"auth_failures_per_minute": 5})
@@ -384,6 +437,51 @@ async def test_a_request_of_many_big_images_is_refused_before_any_decode(
     status, answer, _ = await api_only.submit(images=bombs)
     assert status == 400, answer
     assert "pixels in all" in answer["error"]["message"]
+    assert decodes == []
+
+
+async def test_a_mask_of_another_size_is_refused_before_any_decode(
+    api_only: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mask's header says 7000x7000 (under the pixel cap) and carries a few bytes:
+    decoding it would fail as truncated. Its size is compared with the image's from
+    both headers, so the answer is the size mismatch and nothing is decoded."""
+    decodes = record_decodes(monkeypatch)
+    status, answer, _ = await api_only.submit(images=[png(16, 16)], mask=declared_png(7000, 7000))
+    assert status == 400, answer
+    assert answer["error"]["param"] == "mask"
+    assert answer["error"]["code"] == "invalid_request_error"
+    assert "mask is 7000x7000 but the image is 16x16" in answer["error"]["message"]
+    assert decodes == []
+
+
+@pytest.mark.parametrize(
+    ("last", "mask_image", "status", "param", "words"),
+    [
+        (encode(Image.new("RGB", (16, 16)), "GIF"), None, 415, "image[15]", "GIF"),
+        (declared_png(8000, 8000), None, 400, "image[15]", "8000x8000"),
+        (b"", None, 400, "image[15]", "empty"),
+        (png(16, 16), png(16, 16), 400, "mask", "alpha channel"),
+    ],
+    ids=["format", "pixels", "empty", "mask-alpha"],
+)
+async def test_what_a_header_shows_is_refused_before_any_image_is_decoded(
+    api_only: RunningService,
+    monkeypatch: pytest.MonkeyPatch,
+    last: bytes,
+    mask_image: bytes | None,
+    status: int,
+    param: str,
+    words: str,
+) -> None:
+    """Fifteen good images, then one (or a mask) that its header alone refuses: the
+    refusal comes before the good ones are decoded, not after."""
+    decodes = record_decodes(monkeypatch)
+    images = [png(16, 16)] * 15 + [last]
+    got, answer, _ = await api_only.submit(images=images, mask=mask_image)
+    assert got == status, answer
+    assert answer["error"]["param"] == param
+    assert words in answer["error"]["message"]
     assert decodes == []
 
 

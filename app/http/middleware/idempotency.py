@@ -25,7 +25,10 @@ Stripe's semantics, per API key (tenant), on ``POST /v1/jobs``, ``/v1/batches``,
 
 The body is read once, size-limited, and given to the handler in a copy of the
 request. A multipart body is fingerprinted part by part (names, filenames, types,
-bytes), not as raw bytes, because clients draw a new random boundary on every retry.
+bytes), not as raw bytes, because clients draw a new random boundary on every retry;
+it is parsed once (``read_form``), and the handler takes its fields and images from
+the same parts. All of it runs under the body deadline and yields to the event loop
+every few MB, since a body in memory never makes a read wait.
 """
 
 from __future__ import annotations
@@ -36,16 +39,17 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
+from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest
 from app.http.app_keys import IDEMPOTENCY, SETTINGS
 from app.http.middleware.errors import TENANT
-from app.http.requests.submissions import body_deadline, count_part, read_body
+from app.http.requests.bodies import Form, body_deadline, read_body, read_form
+from app.net import YIELD_BYTES
+from app.settings import Settings
 from app.store.idempotency import Claim, ExistingRecord, IdempotencyStore, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -110,8 +114,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     settings = request.app[SETTINGS]
     async with body_deadline(settings):
         body = await read_body(request, settings.max_body_bytes)
-        request = with_body(request, body)
-        fingerprint = await request_fingerprint(request, body)
+        request = await with_body(request, body)
+        fingerprint = await request_fingerprint(request, body, settings)
     store = request.app[IDEMPOTENCY]
     found = await store.claim(request[TENANT], key, fingerprint)
     if isinstance(found, ExistingRecord):
@@ -210,63 +214,72 @@ async def _renew_until_cancelled(store: IdempotencyStore, claim: Claim) -> None:
             log.warning("could not renew an idempotency claim: %s", exc)
 
 
-def with_body(request: web.Request, body: bytes) -> web.Request:
+async def with_body(request: web.Request, body: bytes) -> web.Request:
     """A copy of ``request`` whose body stream yields ``body``, read off the wire already."""
     copy = request.clone()
     # aiohttp offers no public way to replace a request's body stream; request.content,
     # read() and multipart() all read this one attribute.
-    copy._payload = body_stream(body)
+    copy._payload = await body_stream(body)
     return copy
 
 
-def body_stream(body: bytes) -> StreamReader:
-    """A finished stream yielding ``body``; on its own protocol, never the connection's."""
+async def body_stream(body: bytes) -> StreamReader:
+    """A finished stream yielding ``body``; on its own protocol, never the connection's.
+    Filling it gives the event loop a turn every ``YIELD_BYTES``."""
     loop = asyncio.get_running_loop()
     stream = StreamReader(BaseProtocol(loop), limit=max(len(body), CHUNK), loop=loop)
-    stream.feed_data(body)
+    # Fed in pieces as the wire would: at each part's end the multipart reader pushes
+    # back what it read past it, and the stream then copies the rest of that piece;
+    # with the body as one piece, that was the rest of the body, at every part.
+    for start in range(0, len(body), CHUNK):
+        stream.feed_data(body[start : start + CHUNK])
+        if (start + CHUNK) % YIELD_BYTES == 0:
+            await asyncio.sleep(0)
     stream.feed_eof()
     return stream
 
 
-async def request_fingerprint(request: web.Request, body: bytes) -> str:
-    """SHA-256 of method, path, content type and body (multipart: part by part)."""
+async def request_fingerprint(request: web.Request, body: bytes, settings: Settings) -> str:
+    """SHA-256 of method, path, content type and body; a multipart body part by part,
+    parsed by ``read_form`` (and kept on ``request`` for the handler), or as its raw
+    bytes when its framing cannot be parsed. Raises what ``read_form`` raises."""
     digest = hashlib.sha256()
     for item in (request.method, request.path_qs, request.content_type):
         _add(digest, item.encode())
     if request.content_type == "multipart/form-data":
-        parts = await _multipart_digest(request, body)
-        if parts is not None:
+        form = await read_form(request, settings)
+        if form.refusal is None:
             _add(digest, b"parts")
-            _add(digest, parts)
+            _add(digest, await _parts_digest(form))
             return digest.hexdigest()
     _add(digest, b"body")
-    _add(digest, body)
+    digest.update(len(body).to_bytes(8, "big"))
+    await _update(digest, body)
     return digest.hexdigest()
 
 
-async def _multipart_digest(request: web.Request, body: bytes) -> bytes | None:
-    """Digest of each part's name, filename, type and bytes; None if it will not parse."""
+async def _parts_digest(form: Form) -> bytes:
+    """Digest of each part's name, filename, content type and bytes, in order."""
     digest = hashlib.sha256()
-    parts = 0
-    try:
-        reader = MultipartReader(request.headers, body_stream(body))
-        while (part := await reader.next()) is not None:
-            parts = count_part(parts)  # refused before the rest is parsed
-            if not isinstance(part, BodyPartReader):
-                return None
-            for item in (
-                part.name or "",
-                part.filename or "",
-                part.headers.get("Content-Type", ""),
-            ):
-                _add(digest, item.encode())
-            content = hashlib.sha256()
-            while chunk := await part.read_chunk(CHUNK):
-                content.update(chunk)
-            _add(digest, content.digest())
-    except (ValueError, BadHttpMessage):  # bad framing or part headers: hash the raw bytes
-        return None
+    for part in form.parts:
+        for item in (part.name, part.filename, part.content_type):
+            _add(digest, item.encode())
+        _add(digest, await _sha256(part.data))
     return digest.digest()
+
+
+async def _sha256(data: bytes) -> bytes:
+    digest = hashlib.sha256()
+    await _update(digest, data)
+    return digest.digest()
+
+
+async def _update(digest: hashlib._Hash, data: bytes) -> None:
+    """``digest.update(data)``, giving the event loop a turn every ``YIELD_BYTES`` bytes."""
+    view = memoryview(data)
+    for start in range(0, len(data), YIELD_BYTES):
+        digest.update(view[start : start + YIELD_BYTES])
+        await asyncio.sleep(0)
 
 
 def _add(digest: hashlib._Hash, item: bytes) -> None:

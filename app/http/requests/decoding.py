@@ -1,12 +1,13 @@
 """Decoding a request's images within budgets of pixels, so no request can take the
 API's memory from the others.
 
-Each image's width and height are read from its header first (no pixel decoded).
-A request whose images declare more than ``max_request_pixels`` in all is refused
-(400) before any decode; each decode then holds its pixels from the process-wide
-budget (``process_pixels``) while it runs in the executor, so concurrent requests
-decode one after another instead of all at once, and a decode that cannot start
-within ``wait_s`` is answered 503 with ``Retry-After``.
+Every image's header is read first (``read_headers``, no pixel decoded): an image
+its header refuses (format, pixels) and a request whose images declare more than
+``max_request_pixels`` in all are refused (400/415) before any decode. Each decode
+(``decode``) then holds its pixels from the process-wide budget (``process_pixels``)
+while it runs in the executor, so concurrent requests decode one after another
+instead of all at once, and a decode that cannot start within ``wait_s`` is answered
+503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from functools import partial
 
-from app.core.images import CheckedImage, check_image, declared_pixels
+from app.core.images import CheckedImage, DeclaredImage, check_image, read_header
 from app.errors import InvalidRequest, ServiceUnavailable
 
 
@@ -74,19 +75,32 @@ class ImageDecoder:
         self._wait_s = wait_s
         self.budget = PixelBudget(process_pixels)
 
-    async def check_all(self, images: list[tuple[str, bytes]]) -> list[CheckedImage]:
-        """Each ``(param, bytes)`` checked, in order; raises the first image's error."""
-        declared = [declared_pixels(data) for _, data in images]
-        if sum(declared) > self._max_request_pixels:
+    def read_headers(self, images: list[tuple[str, bytes]]) -> list[DeclaredImage]:
+        """What each ``(param, bytes)`` declares, in order, nothing decoded; raises the
+        first image's refusal (``read_header``), then InvalidRequest when they declare
+        more than ``max_request_pixels`` in all."""
+        declared = [
+            read_header(data, param=param, max_pixels=self._max_image_pixels)
+            for param, data in images
+        ]
+        pixels = sum(image.pixels for image in declared)
+        if pixels > self._max_request_pixels:
             raise InvalidRequest(
-                f"the images declare {sum(declared):,} pixels in all; a request may carry at "
+                f"the images declare {pixels:,} pixels in all; a request may carry at "
                 f"most {self._max_request_pixels:,}",
                 param=images[0][0],
             )
+        return declared
+
+    async def decode(
+        self, images: list[tuple[str, bytes]], declared: list[DeclaredImage]
+    ) -> list[CheckedImage]:
+        """Each ``(param, bytes)`` decoded and checked, in order, holding the pixels its
+        header ``declared`` (from ``read_headers``); raises the first image's error."""
         loop = asyncio.get_running_loop()
         checked = []
-        for (param, data), pixels in zip(images, declared, strict=True):
+        for (param, data), header in zip(images, declared, strict=True):
             check = partial(check_image, data, param=param, max_pixels=self._max_image_pixels)
-            async with self.budget.hold(pixels, wait_s=self._wait_s):
+            async with self.budget.hold(header.pixels, wait_s=self._wait_s):
                 checked.append(await loop.run_in_executor(self._executor, check))
         return checked

@@ -12,29 +12,32 @@ stalled or slow-loris upload cannot hold a connection.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp import web
 
 from app.core.concurrency import gather_or_cancel
 from app.core.edit_params import EditParams, parse_edit_params
 from app.core.images import check_mask, decode_data_url
 from app.core.submissions import Submission
-from app.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from app.errors import InvalidRequest, UnsupportedMediaType
+from app.http.requests.bodies import (
+    IMAGE_FIELDS,
+    MASK_FIELD,
+    Form,
+    body_deadline,
+    image_param,
+    read_body,
+    read_form,
+    refuse_declared_length,
+)
 from app.http.requests.decoding import ImageDecoder
-from app.net import check_url, fetch_bounded, read_bounded
+from app.net import check_url, fetch_bounded
 from app.settings import Settings
-
-IMAGE_FIELDS = ("image", "image[]")
-MAX_PARTS = 64
-MAX_TEXT_FIELD_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -65,17 +68,18 @@ async def read_raw(
     request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
 ) -> RawRequest:
     """The request's fields and image bytes, in either shape, with sizes enforced."""
-    _refuse_declared_length(request, settings.max_body_bytes)
+    refuse_declared_length(request, settings.max_body_bytes)
     if request.content_type == "multipart/form-data":
         async with body_deadline(settings):
-            raw = await _read_multipart(request, settings)
+            form = await read_form(request, settings)
+        raw = _raw_from_form(form, settings)
     elif request.content_type == "application/json":
         raw = await _read_json(request, settings, fetch_session)
     elif request.content_type == "application/x-www-form-urlencoded":
         async with body_deadline(settings):
-            form = await request.post()  # fields only: files need multipart
+            posted = await request.post()  # fields only: files need multipart
         raw = RawRequest(
-            fields={k: v for k, v in form.items() if isinstance(v, str)}, images=[], mask=None
+            fields={k: v for k, v in posted.items() if isinstance(v, str)}, images=[], mask=None
         )
     else:
         raise UnsupportedMediaType(
@@ -85,20 +89,6 @@ async def read_raw(
     return raw
 
 
-@asynccontextmanager
-async def body_deadline(settings: Settings) -> AsyncIterator[None]:
-    """Reading a request body inside must end within ``body_read_timeout_s``;
-    RequestTimeout (408) otherwise, InvalidRequest if the client hangs up mid-body."""
-    seconds = settings.body_read_timeout_s
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
-    except ConnectionError:  # not the job store's: the client left before its body ended
-        raise InvalidRequest("the connection closed before the whole body arrived") from None
-
-
 async def check_inputs(
     images: list[tuple[str, bytes]],
     mask: tuple[str, bytes] | None,
@@ -106,86 +96,39 @@ async def check_inputs(
     decoder: ImageDecoder,
     params: EditParams,
 ) -> Submission:
-    """Check every image (within the decoder's pixel budgets), the count and the mask."""
+    """Check the count, every image (within the decoder's pixel budgets) and the mask;
+    whatever the headers show is refused before any image is decoded."""
     if not images:
         raise InvalidRequest("at least one image is required", param="image")
     if len(images) > settings.max_images:
         raise InvalidRequest(
             f"{len(images)} images sent; at most {settings.max_images} are allowed", param="image"
         )
-    decoded = await decoder.check_all([*images, *([mask] if mask is not None else [])])
-    checked, checked_mask = decoded[: len(images)], None
+    inputs = [*images, *([mask] if mask is not None else [])]
+    declared = decoder.read_headers(inputs)
     if mask is not None:
-        checked_mask = decoded[-1]
-        check_mask(checked_mask, checked[0], param=mask[0])
-    return Submission(params=params, images=checked, mask=checked_mask)
+        check_mask(declared[-1], declared[0], param=mask[0])
+    decoded = await decoder.decode(inputs, declared)
+    checked_mask = decoded[-1] if mask is not None else None
+    return Submission(params=params, images=decoded[: len(images)], mask=checked_mask)
 
 
-def count_part(count: int) -> int:
-    """The number of the next multipart part; InvalidRequest once there are more than
-    ``MAX_PARTS`` (the widest real request: 16 images, a mask and about 20 fields)."""
-    count += 1
-    if count > MAX_PARTS:
-        raise InvalidRequest(f"a multipart body may have at most {MAX_PARTS} parts")
-    return count
-
-
-async def _read_multipart(request: web.Request, settings: Settings) -> RawRequest:
+def _raw_from_form(form: Form, settings: Settings) -> RawRequest:
+    """The fields, images and mask of a parsed multipart body."""
     raw = RawRequest(fields={}, images=[], mask=None)
-    budget = _Budget(settings.max_body_bytes)
-    parts = 0
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            parts = count_part(parts)
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequest("nested multipart bodies are not accepted")
-            await _read_part(part, raw, settings, budget)
-    except (ValueError, BadHttpMessage) as exc:  # bad framing, or a part's bad headers
-        raise InvalidRequest(f"malformed multipart body: {exc}") from None
+    for part in form.checked_parts():
+        if part.name in IMAGE_FIELDS:
+            if len(raw.images) >= settings.max_images:
+                raise InvalidRequest(f"more than {settings.max_images} images sent", param="image")
+            raw.images.append((image_param(len(raw.images)), part.data))
+        elif part.name == MASK_FIELD:
+            raw.mask = (MASK_FIELD, part.data)
+        else:
+            try:
+                raw.fields[part.name] = part.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRequest(f"{part.name} is not valid UTF-8", param=part.name) from None
     return raw
-
-
-async def _read_part(
-    part: BodyPartReader, raw: RawRequest, settings: Settings, budget: _Budget
-) -> None:
-    name = part.name
-    if not name:
-        raise InvalidRequest("a multipart part has no name (Content-Disposition name=...)")
-    if name in IMAGE_FIELDS:
-        param = f"image[{len(raw.images)}]"
-        if len(raw.images) >= settings.max_images:
-            raise InvalidRequest(f"more than {settings.max_images} images sent", param="image")
-        raw.images.append((param, await _read_bytes(part, settings.max_image_bytes, param, budget)))
-    elif name == "mask":
-        raw.mask = ("mask", await _read_bytes(part, settings.max_image_bytes, "mask", budget))
-    else:
-        data = await _read_bytes(part, MAX_TEXT_FIELD_BYTES, name, budget)
-        try:
-            raw.fields[name] = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequest(f"{name} is not valid UTF-8", param=name) from None
-
-
-async def _read_bytes(part: BodyPartReader, limit: int, param: str, budget: _Budget) -> bytes:
-    """The part's bytes, at most ``limit`` of them and at most what is left of ``budget``."""
-
-    def too_large(count: int) -> PayloadTooLarge:
-        if count > budget.left:  # the whole body is past its limit (the part may be too)
-            return _body_too_large(budget.limit)
-        return PayloadTooLarge(f"{param} is larger than {limit} bytes", param=param)
-
-    data = await read_bounded(part, min(limit, budget.left), too_large=too_large)
-    budget.left -= len(data)
-    return data
-
-
-class _Budget:
-    """Bytes left of the whole body's allowance."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.left = limit
 
 
 async def _read_json(
@@ -241,26 +184,6 @@ async def document_images(
     if mask is not None:
         return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
     return RawRequest(fields=document, images=loaded, mask=None)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body; PayloadTooLarge, before buffering, once it passes ``limit``
-    bytes (before reading anything when its Content-Length already does)."""
-    _refuse_declared_length(request, limit)
-    return await read_bounded(request.content, limit, too_large=lambda _: _body_too_large(limit))
-
-
-def _refuse_declared_length(request: web.Request, limit: int) -> None:
-    """PayloadTooLarge when the request's Content-Length is over ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body is {request.content_length} bytes; the limit is {limit}"
-        )
-
-
-def _body_too_large(limit: int) -> PayloadTooLarge:
-    """The error for a request body found, while reading it, to pass ``limit`` bytes."""
-    return PayloadTooLarge(f"request body is larger than {limit} bytes")
 
 
 def _image_reference(item: object, param: str) -> tuple[str, str]:

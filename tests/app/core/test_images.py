@@ -14,13 +14,15 @@ from PIL import Image
 
 from app.core.images import (
     CheckedImage,
+    DeclaredImage,
     Undecodable,
     check_image,
     check_mask,
     decode_data_url,
     open_untrusted,
+    read_header,
 )
-from app.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from app.errors import EditqError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from tests.support.bombs import declared_png, record_decodes
 from tests.support.images import data_url, encode, mask, png
 
@@ -29,6 +31,10 @@ MAX_PIXELS = 50_000_000
 
 def checked(data: bytes, max_pixels: int = MAX_PIXELS) -> CheckedImage:
     return check_image(data, param="image[]", max_pixels=max_pixels)
+
+
+def declared(data: bytes, max_pixels: int = MAX_PIXELS) -> DeclaredImage:
+    return read_header(data, param="image[]", max_pixels=max_pixels)
 
 
 def with_ihdr_size(data: bytes, width: int, height: int, *, fix_crc: bool = True) -> bytes:
@@ -65,6 +71,8 @@ def test_accepted_formats(make: Callable[[], bytes], content_type: str, has_alph
     assert (image.width, image.height) == (64, 48)
     assert image.data == data
     assert image.extension == content_type.removeprefix("image/")
+    header = declared(data)  # the header alone says the same
+    assert header == DeclaredImage(content_type, 64, 48, has_alpha)
 
 
 @pytest.mark.parametrize("image_format", ["GIF", "BMP", "TIFF"])
@@ -214,20 +222,39 @@ def test_open_untrusted_turns_pillow_errors_into_the_callers(data: bytes, reason
     assert why.detail
 
 
+def test_a_header_tells_what_a_decode_would_refuse_without_decoding(
+    loads: list[tuple[int, int]],
+) -> None:
+    cases: list[tuple[bytes, int, type[EditqError], str]] = [
+        (b"", MAX_PIXELS, InvalidRequest, "empty"),
+        (b"<html>502 Bad Gateway</html>", MAX_PIXELS, UnsupportedMediaType, "not an image"),
+        (encode(Image.new("RGB", (16, 16)), "GIF"), MAX_PIXELS, UnsupportedMediaType, "GIF"),
+        (declared_png(8000, 8000), 1_000_000, InvalidRequest, "8000x8000"),
+        (declared_png(30_000, 30_000), 10**10, InvalidRequest, "too many pixels"),
+    ]
+    for data, max_pixels, error, words in cases:
+        with pytest.raises(error) as caught:
+            declared(data, max_pixels=max_pixels)
+        assert caught.value.param == "image[]"
+        assert words in str(caught.value)
+    assert declared(declared_png(7000, 7000)) == DeclaredImage("image/png", 7000, 7000, False)
+    assert loads == []
+
+
 def test_mask_matching_image_accepted() -> None:
-    check_mask(checked(mask(64, 48)), checked(png(64, 48)))
+    check_mask(declared(mask(64, 48)), declared(png(64, 48)))
 
 
 def test_mask_of_another_size() -> None:
     with pytest.raises(InvalidRequest) as caught:
-        check_mask(checked(mask(32, 48)), checked(png(64, 48)))
+        check_mask(declared(mask(32, 48)), declared(png(64, 48)))
     assert caught.value.param == "mask"
     assert "32x48" in caught.value.message and "64x48" in caught.value.message
 
 
 def test_mask_without_alpha() -> None:
     with pytest.raises(InvalidRequest) as caught:
-        check_mask(checked(png(64, 48)), checked(png(64, 48)))
+        check_mask(declared(png(64, 48)), declared(png(64, 48)))
     assert caught.value.param == "mask"
     assert "alpha" in caught.value.message
 

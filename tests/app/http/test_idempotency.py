@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable
 
 import pytest
 from aiohttp import web
@@ -16,7 +18,10 @@ from app.http.middleware.idempotency import (
     kept_response,
     parse_key,
     request_fingerprint,
+    with_body,
 )
+from app.net import YIELD_BYTES
+from app.settings import Settings
 
 Part = tuple[str, str | None, bytes]
 
@@ -37,9 +42,16 @@ def request(content_type: str, path: str = "/v1/jobs") -> web.Request:
     return make_mocked_request("POST", path, headers={"Content-Type": content_type})
 
 
+async def fingerprint(content_type: str, body: bytes, path: str = "/v1/jobs") -> str:
+    """The fingerprint of a request with ``body``, as the middleware takes it."""
+    return await request_fingerprint(
+        await with_body(request(content_type, path), body), body, Settings()
+    )
+
+
 async def form_print(boundary: str, parts: list[Part], path: str = "/v1/jobs") -> str:
     content_type = f"multipart/form-data; boundary={boundary}"
-    return await request_fingerprint(request(content_type, path), multipart(boundary, parts))
+    return await fingerprint(content_type, multipart(boundary, parts), path)
 
 
 @pytest.mark.parametrize("key", ["a", "k" * 255, "order 42/retry:1", "~!@#$%^&*()"])
@@ -66,21 +78,50 @@ async def test_multipart_prints_ignore_the_boundary_but_not_the_parts() -> None:
 
 async def test_json_prints_are_of_the_bytes_and_the_content_type() -> None:
     body = json.dumps({"prompt": "sepia"}).encode()
-    first = await request_fingerprint(request("application/json"), body)
-    assert await request_fingerprint(request("application/json"), body) == first
-    assert await request_fingerprint(request("application/json"), body + b" ") != first
-    assert await request_fingerprint(request("text/plain"), body) != first
+    first = await fingerprint("application/json", body)
+    assert await fingerprint("application/json", body) == first
+    assert await fingerprint("application/json", body + b" ") != first
+    assert await fingerprint("text/plain", body) != first
 
 
 async def test_a_malformed_multipart_body_is_printed_as_bytes() -> None:
     content_type = "multipart/form-data; boundary=x"
-    first = await request_fingerprint(request(content_type), b"not multipart at all")
-    assert await request_fingerprint(request(content_type), b"not multipart at all") == first
-    assert await request_fingerprint(request(content_type), b"not multipart at al!") != first
+    first = await fingerprint(content_type, b"not multipart at all")
+    assert await fingerprint(content_type, b"not multipart at all") == first
+    assert await fingerprint(content_type, b"not multipart at al!") != first
+
+
+async def turns_during(work: Awaitable[object]) -> int:
+    """How many turns of the event loop another task got while ``work`` ran."""
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)  # the counter is running
+    before = turns
+    await work
+    during = turns - before
+    counter.cancel()
+    return during
+
+
+async def test_printing_a_big_body_lets_other_tasks_run() -> None:
+    """A body in memory never makes a read wait: reading its parts and hashing them
+    give the loop a turn every few MB instead of holding it throughout."""
+    size = 12 * 1024 * 1024
+    read_and_hashed = 2 * size // YIELD_BYTES
+    parts: list[Part] = [("image[]", "a.png", bytes(size))]
+    assert await turns_during(form_print("b", parts)) >= read_and_hashed
+    assert await turns_during(fingerprint("application/json", bytes(size))) >= size // YIELD_BYTES
 
 
 async def test_a_body_stream_yields_the_body_then_ends() -> None:
-    stream = body_stream(b"x" * 1_000_000)
+    stream = await body_stream(b"x" * 1_000_000)
     assert await stream.read(10) == b"x" * 10
     assert len(await stream.read()) == 1_000_000 - 10
     assert stream.at_eof()
