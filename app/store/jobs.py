@@ -2,8 +2,11 @@
 
 The keys are ``app.store.keys``'s (``job``, ``log``, ``tenant_jobs``, ``retention``,
 ``events_channel``). A job's hash holds spec (JSON), tenant, status, run, attempt,
-started_at, finished_at, attempts (JSON array), error, outcome, cached, and for a
-batch variant its batch; ``tx``/``tx_from`` mark the last applied transition.
+started_at, finished_at, error, outcome, cached, and for a batch variant its batch;
+``tx``/``tx_from`` mark the last applied transition. Each upstream call is a field
+of its own, ``call:<n>`` (JSON), written as the call starts and again as it ends
+(``record_call.lua``, fenced on the run and attempt that made it), numbered by the
+``calls`` counter; ``attempts`` (a JSON array) holds calls recorded all at once.
 
 Every status change is one MULTI: ``move_job.lua`` checks the current status
 (against ``app.core.jobs.TRANSITIONS``) and the run and attempt numbers (the
@@ -31,7 +34,7 @@ from redis.asyncio.client import Pipeline
 from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus, sources_of
 from app.core.webhooks import batch_completed_event_id, event_id, event_type
 from app.dispatch import BatchWindow
-from app.store.job_records import attempts_json, job_from_row
+from app.store.job_records import attempts_json, call_json, job_from_row
 from app.store.keys import Keys
 from app.store.scripts import register
 
@@ -91,6 +94,7 @@ class JobStore:
         self._retention_s = retention_s
         self._move = register(redis, "move_job")
         self._append = register(redis, "append_attempts")
+        self._record = register(redis, "record_call")
         self._batch_progress = register(redis, "batch_progress")
         self._webhook_event = register(redis, "webhook_event")
 
@@ -335,6 +339,21 @@ class JobStore:
             Awaitable[list[str | None]], self._redis.hmget(self._keys.job(job_id), ["run", "batch"])
         )
         return None if run is None else (int(run), batch)
+
+    async def call_started(self, job_id: str, call: Attempt) -> int:
+        """Record a call as it starts (``in_flight``), fenced on the run and claim that
+        make it (``call.run``, ``call.attempt``). Its number for ``call_ended``; 0 when
+        the job is no longer running that run and claim (nothing is recorded)."""
+        return await self._record_call(job_id, call, None)
+
+    async def call_ended(self, job_id: str, number: int, call: Attempt) -> bool:
+        """Record how call ``number`` ended; False when the job has moved on (taken over,
+        canceled, ended) since: the call then stays as it was, and reads as lost."""
+        return await self._record_call(job_id, call, number) != 0
+
+    async def _record_call(self, job_id: str, call: Attempt, number: int | None) -> int:
+        args = [call.run, call.attempt, "" if number is None else number, call_json(call)]
+        return int(await self._record(keys=[self._keys.job(job_id)], args=args))
 
     async def append_attempts(self, job_id: str, run: int, attempts: Iterable[Attempt]) -> bool:
         """Record calls of a running job; False when ``run`` is no longer current."""

@@ -13,7 +13,17 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from app.core.edit_params import EditParams
-from app.core.jobs import Attempt, JobError, JobInputs, JobSpec, JobStatus, StoredImage, new_job_id
+from app.core.jobs import (
+    Attempt,
+    CallOutcome,
+    Job,
+    JobError,
+    JobInputs,
+    JobSpec,
+    JobStatus,
+    StoredImage,
+    new_job_id,
+)
 from app.dispatch import BatchWindow
 from app.settings import Settings
 from app.store.jobs import JobStore
@@ -61,9 +71,11 @@ def spec(tenant: str = "tenant-a", now: float = BASE_TIME) -> JobSpec:
 def attempt(index: int, run: int = 1) -> Attempt:
     return Attempt(
         run=run,
+        attempt=run,
         output_index=index,
         upstream="local",
         model="local/editor",
+        outcome="failed",
         status=500,
         error_code="upstream_error",
         duration_ms=index,
@@ -230,6 +242,85 @@ async def test_attempts_appended_in_order(store: JobStore) -> None:
         (2, 4),
     ]
     assert not await store.append_attempts("job_000000000000000000000000", 1, [attempt(0)])
+
+
+def call(job: Job, index: int, outcome: CallOutcome = "in_flight") -> Attempt:
+    return Attempt(
+        run=job.run,
+        attempt=job.attempt,
+        output_index=index,
+        upstream="local",
+        model="local/editor",
+        outcome=outcome,
+        started_at=BASE_TIME + index,
+    )
+
+
+async def claimed(store: JobStore, job_id: str) -> Job:
+    job = await store.get(job_id)
+    assert job is not None
+    result = await store.claim(job)
+    assert result.applied
+    return job.model_copy(update={"status": RUNNING, "attempt": result.attempt})
+
+
+async def test_calls_are_recorded_as_they_start_and_end(store: JobStore) -> None:
+    job = await claimed(store, (await store.create(spec())).id)
+    first, second = call(job, 0), call(job, 1)
+    assert await store.call_started(job.id, first) == 1
+    assert await store.call_started(job.id, second) == 2
+    stored = await store.get(job.id)
+    assert stored is not None and stored.attempts == (first, second)
+
+    ended = second.model_copy(update={"outcome": "succeeded", "status": 200, "duration_ms": 5})
+    assert await store.call_ended(job.id, 2, ended)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.attempts == (first, ended)
+
+
+async def test_a_take_over_leaves_the_lost_workers_call_on_record_as_lost(
+    store: JobStore,
+) -> None:
+    lost = await claimed(store, (await store.create(spec())).id)
+    assert await store.call_started(lost.id, call(lost, 0)) == 1
+    rescuer = await claimed(store, lost.id)  # the lease lapsed: running -> running
+    assert await store.call_started(rescuer.id, call(rescuer, 0)) == 2
+    # The lost worker comes back: its call's end is refused, as is any new call.
+    ended = call(lost, 0, "succeeded").model_copy(update={"status": 200, "duration_ms": 9})
+    assert not await store.call_ended(lost.id, 1, ended)
+    assert await store.call_started(lost.id, call(lost, 1)) == 0
+    stored = await store.get(lost.id)
+    assert stored is not None
+    assert [(c.attempt, c.outcome) for c in stored.attempts] == [(1, "lost"), (2, "in_flight")]
+
+    assert (await store.fail(rescuer, JobError(type="t", code="c", message="m"))).applied
+    stored = await store.get(lost.id)
+    assert stored is not None
+    assert [(c.attempt, c.outcome) for c in stored.attempts] == [(1, "lost"), (2, "lost")]
+
+
+async def test_calls_of_every_run_are_read_in_the_order_they_started(
+    store: JobStore, redis: Redis
+) -> None:
+    job = await store.create(spec())
+    # A record from before calls had fields of their own: one array, every call ended.
+    legacy = attempt(0).model_dump(mode="json")
+    del legacy["attempt"], legacy["outcome"]
+    await cast(Awaitable[int], redis.hset(store.keys.job(job.id), "attempts", json.dumps([legacy])))
+    first = await claimed(store, job.id)
+    numbers = [await store.call_started(job.id, call(first, index)) for index in range(1, 11)]
+    assert (await store.fail(first, JobError(type="t", code="c", message="m"))).applied
+    assert (await store.transition(job.id, QUEUED, sources=[FAILED], next_run=True)).applied
+    second = await claimed(store, job.id)
+    numbers.append(await store.call_started(job.id, call(second, 11)))
+    assert numbers == list(range(1, 12))
+    stored = await store.get(job.id)
+    assert stored is not None
+    assert [(c.run, c.attempt, c.output_index, c.outcome) for c in stored.attempts] == [
+        (1, 2, 0, "failed"),
+        *((1, 1, index, "lost") for index in range(1, 11)),
+        (2, 2, 11, "in_flight"),
+    ]
 
 
 async def next_message(pubsub: PubSub, timeout: float = 2.0) -> dict[str, Any] | None:
