@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 from app.core.jobs import (
@@ -28,12 +27,6 @@ log = logging.getLogger(__name__)
 CALL_FIELD = "call:"
 """Each upstream call is its own field of the job's hash: ``call:1``, ``call:2`` … in the
 order the calls started (``record_call.lua`` numbers them)."""
-
-
-def attempts_json(attempts: Iterable[Attempt]) -> str:
-    """Attempts as the compact JSON array the scripts append ("" for none)."""
-    items = [attempt.model_dump(mode="json") for attempt in attempts]
-    return json.dumps(items, separators=(",", ":")) if items else ""
 
 
 def call_json(call: Attempt) -> str:

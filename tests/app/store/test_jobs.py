@@ -68,19 +68,18 @@ def spec(tenant: str = "tenant-a", now: float = BASE_TIME) -> JobSpec:
     )
 
 
-def attempt(index: int, run: int = 1) -> Attempt:
-    return Attempt(
-        run=run,
-        attempt=run,
-        output_index=index,
-        upstream="local",
-        model="local/editor",
-        outcome="failed",
-        status=500,
-        error_code="upstream_error",
-        duration_ms=index,
-        started_at=BASE_TIME + index,
-    )
+def legacy_call(index: int) -> dict[str, Any]:
+    """A call as versions before per-call fields stored it, in the record's array."""
+    return {
+        "run": 1,
+        "output_index": index,
+        "upstream": "local",
+        "model": "local/editor",
+        "status": 500,
+        "error_code": "upstream_error",
+        "duration_ms": index,
+        "started_at": BASE_TIME + index,
+    }
 
 
 async def store_hash(redis: Redis, key: str) -> dict[str, str]:
@@ -133,7 +132,7 @@ async def test_refused_transitions(
     for status in path:
         assert (await store.transition(job.id, status)).applied
     current = path[-1] if path else QUEUED
-    result = await store.transition(job.id, target, attempts=[attempt(0)], fields={"x": "1"})
+    result = await store.transition(job.id, target, fields={"x": "1"})
     assert (result.outcome, result.applied, result.previous, result.run) == (
         "refused",
         False,
@@ -158,9 +157,7 @@ async def test_stale_run_is_fenced_off(store: JobStore) -> None:
     retried = await store.transition(job.id, QUEUED, sources=[FAILED, CANCELED], next_run=True)
     assert (retried.outcome, retried.previous, retried.run) == ("applied", FAILED, 2)
 
-    late = await store.transition(
-        job.id, RUNNING, expect_run=1, attempts=[attempt(0)], fields={"started_at": 1.0}
-    )
+    late = await store.transition(job.id, RUNNING, expect_run=1, fields={"started_at": 1.0})
     assert (late.outcome, late.previous, late.run) == ("stale", QUEUED, 2)
     stored = await store.get(job.id)
     assert stored is not None
@@ -217,31 +214,6 @@ async def test_fields_set_and_deleted(store: JobStore, redis: Redis) -> None:
     stored = await store.get(job.id)
     assert stored is not None
     assert (stored.status, stored.error, stored.finished_at) == (QUEUED, None, 101.5)
-
-
-async def test_attempts_appended_in_order(store: JobStore) -> None:
-    job = await store.create(spec())
-    assert await store.append_attempts(job.id, 1, [])
-    await store.transition(job.id, RUNNING, expect_run=1, attempts=[attempt(0)])
-    assert await store.append_attempts(job.id, 1, [attempt(1), attempt(2)])
-    await store.transition(job.id, FAILED, expect_run=1, attempts=[attempt(3)])
-    stored = await store.get(job.id)
-    assert stored is not None
-    assert stored.attempts == tuple(attempt(i) for i in range(4))
-
-    await store.transition(job.id, QUEUED, next_run=True)
-    assert not await store.append_attempts(job.id, 1, [attempt(9)])
-    assert await store.append_attempts(job.id, 2, [attempt(4, run=2)])
-    stored = await store.get(job.id)
-    assert stored is not None
-    assert [(a.run, a.output_index) for a in stored.attempts] == [
-        (1, 0),
-        (1, 1),
-        (1, 2),
-        (1, 3),
-        (2, 4),
-    ]
-    assert not await store.append_attempts("job_000000000000000000000000", 1, [attempt(0)])
 
 
 def call(job: Job, index: int, outcome: CallOutcome = "in_flight") -> Attempt:
@@ -304,9 +276,8 @@ async def test_calls_of_every_run_are_read_in_the_order_they_started(
 ) -> None:
     job = await store.create(spec())
     # A record from before calls had fields of their own: one array, every call ended.
-    legacy = attempt(0).model_dump(mode="json")
-    del legacy["attempt"], legacy["outcome"]
-    await cast(Awaitable[int], redis.hset(store.keys.job(job.id), "attempts", json.dumps([legacy])))
+    legacy = json.dumps([legacy_call(0)])
+    await cast(Awaitable[int], redis.hset(store.keys.job(job.id), "attempts", legacy))
     first = await claimed(store, job.id)
     numbers = [await store.call_started(job.id, call(first, index)) for index in range(1, 11)]
     assert (await store.fail(first, JobError(type="t", code="c", message="m"))).applied

@@ -86,7 +86,6 @@ async def move(
     next_run: bool = False,
     expect_attempt: int | str = "",
     next_attempt: bool = False,
-    attempts: str = "",
     batch: str = "",
     fields: tuple[str, ...] = (),
 ) -> list[Any]:
@@ -98,7 +97,6 @@ async def move(
         "1" if next_run else "0",
         expect_attempt,
         "1" if next_attempt else "0",
-        attempts,
         RETENTION_S,
         now_ms(),
         job_id,
@@ -142,20 +140,18 @@ async def test_move_job_refuses_the_wrong_batch(redis: Redis, keys: Keys) -> Non
 
 
 async def test_move_job_applies_marks_logs_and_indexes(redis: Redis, keys: Keys) -> None:
-    await make_job(redis, keys, "job_a", attempts='[{"n":1}]', gone="x")
+    await make_job(redis, keys, "job_a", gone="x")
     reply = await move(
         redis,
         keys,
         "job_a",
         token="tok",
         next_attempt=True,
-        attempts='[{"n":2},{"n":3}]',
         fields=("started_at", "12.5", "gone", ""),
     )
     assert reply == [1, "queued", 1, 1]
     record = await hash_of(redis, keys.job("job_a"))
     assert (record["status"], record["tx"], record["tx_from"]) == ("running", "tok", "queued")
-    assert json.loads(record["attempts"]) == [{"n": 1}, {"n": 2}, {"n": 3}]
     assert record["started_at"] == "12.5" and "gone" not in record
     [(_, entry)] = await redis.xrange(keys.log("job_a"))
     assert entry["status"] == "running" and entry["run"] == "1"
