@@ -24,6 +24,7 @@ from app.blobs import ObjectStore
 from app.cli.embedded import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, EmbeddedRedis, EmbeddedS3
 from app.core.providers_config import ProvidersConfig
 from app.http.app import create_app
+from app.http.server import ApiRunner
 from app.settings import Settings, settings_environment
 
 DEV_API_KEY = "sk-editq-dev"
@@ -68,7 +69,7 @@ async def _serve(settings: Settings, providers: ProvidersConfig, host: str, port
         env={**os.environ, **settings_environment(settings)},
         start_new_session=True,
     )
-    runner = web.AppRunner(create_app(settings, providers))
+    runner = ApiRunner(create_app(settings, providers))
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -12,12 +12,11 @@ import asyncio
 import os
 import sys
 
-from aiohttp import web
-
 from app.cli.client_commands import CLIENT_COMMANDS, add_client_commands, run_client_command
 from app.cli.dev import serve_dev
 from app.core.providers_config import ProvidersConfig, ProvidersFileError, load_providers
 from app.http.app import create_app
+from app.http.server import serve
 from app.obs.logs import configure_logging
 from app.settings import Settings
 
@@ -69,5 +68,5 @@ def _serve_api(settings: Settings, providers: ProvidersConfig, host: str, port: 
             "editq api: EDITQ_API_KEYS is empty, so no client could call the API", file=sys.stderr
         )
         return 2
-    web.run_app(create_app(settings, providers), host=host, port=port, print=None)
+    asyncio.run(serve(create_app(settings, providers), host, port))
     return 0

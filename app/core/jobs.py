@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Literal
 
@@ -137,19 +138,44 @@ class Usage(BaseModel):
         )
 
 
+CallOutcome = Literal["in_flight", "succeeded", "failed", "lost"]
+
+
 class Attempt(BaseModel):
-    """One upstream call, successful or not."""
+    """One upstream call, recorded as it starts (``in_flight``) and again as it ends.
+
+    A call that will never end is ``lost``: the worker making it died, stalled past its
+    lease or gave the run up first. The upstream may have done the work; none of it
+    was used.
+    """
 
     run: int
+    attempt: int = Field(
+        description="the worker's claim of the job that made the call: 1 for the first, "
+        "+1 for each later one (a take-over from a lost worker included), across runs"
+    )
     output_index: int
     upstream: str
     model: str
+    outcome: CallOutcome
     status: int | None = Field(None, description="the upstream's HTTP status, if it answered")
     error_code: str | None = None
-    duration_ms: int
+    duration_ms: int | None = Field(None, description="null while in flight, and when lost")
     started_at: float
     next_action: Literal["retry", "fallback"] | None = Field(
         None, description="what followed this failed call, if anything"
+    )
+
+
+def settle_calls(calls: Iterable[Attempt], job_attempt: int, running: bool) -> tuple[Attempt, ...]:
+    """The job's calls as they stand: one still ``in_flight`` although its worker no
+    longer holds the job (another claim took it over, or it is no longer running)
+    will never end, and reads as ``lost``. ``job_attempt`` is the job's current claim."""
+    return tuple(
+        call.model_copy(update={"outcome": "lost"})
+        if call.outcome == "in_flight" and (not running or call.attempt != job_attempt)
+        else call
+        for call in calls
     )
 
 

@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from typing import Any
 
-from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus
+from app.core.jobs import (
+    Attempt,
+    Job,
+    JobError,
+    JobOutcome,
+    JobSpec,
+    JobStatus,
+    settle_calls,
+)
 
 log = logging.getLogger(__name__)
 
 
-def attempts_json(attempts: Iterable[Attempt]) -> str:
-    """Attempts as the compact JSON array the scripts append ("" for none)."""
-    items = [attempt.model_dump(mode="json") for attempt in attempts]
-    return json.dumps(items, separators=(",", ":")) if items else ""
+CALL_FIELD = "call:"
+"""Each upstream call is its own field of the job's hash: ``call:1``, ``call:2`` … in the
+order the calls started (``record_call.lua`` numbers them)."""
+
+
+def call_json(call: Attempt) -> str:
+    """One call as its field of the job's hash holds it."""
+    return call.model_dump_json()
 
 
 def job_from_row(job_id: str, row: dict[str, str]) -> Job | None:
@@ -35,12 +46,13 @@ def job_from_row(job_id: str, row: dict[str, str]) -> Job | None:
 def _job_from_hash(row: dict[str, str]) -> Job | None:
     if not row or "spec" not in row:
         return None
+    status, attempt = JobStatus(row["status"]), int(row.get("attempt", 0))
     fields: dict[str, Any] = {
         "spec": JobSpec.model_validate_json(row["spec"]),
-        "status": JobStatus(row["status"]),
+        "status": status,
         "run": int(row.get("run", 1)),
-        "attempt": int(row.get("attempt", 0)),
-        "attempts": json.loads(row.get("attempts") or "[]"),
+        "attempt": attempt,
+        "attempts": settle_calls(_calls(row, attempt), attempt, status == JobStatus.RUNNING),
     }
     for name in ("started_at", "finished_at"):
         if row.get(name):
@@ -51,3 +63,24 @@ def _job_from_hash(row: dict[str, str]) -> Job | None:
         fields["outcome"] = JobOutcome.model_validate_json(row["outcome"])
     fields["cached"] = row.get("cached") == "1"
     return Job.model_validate(fields)
+
+
+def _calls(row: dict[str, str], attempt: int) -> list[Attempt]:
+    """The job's calls in the order they started.
+
+    A record written before calls had fields of their own holds them, all ended, as
+    one JSON array in ``attempts``; they come first, under the job's latest claim.
+    """
+    legacy = [
+        Attempt.model_validate(
+            {"attempt": attempt, "outcome": "succeeded" if item.get("status") == 200 else "failed"}
+            | item
+        )
+        for item in json.loads(row.get("attempts") or "[]")
+    ]
+    numbered = sorted(
+        (int(name.removeprefix(CALL_FIELD)), value)
+        for name, value in row.items()
+        if name.startswith(CALL_FIELD)
+    )
+    return legacy + [Attempt.model_validate_json(value) for _, value in numbered]

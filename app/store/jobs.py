@@ -2,8 +2,12 @@
 
 The keys are ``app.store.keys``'s (``job``, ``log``, ``tenant_jobs``, ``retention``,
 ``events_channel``). A job's hash holds spec (JSON), tenant, status, run, attempt,
-started_at, finished_at, attempts (JSON array), error, outcome, cached, and for a
-batch variant its batch; ``tx``/``tx_from`` mark the last applied transition.
+started_at, finished_at, error, outcome, cached, and for a batch variant its batch;
+``tx``/``tx_from`` mark the last applied transition. Each upstream call is a field
+of its own, ``call:<n>`` (JSON), written as the call starts and again as it ends
+(``record_call.lua``, fenced on the run and attempt that made it), numbered by the
+``calls`` counter; ``attempts`` (a JSON array) holds the calls of records written
+before calls had fields of their own, and starts empty in new ones.
 
 Every status change is one MULTI: ``move_job.lua`` checks the current status
 (against ``app.core.jobs.TRANSITIONS``) and the run and attempt numbers (the
@@ -31,7 +35,7 @@ from redis.asyncio.client import Pipeline
 from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus, sources_of
 from app.core.webhooks import batch_completed_event_id, event_id, event_type
 from app.dispatch import BatchWindow
-from app.store.job_records import attempts_json, job_from_row
+from app.store.job_records import call_json, job_from_row
 from app.store.keys import Keys
 from app.store.scripts import register
 
@@ -94,7 +98,7 @@ class JobStore:
         self._on_transition = on_transition  # told each applied status change (metrics)
         self._retention_s = retention_s
         self._move = register(redis, "move_job")
-        self._append = register(redis, "append_attempts")
+        self._record = register(redis, "record_call")
         self._batch_progress = register(redis, "batch_progress")
         self._webhook_event = register(redis, "webhook_event")
 
@@ -182,7 +186,6 @@ class JobStore:
         sources: Iterable[JobStatus] | None = None,
         next_run: bool = False,
         next_attempt: bool = False,
-        attempts: Iterable[Attempt] = (),
         fields: dict[str, str | float | None] | None = None,
         then: AfterMove | None = None,
     ) -> TransitionResult:
@@ -194,10 +197,10 @@ class JobStore:
         read first and the move is fenced on the run read. ``next_attempt`` starts a new
         attempt (a claim or take-over); ``sources`` narrows the statuses it may move from
         (default: all that ``TRANSITIONS`` allows); ``next_run`` starts a new run (retry);
-        ``attempts`` are appended; ``fields`` are set (None deletes); ``then`` adds to
-        the same MULTI what must happen exactly when the move applies (it is handed the
-        job's key, the move's token and the run after it). Every change restarts the
-        retention clock.
+        ``fields`` are set (None deletes); ``then`` adds to the same MULTI what must
+        happen exactly when the move applies (it is handed the job's key, the move's
+        token and the run after it). Every change restarts the retention clock. The
+        upstream calls of an attempt are recorded one by one (``call_started``).
         """
         if expect_run is None:
             current = await self._current(job_id)
@@ -222,7 +225,6 @@ class JobStore:
             "1" if next_run else "0",
             "" if expect_attempt is None else expect_attempt,
             "1" if next_attempt else "0",
-            attempts_json(attempts),
             self._retention_s,
             now_ms,
             job_id,
@@ -286,7 +288,6 @@ class JobStore:
         self,
         job: Job,
         outcome: JobOutcome,
-        attempts: Iterable[Attempt] = (),
         *,
         cached: bool = False,
     ) -> TransitionResult:
@@ -297,24 +298,18 @@ class JobStore:
         }
         if cached:
             fields["cached"] = "1"
-        return await self._end_attempt(job, JobStatus.SUCCEEDED, attempts, fields)
+        return await self._end_attempt(job, JobStatus.SUCCEEDED, fields)
 
-    async def fail(
-        self, job: Job, error: JobError, attempts: Iterable[Attempt] = ()
-    ) -> TransitionResult:
+    async def fail(self, job: Job, error: JobError) -> TransitionResult:
         """Record why the attempt ``job`` carries failed (fenced on its run and attempt)."""
         fields: dict[str, str | float | None] = {
             "error": error.model_dump_json(),
             "finished_at": time.time(),
         }
-        return await self._end_attempt(job, JobStatus.FAILED, attempts, fields)
+        return await self._end_attempt(job, JobStatus.FAILED, fields)
 
     async def _end_attempt(
-        self,
-        job: Job,
-        target: JobStatus,
-        attempts: Iterable[Attempt],
-        fields: dict[str, str | float | None],
+        self, job: Job, target: JobStatus, fields: dict[str, str | float | None]
     ) -> TransitionResult:
         return await self.transition(
             job.id,
@@ -323,7 +318,6 @@ class JobStore:
             batch_id=job.spec.batch_id,
             expect_attempt=job.attempt,
             sources=[JobStatus.RUNNING],
-            attempts=attempts,
             fields=fields,
         )
 
@@ -349,12 +343,20 @@ class JobStore:
         )
         return None if run is None else (int(run), batch)
 
-    async def append_attempts(self, job_id: str, run: int, attempts: Iterable[Attempt]) -> bool:
-        """Record calls of a running job; False when ``run`` is no longer current."""
-        payload = attempts_json(attempts)
-        if not payload:
-            return True
-        return bool(await self._append(keys=[self._keys.job(job_id)], args=[run, payload]))
+    async def call_started(self, job_id: str, call: Attempt) -> int:
+        """Record a call as it starts (``in_flight``), fenced on the run and claim that
+        make it (``call.run``, ``call.attempt``). Its number for ``call_ended``; 0 when
+        the job is no longer running that run and claim (nothing is recorded)."""
+        return await self._record_call(job_id, call, None)
+
+    async def call_ended(self, job_id: str, number: int, call: Attempt) -> bool:
+        """Record how call ``number`` ended; False when the job has moved on (taken over,
+        canceled, ended) since: the call then stays as it was, and reads as lost."""
+        return await self._record_call(job_id, call, number) != 0
+
+    async def _record_call(self, job_id: str, call: Attempt, number: int | None) -> int:
+        args = [call.run, call.attempt, "" if number is None else number, call_json(call)]
+        return int(await self._record(keys=[self._keys.job(job_id)], args=args))
 
     async def list_for_tenant(
         self,

@@ -255,6 +255,36 @@ async def test_sigkill_one_of_two_workers_with_100_jobs_in_flight(
     assert recovered_after < 15, recovered_after
 
 
+async def test_the_call_a_sigkilled_worker_made_stays_in_the_attempts_marked_lost(
+    rig_settings: Settings,
+    fake_upstream: FakeUpstream,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    fake_upstream.fail_next(Fault.hang(60))  # held until the worker holding it is gone
+    async with serving(rig_settings) as api:
+        doomed = await start_worker(workers, rig_settings, tmp_path / "doomed.log")
+        [job_id] = await submit_many(api, 1)
+        await fake_upstream.wait_for_requests(1, timeout_s=15)
+        _, during = await api.get(f"/v1/jobs/{job_id}")
+        doomed.kill()
+        await start_worker(workers, rig_settings, tmp_path / "rescuer.log")
+        job = await api.wait(job_id, timeout=30)
+    assert job["status"] == "succeeded", job
+    assert len(fake_upstream.requests) == 2
+    # Both calls, in order: the killed worker's, then the one that took the job over.
+    assert [(a["status"], a.get("outcome")) for a in job["attempts"]] == [
+        (None, "lost"),
+        (200, "succeeded"),
+    ], job["attempts"]
+    lost, answered = job["attempts"]
+    assert (lost["run"], lost["attempt"], lost["duration_ms"]) == (1, 1, None)
+    assert (answered["run"], answered["attempt"]) == (1, 2)
+    assert lost["started_at"] <= answered["started_at"]
+    # While the call was held, the job already showed it.
+    assert [(a["status"], a.get("outcome")) for a in during["attempts"]] == [(None, "in_flight")]
+
+
 # --- 2. SIGTERM drains -----------------------------------------------------------------
 
 

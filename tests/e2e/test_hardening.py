@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import MultipartReader
+from aiohttp.compression_utils import HAS_BROTLI
 from PIL import Image
 from redis.asyncio import Redis
 
@@ -272,6 +273,63 @@ async def _raw_exchange(service: RunningService, request: bytes) -> bytes:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def _answer_parts(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers (lower-case names) and body of one raw HTTP/1.1 answer."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+POST_JOB = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+REFUSED_BY_THE_HTTP_PARSER = {
+    "a control character in a header value": b"GET /healthz HTTP/1.1\r\nX-A: a\x01b\r\n\r\n",
+    "a header name with a space": b"GET /healthz HTTP/1.1\r\nX A: b\r\n\r\n",
+    "an over-size header": b"GET /healthz HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
+    "an over-size request line": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+    "too many headers": b"GET /healthz HTTP/1.1\r\n"
+    + b"".join(b"X-%d: v\r\n" % i for i in range(200))
+    + b"\r\n",
+    "a Content-Length that is no number": POST_JOB + b"Content-Length: ten\r\n\r\n",
+    "two Content-Lengths": POST_JOB + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    "a bad chunk size": POST_JOB + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "a bad method": b"G(T /healthz HTTP/1.1\r\n\r\n",
+    "a bad HTTP version": b"GET /healthz HTTP/9.x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize(
+    "request_bytes", REFUSED_BY_THE_HTTP_PARSER.values(), ids=list(REFUSED_BY_THE_HTTP_PARSER)
+)
+async def test_what_the_http_parser_refuses_is_answered_with_the_error_body(
+    api_only: RunningService, request_bytes: bytes
+) -> None:
+    status, headers, body = _answer_parts(await _raw_exchange(api_only, request_bytes))
+    assert status == 400, body
+    assert headers["content-type"].startswith("application/json"), headers
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] and len(error["message"]) <= 300, error
+    assert headers.get("x-request-id")
+
+
+@pytest.mark.skipif(HAS_BROTLI, reason="Brotli is installed here: br decodes")
+async def test_a_br_body_without_brotli_is_a_415_with_the_error_body(
+    api_only: RunningService,
+) -> None:
+    request_bytes = POST_JOB + b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\n{}"
+    status, headers, body = _answer_parts(await _raw_exchange(api_only, request_bytes))
+    assert status == 415, body
+    assert headers["content-type"].startswith("application/json"), headers
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "unsupported_media_type")
+    assert "br" in error["message"]
 
 
 @pytest.mark.parametrize("path", ["/results", "/download", "/events"])

@@ -14,6 +14,7 @@ from aiohttp import web
 from app.cli.embedded import free_port
 from app.core.providers_config import ProvidersConfig
 from app.http.app import create_app
+from app.http.server import ApiRunner
 from app.settings import Settings
 from tests.support.images import png
 from worker.process.lanes import LaneWorkers
@@ -38,7 +39,7 @@ class RunningService:
 
     async def start(self, *, worker: bool = True) -> RunningService:
         """Serve the API, then start the worker unless told not to."""
-        self._runner = web.AppRunner(create_app(self.settings, self.providers))
+        self._runner = ApiRunner(create_app(self.settings, self.providers))
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         if worker:

@@ -2,9 +2,10 @@
 
 The loop follows ``worker.runs.routing``: try the planned models in order, retrying and
 falling back as ``decide`` says, waiting out the shared cool-downs and rate limits
-of ``UpstreamGate``, and recording every call in ``attempts``. A fallback to a
-model on another upstream first takes a slot there (the job was admitted with
-slots on its first choice only).
+of ``UpstreamGate``. Every call is recorded in the job's record as it starts and
+again when it ends (with what followed it), so a call whose worker is lost midway
+stays on record. A fallback to a model on another upstream first takes a slot there
+(the job was admitted with slots on its first choice only).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
-from app.background import Backoff
+from redis.exceptions import RedisError
+
+from app.background import Backoff, retry_until
 from app.core.jobs import Attempt, Job
 from app.core.providers_config import ModelConfig, UpstreamConfig
 from app.errors import UpstreamError, UpstreamTimeout
@@ -35,17 +39,24 @@ class OutputCalls:
     """Everything one output's calls need."""
 
     context: WorkerContext
-    job: Job
+    job: Job  # as claimed: its run and attempt fence what is recorded of the calls
     index: int
     plan: Sequence[str]  # model ids, first choice then fallbacks
     deadline: float  # loop time at which the attempt's budget runs out
+    record_until: float  # loop time until which a Redis outage is waited out to record
     lease: Lease
-    attempts: list[Attempt]
     rng: random.Random
+    failed: _EndedCall | None = None  # the failed call whose next action is not known yet
 
     def budget_left(self) -> float:
         """Seconds of the attempt's budget that remain."""
         return self.deadline - asyncio.get_running_loop().time()
+
+
+@dataclass(frozen=True)
+class _EndedCall:
+    number: int  # in the job's record; 0 when the job had moved on as the call started
+    call: Attempt
 
 
 async def call_with_routing(calls: OutputCalls, base: EditCall) -> EditOutput:
@@ -60,10 +71,15 @@ async def call_with_routing(calls: OutputCalls, base: EditCall) -> EditOutput:
             async with _slot(calls, upstream, extra=upstream.name != first_upstream):
                 return await _call_once(calls, base, model, upstream)
         except UpstreamError as exc:
-            decision = await _after_failure(calls, exc, upstream, model_index, retries_used)
-            calls.attempts[-1] = calls.attempts[-1].model_copy(
-                update={"next_action": None if decision.action == "give_up" else decision.action}
-            )
+            decision = _decide(calls, exc, model_index, retries_used)
+            # None when no call was made (no slot, or a rate limit past the budget).
+            failed, calls.failed = calls.failed, None
+            if failed is not None:
+                next_action = None if decision.action == "give_up" else decision.action
+                await _record_end(calls, failed, next_action=next_action)
+            if exc.upstream_status == 429:
+                cool_down = exc.retry_after or DEFAULT_COOL_DOWN_S
+                await calls.context.gate.cool_down(upstream.name, cool_down)
             if decision.action == "give_up":
                 if decision.out_of_budget:
                     raise _budget_spent(calls, exc) from exc
@@ -75,15 +91,9 @@ async def call_with_routing(calls: OutputCalls, base: EditCall) -> EditOutput:
                 model_index, retries_used = model_index + 1, 0
 
 
-async def _after_failure(
-    calls: OutputCalls,
-    exc: UpstreamError,
-    upstream: UpstreamConfig,
-    model_index: int,
-    retries_used: int,
+def _decide(
+    calls: OutputCalls, exc: UpstreamError, model_index: int, retries_used: int
 ) -> Decision:
-    if exc.upstream_status == 429:
-        await calls.context.gate.cool_down(upstream.name, exc.retry_after or DEFAULT_COOL_DOWN_S)
     return decide(
         CallFailure(status=exc.upstream_status, code=exc.code, retry_after=exc.retry_after),
         routing=calls.job.spec.request.routing,
@@ -110,34 +120,57 @@ async def _call_once(
     if routing_timeout is not None:
         timeout = min(timeout, routing_timeout.call_timeout / 1000)
     call = replace(base, model=model.upstream_model, timeout_s=timeout)
-    started_at, began = time.time(), time.monotonic()
+    started = Attempt(
+        run=calls.job.run,
+        attempt=calls.job.attempt,
+        output_index=calls.index,
+        upstream=upstream.name,
+        model=model.id,
+        outcome="in_flight",
+        started_at=time.time(),
+    )
+    number = await context.store.call_started(calls.job.id, started)
+    began = time.monotonic()
 
-    def record(status: int | None, error_code: str | None) -> None:
-        context.metrics.upstream_call(upstream.name, status, error_code, time.monotonic() - began)
-        calls.attempts.append(
-            Attempt(
-                run=calls.job.run,
-                output_index=calls.index,
-                upstream=upstream.name,
-                model=model.id,
-                status=status,
-                error_code=error_code,
-                duration_ms=round((time.monotonic() - began) * 1000),
-                started_at=started_at,
-            )
-        )
+    def ended(status: int | None, error_code: str | None) -> _EndedCall:
+        took = time.monotonic() - began
+        context.metrics.upstream_call(upstream.name, status, error_code, took)
+        update = {
+            "outcome": "failed" if error_code else "succeeded",
+            "status": status,
+            "error_code": error_code,
+            "duration_ms": round(took * 1000),
+        }
+        return _EndedCall(number, started.model_copy(update=update))
 
     try:
         async with asyncio.timeout(timeout):
             output = await context.upstream(upstream.name).edit(call)
     except TimeoutError:
-        record(None, "upstream_timeout")
+        calls.failed = ended(None, "upstream_timeout")
         raise UpstreamTimeout(f"{upstream.name} did not answer within {timeout:g} s") from None
     except UpstreamError as exc:
-        record(exc.upstream_status, exc.code)
+        calls.failed = ended(exc.upstream_status, exc.code)
         raise
-    record(200, None)
+    await _record_end(calls, ended(200, None), next_action=None)
     return output
+
+
+async def _record_end(
+    calls: OutputCalls, ended: _EndedCall, *, next_action: Literal["retry", "fallback"] | None
+) -> None:
+    """Record how a call ended. The call is paid for: a Redis outage is waited out (up
+    to ``calls.record_until``) rather than ending the run and calling again."""
+    if not ended.number:
+        return  # the job had moved on before the call started: nothing to update
+    call = ended.call.model_copy(update={"next_action": next_action})
+    job_id = calls.job.id
+    await retry_until(
+        lambda: calls.context.store.call_ended(job_id, ended.number, call),
+        until=calls.record_until,
+        retry_on=(RedisError, OSError),
+        what=f"recording how a call of {job_id} ended",
+    )
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ from typing import TypeVar
 from app.background import retry_until
 from app.blobs import ObjectStore, output_key
 from app.core.concurrency import gather_or_cancel
-from app.core.jobs import Attempt, Job, JobInputs, JobOutcome, StoredImage, Usage
+from app.core.jobs import Job, JobInputs, JobOutcome, StoredImage, Usage
 from app.errors import ServiceUnavailable
 from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
@@ -24,7 +24,8 @@ from worker.runs.plan import RunPlan
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-# How long an object-store outage is waited out, past the upstream budget for outputs.
+# How long an outage of the object store (or of Redis, to record how a call ended) is
+# waited out, past the upstream budget: the upstream's work is paid for.
 STORE_RETRY_S = 55.0
 # What an object-store outage raises (``app.blobs`` maps every S3 failure to it).
 STORE_OUTAGE = (ServiceUnavailable,)
@@ -43,7 +44,6 @@ async def execute_run(
     plan: RunPlan,
     lease: Lease,
     deadline: float,
-    attempts: list[Attempt],
 ) -> JobOutcome:
     """Produce and store all of ``job``'s outputs; raises on the first failed output.
 
@@ -75,7 +75,9 @@ async def execute_run(
 
     async def produce(index: int) -> _Output:
         models = plan.models[index]
-        calls = OutputCalls(context, job, index, models, deadline, lease, attempts, rng)
+        calls = OutputCalls(
+            context, job, index, models, deadline, deadline + STORE_RETRY_S, lease, rng
+        )
         async with turns[plan.upstreams[index]]:
             result = await call_with_routing(calls, base)
         # The upstream's bytes stay in memory until stored: an object-store outage is

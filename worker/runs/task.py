@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from app.background import retry_until
 from app.blobs import output_key
-from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobStatus, Lane, StoredImage
+from app.core.jobs import Job, JobError, JobOutcome, JobStatus, Lane, StoredImage
 from app.dispatch import arq_job_id, lane_queue
 from app.errors import EditqError
 from app.obs.logs import bind_log_fields
@@ -197,15 +197,12 @@ async def _copy_output(
 async def _execute_and_record(
     context: WorkerContext, job: Job, plan: RunPlan, lease: Lease
 ) -> None:
-    attempts: list[Attempt] = []
     budget = context.settings.attempt_budget_s
     deadline = asyncio.get_running_loop().time() + budget
     try:
         # Upstream calls keep to ``deadline``; storing may take a little longer.
         async with asyncio.timeout(budget + STORE_RETRY_S):
-            outcome = await execute_run(
-                context, job, plan=plan, lease=lease, deadline=deadline, attempts=attempts
-            )
+            outcome = await execute_run(context, job, plan=plan, lease=lease, deadline=deadline)
     except TimeoutError:
         error = JobError(
             type="upstream_error",
@@ -220,14 +217,12 @@ async def _execute_and_record(
         log.exception("job %s run %d failed unexpectedly", job.id, job.run)
         error = JobError(type="server_error", code="internal_error", message=str(exc))
     else:
-        await _record_success(context, job, outcome, attempts)
+        await _record_success(context, job, outcome)
         return
-    await context.store.fail(job, error, attempts)
+    await context.store.fail(job, error)
 
 
-async def _record_success(
-    context: WorkerContext, job: Job, outcome: JobOutcome, attempts: list[Attempt]
-) -> None:
+async def _record_success(context: WorkerContext, job: Job, outcome: JobOutcome) -> None:
     # Cache before the job shows as succeeded: a client resubmitting the moment it
     # sees the result must already hit.
     options = job.spec.request.routing.cache
@@ -239,7 +234,7 @@ async def _record_success(
     # fenced transition is safe; if a try applied but its reply was lost, the job is
     # already succeeded under this very attempt.
     result = await retry_until(
-        lambda: context.store.succeed(job, outcome, attempts),
+        lambda: context.store.succeed(job, outcome),
         until=asyncio.get_running_loop().time() + STORE_RETRY_S,
         what=f"recording that {job.id} succeeded",
         retry_on=(RedisError, OSError),

@@ -12,7 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
-from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, DecompressSizeError
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    ContentEncodingError,
+    DecompressSizeError,
+    HttpProcessingError,
+    LineTooLong,
+)
 from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import RedisError
 
@@ -113,10 +119,40 @@ def _refuse_unknown_encoding(request: web.Request) -> None:
         if coding.strip() not in decodable_encodings()
     ]
     if unknown:
-        raise UnsupportedMediaType(
-            f"Content-Encoding {', '.join(unknown)} is not supported; send "
-            f"{', '.join(sorted(decodable_encodings() - {'identity', 'x-gzip'}))} or none"
-        )
+        raise _unsupported_encoding(", ".join(unknown))
+
+
+def _unsupported_encoding(named: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(
+        f"Content-Encoding {named} is not supported; send "
+        f"{', '.join(sorted(decodable_encodings() - {'identity', 'x-gzip'}))} or none"
+    )
+
+
+PARSE_ERROR_MESSAGE_CHARS = 200
+# aiohttp names an encoding it cannot decode like this: "... brotli (br). Please ...".
+_NAMED_ENCODING = re.compile(r"\((?P<name>[\w-]+)\)")
+
+
+def parse_error(exc: BaseException | None) -> EditqError:
+    """What aiohttp's own HTTP parser refused (before any handler or middleware ran),
+    as our error: a body in an encoding that cannot be decoded here is 415, anything
+    else it could not parse 400; anything that is no parser error, 500.
+
+    aiohttp's message is kept to its first line (the rest points into the request's
+    bytes) and to ``PARSE_ERROR_MESSAGE_CHARS``.
+    """
+    if isinstance(exc, ContentEncodingError):
+        # At parse time only an encoding without its library here (br, zstd) fails.
+        named = _NAMED_ENCODING.search(exc.message)
+        return _unsupported_encoding(named["name"] if named else "of this request")
+    if isinstance(exc, LineTooLong):  # its message quotes the line
+        return InvalidRequest(f"a line of the request's head is longer than {exc.args[1]} bytes")
+    if isinstance(exc, HttpProcessingError):
+        first_line = exc.message.strip().split("\n", 1)[0].rstrip(":")
+        reason = first_line[:PARSE_ERROR_MESSAGE_CHARS] or "it could not be parsed"
+        return InvalidRequest(f"the request is not valid HTTP/1.1: {reason}")
+    return EditqError("internal error")
 
 
 def _store_unavailable(exc: BaseException) -> EditqError:

@@ -23,6 +23,9 @@ function images(job, inputs) {
   return h("section", {}, h("h2", {}, "Images"), h("div", { class: "shots" }, shots));
 }
 
+// A call that has not ended has no status yet; a lost one never will.
+const CALL_STATE = { in_flight: "in flight", lost: "lost with its worker" };
+
 function attempts(job) {
   if (!job.attempts.length) return null;
   const rows = job.attempts.map((a, i) => [
@@ -30,9 +33,9 @@ function attempts(job) {
     String(a.run),
     a.upstream,
     a.model,
-    a.status == null ? "no answer" : String(a.status),
+    CALL_STATE[a.outcome] ?? (a.status == null ? "no answer" : String(a.status)),
     a.error_code ?? "",
-    span(a.duration_ms / 1000),
+    a.duration_ms == null ? "" : span(a.duration_ms / 1000),
     a.next_action ?? "",
   ]);
   const headings = ["#", "Run", "Upstream", "Model", "HTTP", "Error", "Took", "Then"];

@@ -11,6 +11,7 @@ from app.core.jobs import (
     TERMINAL,
     TRANSITIONS,
     Attempt,
+    CallOutcome,
     Job,
     JobError,
     JobInputs,
@@ -20,6 +21,7 @@ from app.core.jobs import (
     StoredImage,
     Usage,
     new_job_id,
+    settle_calls,
     sources_of,
 )
 from app.core.public import job_json
@@ -153,6 +155,36 @@ PUBLIC_KEYS = {
 }
 
 
+def call(attempt: int, outcome: CallOutcome) -> Attempt:
+    return Attempt(
+        run=1,
+        attempt=attempt,
+        output_index=0,
+        upstream="local",
+        model="local/editor",
+        outcome=outcome,
+        started_at=1_700_000_000.0 + attempt,
+    )
+
+
+def test_a_call_in_flight_under_the_current_claim_stays_in_flight() -> None:
+    calls = [call(1, "failed"), call(2, "in_flight")]
+    assert settle_calls(calls, 2, running=True) == tuple(calls)
+
+
+def test_a_call_in_flight_under_an_earlier_claim_is_lost() -> None:
+    settled = settle_calls([call(1, "in_flight"), call(2, "in_flight")], 2, running=True)
+    assert [c.outcome for c in settled] == ["lost", "in_flight"]
+    assert settled[0] == call(1, "in_flight").model_copy(update={"outcome": "lost"})
+
+
+@pytest.mark.parametrize("status", [QUEUED, SUCCEEDED, FAILED, CANCELED])
+def test_a_call_in_flight_of_a_job_no_longer_running_is_lost(status: JobStatus) -> None:
+    calls = [call(1, "in_flight"), call(1, "succeeded"), call(1, "failed")]
+    settled = settle_calls(calls, 1, running=status == RUNNING)
+    assert [c.outcome for c in settled] == ["lost", "succeeded", "failed"]
+
+
 def test_public_shape_of_a_queued_job() -> None:
     public = job_json(job(), None)
     assert set(public) == PUBLIC_KEYS
@@ -188,9 +220,11 @@ def test_public_of_a_finished_job() -> None:
     )
     attempt = Attempt(
         run=1,
+        attempt=1,
         output_index=0,
         upstream="local",
         model="local/editor",
+        outcome="succeeded",
         status=200,
         duration_ms=12,
         started_at=1_700_000_001.5,

@@ -14,7 +14,17 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline, PubSub
 
 from app.core.edit_params import EditParams
-from app.core.jobs import Attempt, JobError, JobInputs, JobSpec, JobStatus, StoredImage, new_job_id
+from app.core.jobs import (
+    Attempt,
+    CallOutcome,
+    Job,
+    JobError,
+    JobInputs,
+    JobSpec,
+    JobStatus,
+    StoredImage,
+    new_job_id,
+)
 from app.dispatch import BatchWindow, arq_job_id, connect
 from app.settings import Settings
 from app.store.jobs import JobStore
@@ -59,17 +69,18 @@ def spec(tenant: str = "tenant-a", now: float = BASE_TIME) -> JobSpec:
     )
 
 
-def attempt(index: int, run: int = 1) -> Attempt:
-    return Attempt(
-        run=run,
-        output_index=index,
-        upstream="local",
-        model="local/editor",
-        status=500,
-        error_code="upstream_error",
-        duration_ms=index,
-        started_at=BASE_TIME + index,
-    )
+def legacy_call(index: int) -> dict[str, Any]:
+    """A call as versions before per-call fields stored it, in the record's array."""
+    return {
+        "run": 1,
+        "output_index": index,
+        "upstream": "local",
+        "model": "local/editor",
+        "status": 500,
+        "error_code": "upstream_error",
+        "duration_ms": index,
+        "started_at": BASE_TIME + index,
+    }
 
 
 async def store_hash(redis: Redis, key: str) -> dict[str, str]:
@@ -122,7 +133,7 @@ async def test_refused_transitions(
     for status in path:
         assert (await store.transition(job.id, status)).applied
     current = path[-1] if path else QUEUED
-    result = await store.transition(job.id, target, attempts=[attempt(0)], fields={"x": "1"})
+    result = await store.transition(job.id, target, fields={"x": "1"})
     assert (result.outcome, result.applied, result.previous, result.run) == (
         "refused",
         False,
@@ -147,9 +158,7 @@ async def test_stale_run_is_fenced_off(store: JobStore) -> None:
     retried = await store.transition(job.id, QUEUED, sources=[FAILED, CANCELED], next_run=True)
     assert (retried.outcome, retried.previous, retried.run) == ("applied", FAILED, 2)
 
-    late = await store.transition(
-        job.id, RUNNING, expect_run=1, attempts=[attempt(0)], fields={"started_at": 1.0}
-    )
+    late = await store.transition(job.id, RUNNING, expect_run=1, fields={"started_at": 1.0})
     assert (late.outcome, late.previous, late.run) == ("stale", QUEUED, 2)
     stored = await store.get(job.id)
     assert stored is not None
@@ -208,29 +217,82 @@ async def test_fields_set_and_deleted(store: JobStore, redis: Redis) -> None:
     assert (stored.status, stored.error, stored.finished_at) == (QUEUED, None, 101.5)
 
 
-async def test_attempts_appended_in_order(store: JobStore) -> None:
-    job = await store.create(spec())
-    assert await store.append_attempts(job.id, 1, [])
-    await store.transition(job.id, RUNNING, expect_run=1, attempts=[attempt(0)])
-    assert await store.append_attempts(job.id, 1, [attempt(1), attempt(2)])
-    await store.transition(job.id, FAILED, expect_run=1, attempts=[attempt(3)])
-    stored = await store.get(job.id)
-    assert stored is not None
-    assert stored.attempts == tuple(attempt(i) for i in range(4))
+def call(job: Job, index: int, outcome: CallOutcome = "in_flight") -> Attempt:
+    return Attempt(
+        run=job.run,
+        attempt=job.attempt,
+        output_index=index,
+        upstream="local",
+        model="local/editor",
+        outcome=outcome,
+        started_at=BASE_TIME + index,
+    )
 
-    await store.transition(job.id, QUEUED, next_run=True)
-    assert not await store.append_attempts(job.id, 1, [attempt(9)])
-    assert await store.append_attempts(job.id, 2, [attempt(4, run=2)])
+
+async def claimed(store: JobStore, job_id: str) -> Job:
+    job = await store.get(job_id)
+    assert job is not None
+    result = await store.claim(job)
+    assert result.applied
+    return job.model_copy(update={"status": RUNNING, "attempt": result.attempt})
+
+
+async def test_calls_are_recorded_as_they_start_and_end(store: JobStore) -> None:
+    job = await claimed(store, (await store.create(spec())).id)
+    first, second = call(job, 0), call(job, 1)
+    assert await store.call_started(job.id, first) == 1
+    assert await store.call_started(job.id, second) == 2
+    stored = await store.get(job.id)
+    assert stored is not None and stored.attempts == (first, second)
+
+    ended = second.model_copy(update={"outcome": "succeeded", "status": 200, "duration_ms": 5})
+    assert await store.call_ended(job.id, 2, ended)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.attempts == (first, ended)
+
+
+async def test_a_take_over_leaves_the_lost_workers_call_on_record_as_lost(
+    store: JobStore,
+) -> None:
+    lost = await claimed(store, (await store.create(spec())).id)
+    assert await store.call_started(lost.id, call(lost, 0)) == 1
+    rescuer = await claimed(store, lost.id)  # the lease lapsed: running -> running
+    assert await store.call_started(rescuer.id, call(rescuer, 0)) == 2
+    # The lost worker comes back: its call's end is refused, as is any new call.
+    ended = call(lost, 0, "succeeded").model_copy(update={"status": 200, "duration_ms": 9})
+    assert not await store.call_ended(lost.id, 1, ended)
+    assert await store.call_started(lost.id, call(lost, 1)) == 0
+    stored = await store.get(lost.id)
+    assert stored is not None
+    assert [(c.attempt, c.outcome) for c in stored.attempts] == [(1, "lost"), (2, "in_flight")]
+
+    assert (await store.fail(rescuer, JobError(type="t", code="c", message="m"))).applied
+    stored = await store.get(lost.id)
+    assert stored is not None
+    assert [(c.attempt, c.outcome) for c in stored.attempts] == [(1, "lost"), (2, "lost")]
+
+
+async def test_calls_of_every_run_are_read_in_the_order_they_started(
+    store: JobStore, redis: Redis
+) -> None:
+    job = await store.create(spec())
+    # A record from before calls had fields of their own: one array, every call ended.
+    legacy = json.dumps([legacy_call(0)])
+    await cast(Awaitable[int], redis.hset(store.keys.job(job.id), "attempts", legacy))
+    first = await claimed(store, job.id)
+    numbers = [await store.call_started(job.id, call(first, index)) for index in range(1, 11)]
+    assert (await store.fail(first, JobError(type="t", code="c", message="m"))).applied
+    assert (await store.transition(job.id, QUEUED, sources=[FAILED], next_run=True)).applied
+    second = await claimed(store, job.id)
+    numbers.append(await store.call_started(job.id, call(second, 11)))
+    assert numbers == list(range(1, 12))
     stored = await store.get(job.id)
     assert stored is not None
-    assert [(a.run, a.output_index) for a in stored.attempts] == [
-        (1, 0),
-        (1, 1),
-        (1, 2),
-        (1, 3),
-        (2, 4),
+    assert [(c.run, c.attempt, c.output_index, c.outcome) for c in stored.attempts] == [
+        (1, 2, 0, "failed"),
+        *((1, 1, index, "lost") for index in range(1, 11)),
+        (2, 2, 11, "in_flight"),
     ]
-    assert not await store.append_attempts("job_000000000000000000000000", 1, [attempt(0)])
 
 
 async def next_message(pubsub: PubSub, timeout: float = 2.0) -> dict[str, Any] | None:

@@ -86,7 +86,6 @@ async def move(
     next_run: bool = False,
     expect_attempt: int | str = "",
     next_attempt: bool = False,
-    attempts: str = "",
     batch: str = "",
     fields: tuple[str, ...] = (),
 ) -> list[Any]:
@@ -98,7 +97,6 @@ async def move(
         "1" if next_run else "0",
         expect_attempt,
         "1" if next_attempt else "0",
-        attempts,
         RETENTION_S,
         now_ms(),
         job_id,
@@ -142,20 +140,18 @@ async def test_move_job_refuses_the_wrong_batch(redis: Redis, keys: Keys) -> Non
 
 
 async def test_move_job_applies_marks_logs_and_indexes(redis: Redis, keys: Keys) -> None:
-    await make_job(redis, keys, "job_a", attempts='[{"n":1}]', gone="x")
+    await make_job(redis, keys, "job_a", gone="x")
     reply = await move(
         redis,
         keys,
         "job_a",
         token="tok",
         next_attempt=True,
-        attempts='[{"n":2},{"n":3}]',
         fields=("started_at", "12.5", "gone", ""),
     )
     assert reply == [1, "queued", 1, 1]
     record = await hash_of(redis, keys.job("job_a"))
     assert (record["status"], record["tx"], record["tx_from"]) == ("running", "tok", "queued")
-    assert json.loads(record["attempts"]) == [{"n": 1}, {"n": 2}, {"n": 3}]
     assert record["started_at"] == "12.5" and "gone" not in record
     [(_, entry)] = await redis.xrange(keys.log("job_a"))
     assert entry["status"] == "running" and entry["run"] == "1"
@@ -171,6 +167,52 @@ async def test_move_job_starts_a_new_run(redis: Redis, keys: Keys) -> None:
         2,
         0,
     ]
+
+
+# --- record_call.lua -------------------------------------------------------------------
+
+
+async def record_call(
+    redis: Redis, keys: Keys, job_id: str, run: int, attempt: int, number: int | str, call: str
+) -> int:
+    reply = await script(redis, "record_call")(
+        keys=[keys.job(job_id)], args=[run, attempt, number, call]
+    )
+    return int(reply)
+
+
+async def test_record_call_numbers_new_calls_and_updates_one(redis: Redis, keys: Keys) -> None:
+    await make_job(redis, keys, "job_a", status="running", run=2, attempt=3)
+    assert await record_call(redis, keys, "job_a", 2, 3, "", '{"n":1}') == 1
+    assert await record_call(redis, keys, "job_a", 2, 3, "", '{"n":2}') == 2
+    assert await record_call(redis, keys, "job_a", 2, 3, 1, '{"n":1,"end":1}') == 1
+    record = await hash_of(redis, keys.job("job_a"))
+    assert (record["calls"], record["call:1"], record["call:2"]) == (
+        "2",
+        '{"n":1,"end":1}',
+        '{"n":2}',
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "run", "attempt"),
+    [("running", 1, 3), ("running", 2, 2), ("queued", 2, 3), ("canceled", 2, 3)],
+)
+async def test_record_call_is_fenced_on_status_run_and_attempt(
+    redis: Redis, keys: Keys, status: str, run: int, attempt: int
+) -> None:
+    await make_job(redis, keys, "job_a", status="running", run=2, attempt=3)
+    assert await record_call(redis, keys, "job_a", 2, 3, "", '{"n":1}') == 1
+    await hset(redis, keys.job("job_a"), {"status": status})
+    assert await record_call(redis, keys, "job_a", run, attempt, "", '{"n":2}') == 0
+    assert await record_call(redis, keys, "job_a", run, attempt, 1, '{"n":1,"end":1}') == 0
+    record = await hash_of(redis, keys.job("job_a"))
+    assert (record["calls"], record["call:1"], "call:2" in record) == ("1", '{"n":1}', False)
+
+
+async def test_record_call_of_a_missing_job_writes_nothing(redis: Redis, keys: Keys) -> None:
+    assert await record_call(redis, keys, "job_none", 1, 1, "", '{"n":1}') == 0
+    assert await hash_of(redis, keys.job("job_none")) == {}
 
 
 # --- batch_progress.lua ---------------------------------------------------------------
