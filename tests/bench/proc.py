@@ -1,7 +1,9 @@
-"""A process's resident memory and CPU time, read from ``/proc/<pid>`` (Linux)."""
+"""A process's resident memory and CPU time, read from ``/proc/<pid>`` (Linux), and a
+sampler that keeps the highest resident memory while a benchmark runs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -31,3 +33,23 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler:
+    """Samples a process's resident memory until stopped; keeps the highest."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+        self.pid = pid
+        self.highest = rss_bytes(pid)
+        self._task = asyncio.create_task(self._run(interval_s))
+
+    async def _run(self, interval_s: float) -> None:
+        while True:
+            self.highest = max(self.highest, rss_bytes(self.pid))
+            await asyncio.sleep(interval_s)
+
+    async def stop(self) -> int:
+        """Stop sampling; the highest resident bytes seen."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return max(self.highest, rss_bytes(self.pid))
