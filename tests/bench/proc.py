@@ -36,10 +36,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 class RssSampler:
-    """Samples a process's resident memory until stopped; keeps the highest."""
+    """Samples a process's resident memory until stopped; keeps the highest.
+
+    The kernel's high-water mark (``VmHWM``) is reset on start when this user may
+    (``/proc/<pid>/clear_refs``), so a peak between two samples still counts.
+    """
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         self.pid = pid
+        self._watermark = _reset_peak(pid)
         self.highest = rss_bytes(pid)
         self._task = asyncio.create_task(self._run(interval_s))
 
@@ -49,7 +54,17 @@ class RssSampler:
             await asyncio.sleep(interval_s)
 
     async def stop(self) -> int:
-        """Stop sampling; the highest resident bytes seen."""
+        """Stop sampling; the highest resident bytes seen (or marked by the kernel)."""
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        return max(self.highest, rss_bytes(self.pid))
+        peak = peak_rss_bytes(self.pid) if self._watermark else 0
+        return max(self.highest, rss_bytes(self.pid), peak)
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current ``VmRSS``; False when not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
