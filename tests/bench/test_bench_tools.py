@@ -21,7 +21,8 @@ from tests.bench.client import CallFinder, edit_body, png_of_bytes
 from tests.bench.cost import CommandCounter
 from tests.bench.figures import Row, ms, percentile
 from tests.bench.floor import floor_app
-from tests.bench.proc import cpu_seconds, peak_rss_bytes, rss_bytes
+from tests.bench.probe import Prober
+from tests.bench.proc import RssSampler, cpu_seconds, peak_rss_bytes, rss_bytes
 from tests.bench.results import commit, render
 from tests.support.fakes.upstream import FakeUpstream
 from tests.support.images import png
@@ -78,6 +79,23 @@ def test_proc_readings_of_this_process() -> None:
     sum(range(2_000_000))
     assert cpu_seconds(os.getpid()) >= before
     assert 10 * 1024 * 1024 < rss_bytes(os.getpid()) <= peak_rss_bytes(os.getpid())
+
+
+async def test_the_sampler_counts_a_peak_between_two_samples() -> None:
+    sampler = RssSampler(os.getpid(), interval_s=60)
+    before = rss_bytes(os.getpid())
+    spike = bytearray(200 * 1024 * 1024)
+    spike[::4096] = b"x" * len(spike[::4096])  # touch every page: resident
+    del spike
+    assert await sampler.stop() >= before + 150 * 1024 * 1024  # freed before any sample
+
+
+async def test_the_probe_counts_probes_that_got_no_answer() -> None:
+    prober = Prober(f"http://127.0.0.1:{free_port()}/healthz", interval_s=0.02)
+    await prober.start()
+    await asyncio.sleep(2)  # the child imports aiohttp first
+    probes = await prober.stop()
+    assert probes and prober.failed == len(probes)
 
 
 def test_png_of_bytes_is_about_that_big() -> None:
