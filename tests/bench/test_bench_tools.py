@@ -23,7 +23,7 @@ from tests.bench.figures import Row, ms, percentile
 from tests.bench.floor import floor_app
 from tests.bench.probe import Prober
 from tests.bench.proc import RssSampler, cpu_seconds, peak_rss_bytes, rss_bytes
-from tests.bench.results import commit, render
+from tests.bench.results import commit, merge, render
 from tests.support.fakes.upstream import FakeUpstream
 from tests.support.images import png
 
@@ -54,6 +54,32 @@ def test_the_table_shows_figure_floor_ratio_and_verdict() -> None:
     assert "- **pickup, p50**: measured idle" in document
     assert document.rstrip().endswith("- extra")
     assert rows[0].ratio == 0.9 and rows[1].ratio is None
+
+
+def test_a_benchmark_run_alone_replaces_only_its_rows_and_notes() -> None:
+    full = render(
+        [
+            Row("accept", "jobs/s", 90.0, "jobs/s", ">= 0.8x floor", True, note="32 clients"),
+            Row("abuse", "peak RSS", 700.0, "MB", "< 600 MB", False),
+            Row("cost", "cmds", 12.0, "cmds", "—", None),
+        ],
+        elapsed_s=300,
+        notes=["abuse: the old run", "cost: counted"],
+    )
+    again = [Row("abuse", "peak RSS", 500.0, "MB", "< 600 MB", True)]
+    merged = merge(full, again, benchmarks={"abuse"}, elapsed_s=60, notes=["abuse: new"])
+    table = [line for line in merged.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| accept", "| abuse", "| cost"]
+    assert "| abuse | peak RSS | 500 MB |" in merged and "700" not in merged
+    assert "- **accept, jobs/s**: 32 clients" in merged and "- cost: counted" in merged
+    assert "- abuse: new" in merged and "the old run" not in merged
+    assert "`make bench` took 300 s" in merged
+    twice = merge(merged, again, benchmarks={"abuse"}, elapsed_s=61)
+    assert twice.count("- re-run alone: abuse (") == 1 and "61 s" in twice
+    assert "- abuse: new" not in twice
+    added = merge(full, [Row("new", "x", 1.0, "s", "—", None)], benchmarks={"new"}, elapsed_s=1)
+    rows = [line for line in added.splitlines() if line.startswith("| ")]
+    assert rows[-1] == "| new | x | 1 s | — | — | — | — |"
 
 
 @pytest.fixture
