@@ -40,17 +40,25 @@ def machine() -> str:
 
 
 def commit(repository: Path = REPOSITORY) -> str:
-    """The checked-out commit, read from ``.git`` (no git process), or "unknown"."""
+    """The checked-out commit, read from ``.git`` (no git process), or "unknown".
+
+    In a worktree ``.git`` is a file naming the worktree's own git directory, whose
+    ``commondir`` holds the refs it shares with the main checkout."""
     git = repository / ".git"
     try:
+        if git.is_file():
+            git = git.parent / git.read_text().removeprefix("gitdir:").strip()
+        common = (
+            git / (git / "commondir").read_text().strip() if (git / "commondir").exists() else git
+        )
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head[:12]
         ref = head.removeprefix("ref: ")
-        loose = git / ref
-        if loose.exists():
-            return loose.read_text().strip()[:12]
-        for line in (git / "packed-refs").read_text().splitlines():
+        for loose in (git / ref, common / ref):
+            if loose.exists():
+                return loose.read_text().strip()[:12]
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0][:12]
     except OSError:

@@ -100,6 +100,21 @@ def test_the_commit_is_read_from_git_files(repository: Path) -> None:
     assert commit(repository) == "c" * 12
 
 
+def test_the_commit_of_a_worktree_is_read_through_its_git_file(tmp_path: Path) -> None:
+    main, tree = tmp_path / "main", tmp_path / "tree"
+    private = main / ".git" / "worktrees" / "tree"
+    (main / ".git" / "refs" / "heads").mkdir(parents=True)
+    private.mkdir(parents=True)
+    tree.mkdir()
+    (tree / ".git").write_text(f"gitdir: {private}\n")
+    (private / "commondir").write_text("../..\n")
+    (private / "HEAD").write_text("ref: refs/heads/topic\n")
+    (main / ".git" / "packed-refs").write_text("d" * 40 + " refs/heads/topic\n")
+    assert commit(tree) == "d" * 12
+    (main / ".git" / "refs" / "heads" / "topic").write_text("e" * 40 + "\n")
+    assert commit(tree) == "e" * 12
+
+
 def test_proc_readings_of_this_process() -> None:
     before = cpu_seconds(os.getpid())
     sum(range(2_000_000))
