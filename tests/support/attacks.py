@@ -30,11 +30,11 @@ def _part(name: str, value: str) -> str:
     return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
 
 
-def maximal_metadata() -> dict[str, str]:
+def maximal_metadata(char: str = WIDE) -> dict[str, str]:
     """Metadata at every cap: the most keys, each key and value as long as allowed, of
-    characters that take the most bytes (``WIDE``); the key's number up front keeps the
-    keys distinct."""
+    ``char`` (by default one that takes the most bytes); the key's number up front
+    keeps the keys distinct."""
     return {
-        f"{index:02d}".ljust(METADATA_MAX_KEY_CHARS, WIDE): WIDE * METADATA_MAX_VALUE_CHARS
+        f"{index:02d}".ljust(METADATA_MAX_KEY_CHARS, char): char * METADATA_MAX_VALUE_CHARS
         for index in range(METADATA_MAX_KEYS)
     }
