@@ -11,6 +11,7 @@ Where a domain model already is the shape (``EditParams``, ``RoutingOptions``,
 
 from __future__ import annotations
 
+from copy import copy
 from types import NoneType, UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -110,6 +111,17 @@ def _edit_fields(*, form: bool) -> dict[str, Any]:
     return fields
 
 
+def _inherited(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` made optional without a default: one left out is taken from elsewhere
+    (for a batch variant, from the batch's defaults)."""
+    loose = {}
+    for name, (kind, info) in fields.items():
+        info = copy(info)
+        info.default, info.default_factory = None, None
+        loose[name] = (kind, info)
+    return loose
+
+
 def _not_null(annotation: Any) -> Any:
     """``annotation`` without ``None`` (``str | None`` is ``str``)."""
     if get_origin(annotation) in (Union, UnionType):
@@ -125,6 +137,13 @@ EditJsonRequest = create_model(
     mask=(ImageReference | None, Field(None, description="transparent pixels mark the edit")),
     orq=(RoutingOptions | None, Field(None, description="routing knobs, nested")),
     **_edit_fields(form=False),
+)
+
+EditVariant = create_model(
+    "EditVariant",
+    __doc__="The edit fields one variant of a batch sets over the defaults (not images or mask).",
+    orq=(RoutingOptions | None, Field(None, description="routing knobs, nested")),
+    **_inherited(_edit_fields(form=False)),
 )
 
 _IMAGE_PARTS: dict[str, Any] = {
@@ -150,7 +169,7 @@ class BatchJsonRequest(BatchOptions):
     defaults: EditJsonRequest = Field(
         description="edit fields every variant starts from; model and prompt may be per variant"
     )
-    variants: list[dict[str, Any]] | None = Field(
+    variants: list[EditVariant] | None = Field(
         None, description="edit fields each variant overrides (not images or mask)"
     )
     n: int | None = Field(None, ge=1, description="this many identical variants instead")

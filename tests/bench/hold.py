@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.bench.client import BenchClient, CallFinder, edit_body, png_of_bytes
 from tests.bench.figures import Row, ms
 from tests.bench.probe import Prober
-from tests.bench.proc import MB, cpu_seconds, rss_bytes
+from tests.bench.proc import MB, RssSampler, cpu_seconds, rss_bytes
 from tests.bench.stack import BenchStack
 
 JOBS = 1000
@@ -47,26 +47,6 @@ class HoldFigures:
     idle_rss: int = 0
     held_rss: int = 0  # highest while the jobs waited
     peak_rss: int = 0  # highest until all succeeded
-
-
-class RssSampler:
-    """Samples a process's resident memory until stopped; keeps the highest."""
-
-    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
-        self.pid = pid
-        self.highest = rss_bytes(pid)
-        self._task = asyncio.create_task(self._run(interval_s))
-
-    async def _run(self, interval_s: float) -> None:
-        while True:
-            self.highest = max(self.highest, rss_bytes(self.pid))
-            await asyncio.sleep(interval_s)
-
-    async def stop(self) -> int:
-        """Stop sampling; the highest resident bytes seen."""
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        return max(self.highest, rss_bytes(self.pid))
 
 
 async def succeeded(metrics_url: str) -> float:

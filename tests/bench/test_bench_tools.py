@@ -21,8 +21,9 @@ from tests.bench.client import CallFinder, edit_body, png_of_bytes
 from tests.bench.cost import CommandCounter
 from tests.bench.figures import Row, ms, percentile
 from tests.bench.floor import floor_app
-from tests.bench.proc import cpu_seconds, peak_rss_bytes, rss_bytes
-from tests.bench.results import commit, render
+from tests.bench.probe import Prober
+from tests.bench.proc import RssSampler, cpu_seconds, peak_rss_bytes, rss_bytes
+from tests.bench.results import commit, merge, render
 from tests.support.fakes.upstream import FakeUpstream
 from tests.support.images import png
 
@@ -55,6 +56,32 @@ def test_the_table_shows_figure_floor_ratio_and_verdict() -> None:
     assert rows[0].ratio == 0.9 and rows[1].ratio is None
 
 
+def test_a_benchmark_run_alone_replaces_only_its_rows_and_notes() -> None:
+    full = render(
+        [
+            Row("accept", "jobs/s", 90.0, "jobs/s", ">= 0.8x floor", True, note="32 clients"),
+            Row("abuse", "peak RSS", 700.0, "MB", "< 600 MB", False),
+            Row("cost", "cmds", 12.0, "cmds", "—", None),
+        ],
+        elapsed_s=300,
+        notes=["abuse: the old run", "cost: counted"],
+    )
+    again = [Row("abuse", "peak RSS", 500.0, "MB", "< 600 MB", True)]
+    merged = merge(full, again, benchmarks={"abuse"}, elapsed_s=60, notes=["abuse: new"])
+    table = [line for line in merged.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| accept", "| abuse", "| cost"]
+    assert "| abuse | peak RSS | 500 MB |" in merged and "700" not in merged
+    assert "- **accept, jobs/s**: 32 clients" in merged and "- cost: counted" in merged
+    assert "- abuse: new" in merged and "the old run" not in merged
+    assert "`make bench` took 300 s" in merged
+    twice = merge(merged, again, benchmarks={"abuse"}, elapsed_s=61)
+    assert twice.count("- re-run alone: abuse (") == 1 and "61 s" in twice
+    assert "- abuse: new" not in twice
+    added = merge(full, [Row("new", "x", 1.0, "s", "—", None)], benchmarks={"new"}, elapsed_s=1)
+    rows = [line for line in added.splitlines() if line.startswith("| ")]
+    assert rows[-1] == "| new | x | 1 s | — | — | — | — |"
+
+
 @pytest.fixture
 def repository(tmp_path: Path) -> Iterator[Path]:
     (tmp_path / ".git" / "refs" / "heads").mkdir(parents=True)
@@ -73,11 +100,43 @@ def test_the_commit_is_read_from_git_files(repository: Path) -> None:
     assert commit(repository) == "c" * 12
 
 
+def test_the_commit_of_a_worktree_is_read_through_its_git_file(tmp_path: Path) -> None:
+    main, tree = tmp_path / "main", tmp_path / "tree"
+    private = main / ".git" / "worktrees" / "tree"
+    (main / ".git" / "refs" / "heads").mkdir(parents=True)
+    private.mkdir(parents=True)
+    tree.mkdir()
+    (tree / ".git").write_text(f"gitdir: {private}\n")
+    (private / "commondir").write_text("../..\n")
+    (private / "HEAD").write_text("ref: refs/heads/topic\n")
+    (main / ".git" / "packed-refs").write_text("d" * 40 + " refs/heads/topic\n")
+    assert commit(tree) == "d" * 12
+    (main / ".git" / "refs" / "heads" / "topic").write_text("e" * 40 + "\n")
+    assert commit(tree) == "e" * 12
+
+
 def test_proc_readings_of_this_process() -> None:
     before = cpu_seconds(os.getpid())
     sum(range(2_000_000))
     assert cpu_seconds(os.getpid()) >= before
     assert 10 * 1024 * 1024 < rss_bytes(os.getpid()) <= peak_rss_bytes(os.getpid())
+
+
+async def test_the_sampler_counts_a_peak_between_two_samples() -> None:
+    sampler = RssSampler(os.getpid(), interval_s=60)
+    before = rss_bytes(os.getpid())
+    spike = bytearray(200 * 1024 * 1024)
+    spike[::4096] = b"x" * len(spike[::4096])  # touch every page: resident
+    del spike
+    assert await sampler.stop() >= before + 150 * 1024 * 1024  # freed before any sample
+
+
+async def test_the_probe_counts_probes_that_got_no_answer() -> None:
+    prober = Prober(f"http://127.0.0.1:{free_port()}/healthz", interval_s=0.02)
+    await prober.start()
+    await asyncio.sleep(2)  # the child imports aiohttp first
+    probes = await prober.stop()
+    assert probes and prober.failed == len(probes)
 
 
 def test_png_of_bytes_is_about_that_big() -> None:

@@ -26,8 +26,12 @@ from PIL import Image
 
 from app.blobs import ObjectStore
 from app.cli.embedded import free_port
+from app.client.models import ServerSentEvent, SseDecoder
 from app.core.providers_config import ProvidersConfig
 from app.settings import MB, Settings
+from tests.support.attacks import MANY_PARTS_TYPE, many_parts, maximal_metadata
+from tests.support.bombs import lossless_webp, record_decodes
+from tests.support.fakes.upstream import FakeUpstream
 from tests.support.images import data_url, png
 from tests.support.service import RunningService
 
@@ -367,3 +371,139 @@ async def test_sixteen_three_megabyte_images_keep_memory_bounded(lone_api: Runni
     assert memory.growth < 4 * size, (
         f"memory grew {memory.growth / MB:.0f} MB for {size / MB:.0f} MB"
     )
+
+
+ATTACKERS = 4
+
+
+async def _accepted_job(service: RunningService) -> str:
+    """A job accepted before an attack, left queued (no worker yet) through it."""
+    status, job, _ = await service.submit()
+    assert status == 202, job
+    return str(job["id"])
+
+
+async def _still_intact(service: RunningService, job_id: str) -> None:
+    """After an attack: the job accepted before it is the only one, and it runs."""
+    _, page = await service.get("/v1/jobs")
+    assert [job["id"] for job in page["data"]] == [job_id]
+    await service.start_worker()
+    assert (await service.wait(job_id))["status"] == "succeeded"
+    async with service.client.get(service.url("/healthz")) as response:
+        assert response.status == 200
+
+
+async def test_clients_sending_ten_thousand_parts_at_once_are_all_refused(
+    api_only: RunningService,
+) -> None:
+    """Several clients at once, half with an ``Idempotency-Key``, each send bodies of
+    10,000 tiny parts: every one gets the part cap's 400, and nothing is harmed."""
+    job_id = await _accepted_job(api_only)
+    body = many_parts(10_000)
+
+    async def attack(client: int) -> list[tuple[int, dict[str, Any]]]:
+        answers = []
+        for round_ in range(2):
+            headers = {**api_only.auth(), "Content-Type": MANY_PARTS_TYPE}
+            if client % 2:
+                headers["Idempotency-Key"] = f"parts-{client}-{round_}"
+            async with api_only.client.post(
+                api_only.url("/v1/jobs"), data=body, headers=headers
+            ) as response:
+                answers.append((response.status, await response.json()))
+        return answers
+
+    for answers in await asyncio.gather(*(attack(client) for client in range(ATTACKERS))):
+        for status, answer in answers:
+            _assert_error(status, answer, 400, "invalid_request_error", None)
+            assert "at most 64 parts" in answer["error"]["message"]
+    await _still_intact(api_only, job_id)
+
+
+async def _replays(service: RunningService, path: str) -> list[list[ServerSentEvent]]:
+    """Open the event stream from the start again and again, reading 1, 2, 4 ... events
+    each time, until it was read whole (to its final event) twice; every read."""
+    reads: list[list[ServerSentEvent]] = []
+    take, whole = 1, 0
+    while whole < 2:
+        async with service.client.get(
+            service.url(path), headers=service.auth(), timeout=aiohttp.ClientTimeout(total=60)
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert response.content_type == "text/event-stream"
+            decoder, events = SseDecoder(), []
+            async for chunk in response.content.iter_any():
+                events += decoder.feed(chunk)
+                if len(events) >= take:
+                    break
+            else:
+                events += decoder.end()
+        reads.append(events)
+        whole += bool(events) and events[-1].event != "batch.progress"
+        take *= 2
+    return reads
+
+
+async def test_three_readers_replaying_a_batch_of_maximal_metadata_get_bounded_events(
+    service: RunningService, fake_upstream: FakeUpstream
+) -> None:
+    """A batch whose metadata is at every cap, followed by three readers that replay
+    its events from the start over and over while it runs: progress events stay a
+    small summary, only the final one carries the batch and its metadata."""
+    fake_upstream.latency_s = 0.05
+    metadata = maximal_metadata()
+    defaults = {
+        "model": "fake/gpt-image-1",
+        "prompt": "p",
+        "images": [{"image_url": data_url(png())}],
+    }
+    status, batch = await service.post(
+        "/v1/batches", body={"defaults": defaults, "n": 40, "metadata": metadata}
+    )
+    assert status == 202, batch
+    assert batch["metadata"] == metadata
+    path = f"/v1/batches/{batch['id']}/events"
+    readers = await asyncio.gather(*(_replays(service, path) for _ in range(3)))
+    for reads in readers:
+        assert len(reads) >= 3
+        for events in reads:
+            assert events and events[0].event == "batch.progress"
+            for event in events:
+                if event.event == "batch.progress":
+                    assert set(event.json()) == {"status", "counts", "at"}
+                    assert len(event.data) < 300
+            if events[-1].event != "batch.progress":
+                assert events[-1].event == "batch.completed"
+                assert events[-1].json()["batch"]["metadata"] == metadata
+        whole = [events for events in reads if events[-1].event == "batch.completed"]
+        assert [event.id for event in whole[0]] == [event.id for event in whole[-1]]
+    status, done = await service.get(f"/v1/batches/{batch['id']}")
+    assert (status, done["counts"]["succeeded"], done["metadata"]) == (200, 40, metadata)
+
+
+async def test_four_clients_posting_sixteen_lossless_webp_bombs_are_refused_undecoded(
+    api_only: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four clients at once, each posting 16 lossless 7000x7000 WebPs (about 50 bytes
+    each, 49 million pixels once decoded) in one request, twice: each request is
+    refused by the pixel budget before a single image is decoded."""
+    bomb = lossless_webp(7000)
+    job_id = await _accepted_job(api_only)
+    decodes = record_decodes(monkeypatch)
+
+    async def attack() -> list[tuple[int, dict[str, Any]]]:
+        answers = []
+        for _ in range(2):
+            form = aiohttp.FormData({"model": "local/editor", "prompt": "p"})
+            for index in range(16):
+                form.add_field("image[]", bomb, filename=f"{index}.webp", content_type="image/webp")
+            answers.append(await _post(api_only, form))
+        return answers
+
+    for answers in await asyncio.gather(*(attack() for _ in range(ATTACKERS))):
+        for status, answer in answers:
+            _assert_error(status, answer, 400, "invalid_request_error", "image[0]")
+            assert "pixels in all" in answer["error"]["message"]
+    assert decodes == []
+    monkeypatch.undo()
+    await _still_intact(api_only, job_id)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 import schemathesis
@@ -32,6 +33,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.core.providers_config import ProvidersConfig
+from app.settings import Settings
+from tests.support.images import data_url, png
+from tests.support.numeric_fields import NON_FINITE, editq_examples, numeric_fields
 from tests.support.service import RunningService
 
 pytestmark = pytest.mark.slow
@@ -130,3 +135,57 @@ async def test_fuzzing_every_operation_finds_no_server_error(service: RunningSer
     assert tally.server_errors == []
     assert tally.hangs == []
     assert tally.nonconforming == [], "\n\n".join(tally.nonconforming[:5])
+
+
+@pytest.fixture
+async def unlimited(
+    settings: Settings, providers: ProvidersConfig
+) -> AsyncIterator[RunningService]:
+    """The API and a worker, with no per-key rate limit in the way of many requests."""
+    lifted = settings.model_copy(update={"rate_limit_per_minute": 10**9})
+    async with RunningService(lifted, providers) as running:
+        yield running
+
+
+async def test_a_non_finite_number_in_any_numeric_field_is_a_4xx_naming_it(
+    unlimited: RunningService,
+) -> None:
+    """Every numeric field the served document describes (JSON bodies, multipart parts
+    and the JSON inside them, query parameters) gets 1e400, -1e400, Infinity, -Infinity
+    and NaN as raw JSON text: each is refused with the error body naming that field,
+    and nothing is accepted."""
+    service = unlimited
+    _, job, _ = await service.submit()
+    image = png(16, 16)
+    defaults = {"model": "local/editor", "prompt": "p", "images": [{"image_url": data_url(image)}]}
+    _, batch = await service.post("/v1/batches", body={"defaults": defaults, "n": 1})
+    async with service.client.get(service.url("/openapi.json")) as response:
+        document = await response.json()
+    examples = editq_examples("local/editor", image, job_id=job["id"], batch_id=batch["id"])
+    fields = numeric_fields(document, examples)
+    wrong: list[str] = []
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        for numeric in fields:
+            for number in NON_FINITE:
+                status, body = await numeric.send(session, service.base_url, number)
+                error = body.get("error") if isinstance(body, dict) else None
+                if not (
+                    400 <= status < 500
+                    and isinstance(error, dict)
+                    and set(error) == {"message", "type", "code", "param"}
+                    and error["param"] == numeric.param
+                ):
+                    wrong.append(f"{numeric.label} = {number}: {status} {str(body)[:300]}")
+    print(f"\n{len(fields)} numeric fields x {len(NON_FINITE)} numbers")
+    assert wrong == [], "\n".join(wrong)
+    assert {f.label for f in fields} >= {
+        "POST /v1/jobs json timeout.call_timeout",
+        "POST /v1/jobs multipart orq.timeout.call_timeout",
+        "POST /v1/batches json defaults.load_balancer.models[0].weight",
+        "POST /v1/batches multipart n",
+        "GET /v1/jobs query limit",
+    }
+    _, jobs = await service.get("/v1/jobs")
+    assert [j["id"] for j in jobs["data"]] == [job["id"]]
+    _, batches = await service.get("/v1/batches")
+    assert [b["id"] for b in batches["data"]] == [batch["id"]]

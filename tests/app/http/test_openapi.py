@@ -137,6 +137,19 @@ def test_edit_json_body_reuses_the_edit_params(spec: dict[str, Any]) -> None:
     assert "retry" in edit["properties"] and "routing" not in edit["properties"]
 
 
+def test_a_batch_variant_is_described_by_the_edit_fields(spec: dict[str, Any]) -> None:
+    """A variant overrides edit fields, so the document types them (and fuzzers and
+    clients can reach every number inside a variant), none required."""
+    batch = spec["components"]["schemas"]["BatchJsonRequest"]
+    variants = next(b for b in batch["properties"]["variants"]["anyOf"] if b["type"] == "array")
+    variant = resolve(spec, variants["items"])
+    edit = spec["components"]["schemas"]["EditJsonRequest"]
+    assert set(variant["properties"]) == set(edit["properties"]) - {"images", "mask"}
+    assert variant["properties"]["n"]["maximum"] == 10
+    assert not variant.get("required")
+    assert resolve(spec, variant["properties"]["timeout"]["anyOf"][0])["properties"]
+
+
 def test_query_parameters_come_from_their_models(spec: dict[str, Any]) -> None:
     def query(path: str) -> dict[str, dict[str, Any]]:
         parameters = spec["paths"][path]["get"]["parameters"]
