@@ -60,9 +60,14 @@ class BatchSpec(BaseModel):
 
 
 def variant_jobs(
-    spec: BatchSpec, job_ids: Sequence[str], variants: Sequence[EditParams]
+    spec: BatchSpec,
+    job_ids: Sequence[str],
+    variants: Sequence[EditParams],
+    *,
+    start: int = 0,
 ) -> list[JobSpec]:
-    """The jobs of a batch's variants, in variant order: the same every time they are
+    """The jobs of a batch's variants from index ``start`` (``job_ids`` and
+    ``variants`` are that slice), in variant order: the same every time they are
     built from the same batch, ids and variants (a creation resumed after a crash
     writes exactly what the first attempt would have)."""
     return [
@@ -76,7 +81,7 @@ def variant_jobs(
             variant_index=index,
             rank=spec.first_rank + index,
         )
-        for index, (job_id, params) in enumerate(zip(job_ids, variants, strict=True))
+        for index, (job_id, params) in enumerate(zip(job_ids, variants, strict=True), start)
     ]
 
 

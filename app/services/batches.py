@@ -31,7 +31,7 @@ from app.store.events import JobEventHub
 from app.store.jobs import JobStore
 
 CANCEL_CHUNK = 500
-WRITE_CHUNK = 1000  # variants per MULTI while a batch is created
+WRITE_CHUNK = 250  # variants per MULTI while a batch is created (bounded loop time)
 
 
 def _still_being_created(batch_id: str) -> IdempotencyKeyInUse:
@@ -143,11 +143,15 @@ class BatchService:
         submission: BatchSubmission,
         token: str,
     ) -> Batch:
-        """Write every variant in bounded chunks, then release the batch to the workers."""
-        jobs = variant_jobs(spec, job_ids, submission.variants)
+        """Write every variant in bounded chunks (built chunk by chunk, so neither memory
+        nor the event loop holds all of them at once), then release the batch."""
         try:
-            for start in range(0, len(jobs), WRITE_CHUNK):
-                await self._batches.write_jobs(spec, jobs[start : start + WRITE_CHUNK], token)
+            for start in range(0, len(job_ids), WRITE_CHUNK):
+                stop = start + WRITE_CHUNK
+                chunk = variant_jobs(
+                    spec, job_ids[start:stop], submission.variants[start:stop], start=start
+                )
+                await self._batches.write_jobs(spec, chunk, token)
                 self._crash_points.reach("batch.jobs_written")
             await self._batches.release(spec, job_ids, token, self._window)
         except CreationLost:

@@ -153,10 +153,10 @@ async def test_a_batch_submit_killed_at_three_points_runs_every_variant_once(
     body = batch_body(variants)
     key = "batch-crash-1"
     log = tmp_path / "api.log"
-    # Inputs stored, nothing of the batch written; then part of its variants written;
+    # Inputs stored, nothing of the batch written; then half of its variants written;
     # then the batch released to the workers but the client never answered.
     began = time.monotonic()
-    for point in ("batch.inputs_stored", "batch.jobs_written@3", "batch.released"):
+    for point in ("batch.inputs_stored", "batch.jobs_written@20", "batch.released"):
         await crash_while_posting(client, stack_settings, log, point, "/v1/batches", body, key)
         print(f"killed at {point} after {time.monotonic() - began:.1f} s")
     api = await started_api(stack_settings, log)

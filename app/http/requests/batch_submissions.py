@@ -10,6 +10,7 @@ variant (``variants[3].size``) or the default (``defaults.size``) at fault.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -26,6 +27,8 @@ from app.http.requests.submissions import check_inputs, document_images, read_js
 from app.settings import Settings
 
 BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
+
+YIELD_EVERY = 500  # variants validated between two turns of the event loop
 
 
 async def read_batch_submission(
@@ -53,9 +56,11 @@ async def read_batch_submission(
     options = _options(top)
     overrides = _variants(top, settings.max_batch_variants)
     shared = {k: v for k, v in defaults.items() if k not in ("webhook_url", "webhook_events")}
-    variants = [
-        _variant(shared, override, index, settings) for index, override in enumerate(overrides)
-    ]
+    variants = []
+    for index, override in enumerate(overrides):
+        variants.append(_variant(shared, override, index, settings))
+        if index % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)  # 10,000 validations must not hold the loop at once
     checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0])
     return BatchSubmission(
         variants,
