@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         200_000_000, ge=1, description="pixels all images of one request may declare"
     )
     decode_budget_pixels: int = Field(
-        150_000_000, ge=1, description="pixels an API process decodes at once, all requests"
+        100_000_000,
+        ge=1,
+        description="pixels an API process decodes at once, all requests (a WebP pixel "
+        "counts 4: 4 bytes a pixel, so 400 MB of decodes at most)",
     )
     decode_wait_s: float = Field(
         10.0, gt=0, le=300, description="how long a decode waits for the budget before 503"

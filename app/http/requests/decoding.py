@@ -3,7 +3,9 @@ API's memory from the others.
 
 Every image's header is read first (``read_headers``, no pixel decoded): an image
 its header refuses (format, pixels) and a request whose images declare more than
-``max_request_pixels`` in all are refused (400/415) before any decode. Each decode
+``max_request_pixels`` in all are refused (400/415) before any decode. Pixels are
+counted at what their decode costs in memory (``app.core.images.DECODE_WEIGHT``: a
+WebP pixel counts four times). Each decode
 (``decode``) then holds its pixels from the process-wide budget (``process_pixels``)
 while it runs in the executor, so concurrent requests decode one after another
 instead of all at once, and a decode that cannot start within ``wait_s`` is answered
@@ -83,7 +85,7 @@ class ImageDecoder:
             read_header(data, param=param, max_pixels=self._max_image_pixels)
             for param, data in images
         ]
-        pixels = sum(image.pixels for image in declared)
+        pixels = sum(image.decode_cost for image in declared)
         if pixels > self._max_request_pixels:
             raise InvalidRequest(
                 f"the images declare {pixels:,} pixels in all; a request may carry at "
@@ -101,6 +103,6 @@ class ImageDecoder:
         checked = []
         for (param, data), header in zip(images, declared, strict=True):
             check = partial(check_image, data, param=param, max_pixels=self._max_image_pixels)
-            async with self.budget.hold(header.pixels, wait_s=self._wait_s):
+            async with self.budget.hold(header.decode_cost, wait_s=self._wait_s):
                 checked.append(await loop.run_in_executor(self._executor, check))
         return checked

@@ -307,3 +307,21 @@ def test_data_url_size_limit() -> None:
 def test_data_url_just_over_the_limit(size: int) -> None:
     with pytest.raises(PayloadTooLarge):
         decode_data_url(data_url(b"x" * size), param="u", max_bytes=10)
+
+
+def test_a_webp_pixel_counts_four_times_in_the_cap(loads: list[tuple[int, int]]) -> None:
+    """A WebP decodes at 16 bytes a pixel against 4 for PNG and JPEG (Pillow 13), so
+    it may have a quarter of the pixels; refused from its header, never decoded."""
+    webp = encode(Image.new("RGB", (100, 100)), "WEBP")
+    assert checked(webp, max_pixels=40_000).content_type == "image/webp"
+    with pytest.raises(InvalidRequest) as caught:
+        checked(webp, max_pixels=39_999)
+    assert "the limit is 9999 pixels for a WebP" in caught.value.message
+    assert checked(png(100, 100), max_pixels=10_000).width == 100
+    decoded = len(loads)
+    with pytest.raises(InvalidRequest):
+        read_header(webp, param="image", max_pixels=39_999)
+    assert len(loads) == decoded
+    header = read_header(webp, param="image", max_pixels=40_000)
+    assert (header.pixels, header.decode_cost) == (10_000, 40_000)
+    assert read_header(png(100, 100), param="image", max_pixels=40_000).decode_cost == 10_000
