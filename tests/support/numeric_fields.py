@@ -274,6 +274,7 @@ def editq_examples(model: str, image: bytes, *, job_id: str, batch_id: str) -> E
             "EditJsonRequest": [job],
             "BatchJsonRequest": [{"defaults": job, "n": 1}, {"defaults": job, "variants": [{}]}],
             "RedeliverRequest": [{}],
+            "RotateSecretRequest": [{"expire_previous_in_s": 60}],
         },
         forms={
             "EditForm": [[("model", model), ("prompt", "p"), ("image[]", image)]],
