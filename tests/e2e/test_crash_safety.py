@@ -130,6 +130,10 @@ async def get(client: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return answer
 
 
+def job_body(prompt: str) -> dict[str, Any]:
+    return {"model": MODEL, "prompt": prompt, "images": [{"image_url": data_url(png(8, 8))}]}
+
+
 def batch_body(variants: int) -> dict[str, Any]:
     return {
         "defaults": {
@@ -189,7 +193,7 @@ async def test_a_job_submit_killed_after_its_record_is_written_still_runs(
     fake_upstream: FakeUpstream,
     tmp_path: Path,
 ) -> None:
-    body = {"model": MODEL, "prompt": "once", "images": [{"image_url": data_url(png(8, 8))}]}
+    body = job_body("once")
     log = tmp_path / "api.log"
     await crash_while_posting(client, stack_settings, log, "job.recorded", "/v1/jobs", body, None)
     api = await started_api(stack_settings, log)
@@ -211,7 +215,7 @@ async def test_a_job_submit_killed_and_retried_with_its_key_runs_once(
     fake_upstream: FakeUpstream,
     tmp_path: Path,
 ) -> None:
-    body = {"model": MODEL, "prompt": "once", "images": [{"image_url": data_url(png(8, 8))}]}
+    body = job_body("once")
     log = tmp_path / "api.log"
     for point in ("job.inputs_stored", "job.recorded"):
         await crash_while_posting(client, stack_settings, log, point, "/v1/jobs", body, "job-1")
@@ -236,7 +240,7 @@ async def test_a_retry_killed_between_its_move_and_its_enqueue_still_runs(
     tmp_path: Path,
 ) -> None:
     fake_upstream.fail_next(Fault.status(400))
-    body = {"model": MODEL, "prompt": "again", "images": [{"image_url": data_url(png(8, 8))}]}
+    body = job_body("again")
     log = tmp_path / "api.log"
     api = await started_api(stack_settings, log, "job.requeued")
     try:
