@@ -41,6 +41,9 @@ from typing import Any, ClassVar, TypeVar
 
 E = TypeVar("E", bound=BaseException)
 
+NO_RETRY_HEADERS = {"x-should-retry": "false"}
+"""On an answer a retry would only repeat: the OpenAI SDKs then do not retry it."""
+
 
 class EditqError(Exception):
     """Base of every error editq reports; unexpected failures map to a 500."""
@@ -199,11 +202,16 @@ class ServiceUnavailable(_WithRetryAfter):
 
 
 class SyncWaitExceeded(EditqError):
-    """A synchronous edit endpoint stopped waiting; the job goes on and can be polled."""
+    """A synchronous edit endpoint stopped waiting; the job goes on and can be polled.
+    A retry would wait on the same job again, so clients are told not to."""
 
     status = 504
     type = "server_error"
     default_code = "sync_wait_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        """``x-should-retry: false``, which the OpenAI SDKs obey."""
+        return dict(NO_RETRY_HEADERS)
 
 
 class UpstreamError(_WithRetryAfter):

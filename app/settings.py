@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     sync_wait_limit_s: float = Field(
         330.0, gt=0, description="longest wait of a synchronous /images/edits request"
     )
+    sync_retry_window_s: float = Field(
+        600.0,
+        gt=0,
+        description="how long an SDK's retry (x-stainless-retry-count >= 1) of a synchronous "
+        "edit without an Idempotency-Key is attached to the job of the same request",
+    )
     job_lease_s: float = Field(
         10.0, gt=0, description="a running job's lease, renewed by its worker"
     )

@@ -29,6 +29,7 @@ from app.http.app_keys import (
     RATE_LIMITER,
     SETTINGS,
     STORAGE,
+    SYNC_CALLS,
     WEBHOOKS,
 )
 from app.http.docs_page import render_docs_page
@@ -54,6 +55,7 @@ from app.services.queue_stats import QueueStats
 from app.settings import Settings
 from app.store.idempotency import IdempotencyStore
 from app.store.rate_limits import FailedLogins, RateLimiter
+from app.store.sync_calls import SyncCallStore
 
 
 def create_app(settings: Settings, providers: ProvidersConfig) -> web.Application:
@@ -95,6 +97,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[WEBHOOKS] = shared.webhooks
         app[JOB_STORE] = shared.jobs
         app[IDEMPOTENCY] = IdempotencyStore(redis, keys, lease_s=settings.submit_lease_s)
+        app[SYNC_CALLS] = SyncCallStore(redis, keys, window_s=settings.sync_retry_window_s)
         app[RATE_LIMITER] = RateLimiter(redis, keys, per_minute=settings.rate_limit_per_minute)
         app[FAILED_LOGINS] = FailedLogins(redis, keys, per_minute=settings.auth_failures_per_minute)
         app[EVENTS] = shared.events

@@ -20,6 +20,7 @@ from app.store.events import JobEventHub
 from app.store.idempotency import IdempotencyStore
 from app.store.jobs import JobStore
 from app.store.rate_limits import FailedLogins, RateLimiter
+from app.store.sync_calls import SyncCallStore
 from app.store.webhooks import WebhookStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -39,5 +40,6 @@ BATCH_SERVICE = web.AppKey("batch_service", BatchService)
 API_DOCUMENT = web.AppKey("api_document", ApiDocument)
 DOCS_PAGE = web.AppKey("docs_page", str)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
+SYNC_CALLS = web.AppKey("sync_calls", SyncCallStore)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 FAILED_LOGINS = web.AppKey("failed_logins", FailedLogins)

@@ -308,3 +308,39 @@ class IdempotencyHeaders(BaseModel):
         description="1-255 printable ASCII characters; same key and request: the first "
         "answer again (409 while it runs, 422 with another request)",
     )
+
+
+class SyncEditHeaders(IdempotencyHeaders):
+    """A synchronous edit answers before the client gives up, and a client's retry
+    waits on the job of the call it repeats."""
+
+    idempotency_key: str | None = Field(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="1-255 printable ASCII characters; same key and request: the same "
+        "job's answer, waiting with the first request while it runs (422 with another "
+        "request)",
+    )
+    request_timeout: float | None = Field(
+        None,
+        alias="Request-Timeout",
+        gt=0,
+        description="seconds the client waits: the answer (504 naming the job, if it is "
+        "still running) comes 10 % (at least 1 s, at most half) before",
+    )
+    read_timeout: float | None = Field(
+        None,
+        alias="x-stainless-read-timeout",
+        gt=0,
+        description="the OpenAI SDKs' read timeout in seconds, taken as Request-Timeout",
+    )
+    retry_count: int | None = Field(
+        None,
+        alias="x-stainless-retry-count",
+        ge=0,
+        description="the OpenAI SDKs' attempt number: from 1, a retry, which waits on the "
+        "job the same request (same API key and body) accepted in the last "
+        "EDITQ_SYNC_RETRY_WINDOW_S instead of making another",
+    )

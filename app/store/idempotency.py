@@ -56,10 +56,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class ExistingRecord:
-    """Someone else's record for the key: still running (``response`` None) or done."""
+    """Someone else's record for the key: still running (``response`` None, and
+    ``resource`` the id it reserved, once it did) or done."""
 
     fingerprint: str
     response: StoredResponse | None
+    resource: str | None = None
 
 
 class IdempotencyStore:
@@ -148,7 +150,11 @@ class IdempotencyStore:
 
 def _existing(row: dict[str, str]) -> ExistingRecord:
     if row.get("state") != "done":
-        return ExistingRecord(fingerprint=row.get("fingerprint", ""), response=None)
+        return ExistingRecord(
+            fingerprint=row.get("fingerprint", ""),
+            response=None,
+            resource=row.get("resource") or None,
+        )
     response = StoredResponse(
         status=int(row["status"]),
         headers=json.loads(row.get("headers", "{}")),

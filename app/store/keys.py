@@ -25,6 +25,7 @@ Webhooks, idempotency, limits and the cache::
     P:wh:rotation:{tenant}        hash: the tenant's secret rotations (``app.store.webhooks``)
     P:wh:gone:{tenant}:{sha}      a receiver URL that answered 410 Gone
     P:idem:{tenant}:{sha256(key)} hash: one Idempotency-Key record
+    P:synccall:{tenant}:{fp}      the job of a synchronous edit, by its request fingerprint
     P:ratelimit:{tenant}          the tenant's request count in the current minute
     P:authfail:{sha(address)}     failed authentications from one client address
     P:cache:{tenant}:{digest}     an exact-match cache entry (a job outcome, JSON)
@@ -149,6 +150,11 @@ class Keys:
     def idempotency(self, tenant: str, key: str) -> str:
         """The record of one ``Idempotency-Key`` of the tenant (a hash)."""
         return f"{self.prefix}:idem:{tenant}:{_digest(key)}"
+
+    def sync_call(self, tenant: str, fingerprint: str) -> str:
+        """The job a synchronous edit without an ``Idempotency-Key`` accepted, by the
+        request's fingerprint (a hex SHA-256), for the client's retries to find."""
+        return f"{self.prefix}:synccall:{tenant}:{fingerprint}"
 
     def rate_limit(self, tenant: str) -> str:
         """The tenant's request count in the current window."""

@@ -207,22 +207,23 @@ async def test_a_retried_sync_edit_answers_from_the_same_job(
     assert len(fake_upstream.requests) == 1
 
 
-async def test_a_sync_edit_still_running_answers_409_then_replays(
+async def test_a_sync_edit_still_running_is_waited_on_by_its_retry_then_replayed(
     service: RunningService, fake_upstream: FakeUpstream
 ) -> None:
     fake_upstream.latency_s = 1.0
     path = "/v2/router/images/edits"
     first = asyncio.create_task(post(service, path, idem="slow", data=edit_form()))
     await fake_upstream.wait_for_requests(1)
-    status, busy, _ = await post(service, path, idem="slow", data=edit_form())
-    assert status == 409, busy
-    assert busy["error"]["code"] == "idempotency_key_in_use"
+    status, joined, joined_headers = await post(service, path, idem="slow", data=edit_form())
+    assert status == 200, joined  # not 409: it waited on the first request's job
+    assert joined_headers[REPLAYED] == "true"
     status, answer, headers = await first
     assert status == 200, answer
+    assert joined_headers["x-job-id"] == headers["x-job-id"]
     again, replay, replay_headers = await post(service, path, idem="slow", data=edit_form())
     assert again == 200 and replay_headers[REPLAYED] == "true"
     assert replay_headers["x-job-id"] == headers["x-job-id"]
-    assert replay["data"] == answer["data"]
+    assert replay["data"] == answer["data"] == joined["data"]
     assert len(fake_upstream.requests) == 1
 
 

@@ -8,8 +8,12 @@ until the job finishes and answer 200 with the OpenAI images response. ``data`` 
 ``response_format=url``.
 
 Once the job exists every answer carries ``x-job-id``, and the job no longer depends
-on the request: a client that hangs up, or a wait past ``sync_wait_limit_s`` (504
+on the request: a client that hangs up, or a wait past ``sync_wait_limit_s`` or past
+what the client said it waits (``app.http.requests.sync_deadline``: 504
 ``sync_wait_exceeded``), leaves it running, to be read at ``GET /v1/jobs/{id}``.
+An answer a retry would only repeat (that 504, a failed or canceled job) says
+``x-should-retry: false``, which the OpenAI SDKs obey; a retry they send anyway waits
+on the same job (``app.http.middleware.idempotency``).
 """
 
 from __future__ import annotations
@@ -21,13 +25,20 @@ from aiohttp import web
 
 from app.core.jobs import JobError, JobStatus
 from app.core.submissions import Submission
-from app.errors import Conflict, ServiceUnavailable, SyncWaitExceeded, status_for_code
+from app.errors import (
+    NO_RETRY_HEADERS,
+    Conflict,
+    ServiceUnavailable,
+    SyncWaitExceeded,
+    status_for_code,
+)
 from app.http.app_keys import FETCH_SESSION, IMAGE_DECODER, JOB_SERVICE, SETTINGS, STORAGE
 from app.http.middleware.errors import ERRORS, REQUEST_ID, TENANT, error_response
-from app.http.middleware.idempotency import RESERVATION, SYNC_JOB
+from app.http.middleware.idempotency import RESERVATION, SYNC_JOB, remember_sync_job
 from app.http.openapi import Reply, operation
 from app.http.requests.submissions import read_submission
-from app.http.schema import EditForm, EditJsonRequest, IdempotencyHeaders, ImagesResponse
+from app.http.requests.sync_deadline import SyncDeadline, sync_deadline
+from app.http.schema import EditForm, EditJsonRequest, ImagesResponse, SyncEditHeaders
 from app.services.job_views import render_job
 
 JOB_ID_HEADER = "x-job-id"
@@ -39,7 +50,7 @@ FAILED_JOB_STATUSES = (400, 402, 413, 429, 500, 502, 503, 504)
 @operation(
     "Edit an image synchronously",
     tags=("images",),
-    headers=IdempotencyHeaders,
+    headers=SyncEditHeaders,
     json_body=EditJsonRequest,
     form_body=EditForm,
     replies={200: Reply(ImagesResponse, headers=(JOB_ID_HEADER,))},
@@ -74,15 +85,18 @@ async def _accept(request: web.Request) -> str:
     submission = await read_submission(
         request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
-    # Shielded: a client hanging up now must not leave a job recorded but never enqueued.
-    job = await asyncio.shield(
-        app[JOB_SERVICE].accept(
-            with_sync_defaults(submission),
-            request[TENANT],
-            reservation=request.get(RESERVATION),
-        )
+    # Shielded: a client hanging up now must not leave a job recorded but never enqueued,
+    # or one its retries cannot find.
+    return await asyncio.shield(_accept_submission(request, submission))
+
+
+async def _accept_submission(request: web.Request, submission: Submission) -> str:
+    job = await request.app[JOB_SERVICE].accept(
+        with_sync_defaults(submission),
+        request[TENANT],
+        reservation=request.get(RESERVATION),
     )
-    request[SYNC_JOB] = job.id
+    await remember_sync_job(request, job.id)
     return job.id
 
 
@@ -103,8 +117,8 @@ def failed_job_status(error: JobError) -> int:
 async def _finished_job_response(request: web.Request, job_id: str) -> web.Response:
     """The job's outcome once it is terminal; SyncWaitExceeded if that takes too long."""
     app = request.app
-    limit = app[SETTINGS].sync_wait_limit_s
-    job = await app[JOB_SERVICE].wait(job_id, request[TENANT], limit)
+    deadline = sync_deadline(request)
+    job = await app[JOB_SERVICE].wait(job_id, request[TENANT], deadline.remaining_s())
     if job.status is JobStatus.SUCCEEDED:
         rendered = await render_job(job, app[STORAGE], inline=True)
         return web.json_response(rendered["result"])
@@ -113,10 +127,25 @@ async def _finished_job_response(request: web.Request, job_id: str) -> web.Respo
             type="server_error", code="internal_error", message=f"job {job_id} failed"
         )
         body = {"error": {**error.model_dump(mode="json"), "param": None}}
-        return web.json_response(body, status=failed_job_status(error))
+        return web.json_response(body, status=failed_job_status(error), headers=NO_RETRY_HEADERS)
     if job.status is JobStatus.CANCELED:
-        raise Conflict(f"job {job_id} was canceled before it finished")
-    raise SyncWaitExceeded(
-        f"job {job_id} is still {job.status.value} after {limit:g} s; it keeps running: "
+        canceled = Conflict(f"job {job_id} was canceled before it finished")
+        response = error_response(canceled, request[REQUEST_ID])
+        response.headers.update(NO_RETRY_HEADERS)
+        return response
+    raise SyncWaitExceeded(_still_running(job_id, job.status, deadline))
+
+
+def _still_running(job_id: str, status: JobStatus, deadline: SyncDeadline) -> str:
+    """Why a synchronous edit stopped waiting for a job still ``status``."""
+    if deadline.client_timeout_s is not None:
+        waited = (
+            f"after {deadline.wait_s:g} s, ahead of the client's "
+            f"{deadline.client_timeout_s:g} s timeout"
+        )
+    else:
+        waited = f"after {deadline.wait_s:g} s"
+    return (
+        f"job {job_id} is still {status.value} {waited}; it keeps running: "
         f"read it at GET /v1/jobs/{job_id}"
     )

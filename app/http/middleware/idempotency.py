@@ -13,7 +13,14 @@ Stripe's semantics, per API key (tenant), on ``POST /v1/jobs``, ``/v1/batches``,
   (waiting again while it runs), since inline images are too big to keep and
   presigned URLs expire.
 - The same key with another request: 422 ``idempotency_key_reused``. The same key
-  while its first request still runs: 409 ``idempotency_key_in_use``.
+  while its first request still runs: 409 ``idempotency_key_in_use``; for a
+  synchronous edit the retry instead waits on the first request's job (once it
+  exists), answering as that request will.
+- A synchronous edit without a key that the client marks as its retry
+  (``x-stainless-retry-count`` >= 1, as the OpenAI SDKs do) waits on the job the same
+  request (same tenant and fingerprint) accepted within ``sync_retry_window_s``
+  (``app.store.sync_calls``), so a retry after the client's own timeout pays nothing.
+  A request not marked as a retry is a new call and gets a new job.
 - The first request reserves the id it creates before writing anything
   (``RESERVATION``). If its API process dies, the key's lease lapses
   (``EDITQ_SUBMIT_LEASE_S``) and a retry takes it over and is handed that id: the
@@ -44,10 +51,12 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest
-from app.http.app_keys import IDEMPOTENCY, SETTINGS
+from app.core.sync_wait import retry_count
+from app.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest, NotFound
+from app.http.app_keys import IDEMPOTENCY, JOB_SERVICE, SETTINGS, SYNC_CALLS
 from app.http.middleware.errors import TENANT
 from app.http.requests.bodies import Form, body_deadline, read_body, read_form
+from app.http.requests.sync_deadline import sync_deadline
 from app.net import YIELD_BYTES
 from app.settings import Settings
 from app.store.idempotency import Claim, ExistingRecord, IdempotencyStore, StoredResponse
@@ -62,6 +71,10 @@ SYNC_PATHS = frozenset({"/v1/images/edits", "/v2/router/images/edits"})
 IDEMPOTENT_PATHS = frozenset({"/v1/jobs", "/v1/batches"}) | SYNC_PATHS
 KEPT_HEADERS = ("Content-Type", "Location", JOB_ID_HEADER)
 CHUNK = 256 * 1024
+RETRY_COUNT_HEADER = "x-stainless-retry-count"
+# How often a retry re-reads the record of its key's running first request until
+# that request's job exists (the time it takes to store the inputs).
+IN_FLIGHT_POLL_S = 0.1
 
 
 class KeyReservation:
@@ -92,6 +105,10 @@ SYNC_JOB = web.RequestKey("sync_job", str)
 """The job a synchronous edit answers from: set by the middleware on a retry (answer
 from it, accept nothing) and by the handler as soon as it accepted one."""
 
+SYNC_FINGERPRINT = web.RequestKey("sync_fingerprint", str)
+"""The fingerprint of a synchronous edit sent without a key: its job is recorded
+under it (``remember_sync_job``) for the client's retries to find."""
+
 
 def parse_key(raw: str) -> str:
     """``raw`` if it is 1-255 printable ASCII characters; InvalidRequest otherwise."""
@@ -106,18 +123,23 @@ def parse_key(raw: str) -> str:
 
 @web.middleware
 async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer a retried submit (same ``Idempotency-Key``) without creating anything again."""
+    """Answer a retried submit (same ``Idempotency-Key``) without creating anything again;
+    attach a synchronous edit's retry to the job of the call it repeats."""
     raw_key = request.headers.get(KEY_HEADER)
-    if raw_key is None or request.method != "POST" or request.path not in IDEMPOTENT_PATHS:
+    if request.method != "POST" or request.path not in IDEMPOTENT_PATHS:
+        return await handler(request)
+    if raw_key is None:
+        if request.path in SYNC_PATHS:
+            return await _sync_without_key(request, handler)
         return await handler(request)
     key = parse_key(raw_key)
-    settings = request.app[SETTINGS]
-    async with body_deadline(settings):
-        body = await read_body(request, settings.max_body_bytes)
-        request = await with_body(request, body)
-        fingerprint = await request_fingerprint(request, body, settings)
+    request, fingerprint = await _read_fingerprinted(request)
     store = request.app[IDEMPOTENCY]
-    found = await store.claim(request[TENANT], key, fingerprint)
+    found: Claim | ExistingRecord | str = await store.claim(request[TENANT], key, fingerprint)
+    if isinstance(found, ExistingRecord) and _sync_in_flight(request, found, fingerprint):
+        found = await _until_job_exists(request, store, key, found)
+    if isinstance(found, str):
+        return await _join(request, handler, found)
     if isinstance(found, ExistingRecord):
         return await _answer_again(request, handler, found, fingerprint)
     request[RESERVATION] = KeyReservation(store, found)
@@ -128,6 +150,89 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         await _settle(store, found, kept_response(request, None))
         raise
     await _settle(store, found, kept_response(request, response))
+    return response
+
+
+async def _read_fingerprinted(request: web.Request) -> tuple[web.Request, str]:
+    """A copy of ``request`` with its body read, and the body's fingerprint; fixes a
+    synchronous edit's deadline, which runs from the end of the client's upload."""
+    settings = request.app[SETTINGS]
+    async with body_deadline(settings):
+        body = await read_body(request, settings.max_body_bytes)
+        request = await with_body(request, body)
+        if request.path in SYNC_PATHS:
+            sync_deadline(request)
+        fingerprint = await request_fingerprint(request, body, settings)
+    return request, fingerprint
+
+
+async def _sync_without_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A synchronous edit without a key: a client's retry (``x-stainless-retry-count``
+    >= 1) waits on the job the same request accepted within the window, if there is
+    one; any other request is a new call, whose job its retries will find."""
+    request, fingerprint = await _read_fingerprinted(request)
+    if retry_count(request.headers.get(RETRY_COUNT_HEADER)) >= 1:
+        job_id = await request.app[SYNC_CALLS].find(request[TENANT], fingerprint)
+        if job_id is not None and await _job_exists(request, job_id):
+            return await _join(request, handler, job_id)
+    request[SYNC_FINGERPRINT] = fingerprint
+    return await handler(request)
+
+
+async def remember_sync_job(request: web.Request, job_id: str) -> None:
+    """Called by a synchronous edit as soon as it accepted ``job_id``: the request's
+    retries answer from it (``SYNC_JOB``), and without a key find it by fingerprint.
+    Redis failing here changes no answer: the retries then make a job of their own."""
+    request[SYNC_JOB] = job_id
+    fingerprint = request.get(SYNC_FINGERPRINT)
+    if fingerprint is None:
+        return
+    try:
+        await request.app[SYNC_CALLS].remember(request[TENANT], fingerprint, job_id)
+    except (RedisError, ConnectionError) as exc:
+        log.warning("could not record a synchronous edit's job for its retries: %s", exc)
+
+
+def _sync_in_flight(request: web.Request, record: ExistingRecord, fingerprint: str) -> bool:
+    """A synchronous edit whose key's first request, the same request, still runs."""
+    return (
+        request.path in SYNC_PATHS and record.response is None and record.fingerprint == fingerprint
+    )
+
+
+async def _until_job_exists(
+    request: web.Request, store: IdempotencyStore, key: str, record: ExistingRecord
+) -> Claim | ExistingRecord | str:
+    """Wait until the job the key's running first request reserved exists (its id),
+    the key is taken over or answered (the claim or record), or the request's deadline
+    passes (the record: the key is still in use)."""
+    deadline = sync_deadline(request)
+    while True:
+        if record.resource is not None and await _job_exists(request, record.resource):
+            return record.resource
+        if deadline.remaining_s() <= 0:
+            return record
+        await asyncio.sleep(min(IN_FLIGHT_POLL_S, deadline.remaining_s()))
+        found = await store.claim(request[TENANT], key, record.fingerprint)
+        if isinstance(found, Claim) or not _sync_in_flight(request, found, record.fingerprint):
+            return found
+        record = found
+
+
+async def _job_exists(request: web.Request, job_id: str) -> bool:
+    """Whether ``job_id`` is a job of the request's tenant."""
+    try:
+        await request.app[JOB_SERVICE].get(job_id, request[TENANT])
+    except NotFound:
+        return False
+    return True
+
+
+async def _join(request: web.Request, handler: Handler, job_id: str) -> web.StreamResponse:
+    """Answer a synchronous edit from ``job_id``, accepted by the call it repeats."""
+    request[SYNC_JOB] = job_id
+    response = await handler(request)
+    response.headers[REPLAYED_HEADER] = "true"
     return response
 
 
@@ -145,13 +250,9 @@ async def _answer_again(
             f"a request with this {KEY_HEADER} is still being processed; retry later",
             param=KEY_HEADER,
         )
-    if stored.body is not None:
-        response: web.StreamResponse = web.Response(
-            status=stored.status, body=stored.body.encode(), headers=stored.headers
-        )
-    else:
-        request[SYNC_JOB] = stored.job_id or ""
-        response = await handler(request)
+    if stored.body is None:
+        return await _join(request, handler, stored.job_id or "")
+    response = web.Response(status=stored.status, body=stored.body.encode(), headers=stored.headers)
     response.headers[REPLAYED_HEADER] = "true"
     return response
 

@@ -112,14 +112,15 @@ async def test_a_lapsed_claim_is_taken_over_with_what_it_reserved(
     dead = await claimed(store)
     assert await store.reserve(dead, "batch_0123")
     await lapse(redis, dead)
-    assert await store.claim("tenant", "k", "f2") == ExistingRecord("f1", None)  # other body
+    # another body: the record, naming what its holder reserved
+    assert await store.claim("tenant", "k", "f2") == ExistingRecord("f1", None, "batch_0123")
     retry = await claimed(store)
     assert retry.resumed == "batch_0123" and retry.token != dead.token
     # The dead request, if it was only slow, can no longer act on the key.
     assert not await store.renew(dead)
     assert not await store.reserve(dead, "batch_other")
     assert not await store.finish(dead, ACCEPTED)
-    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None)
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None, "batch_0123")
     assert await store.finish(retry, ACCEPTED)
     assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", ACCEPTED)
 
@@ -132,7 +133,7 @@ async def test_a_released_claim_keeps_what_it_reserved_for_the_next_retry(
     await store.release(failed)  # say, a 503 after the job was (maybe) written
     retry = await claimed(store)
     assert retry.resumed == "job_0123"
-    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None)
+    assert await store.claim("tenant", "k", "f1") == ExistingRecord("f1", None, "job_0123")
 
 
 async def test_a_lapsed_claim_that_reserved_nothing_runs_afresh(
