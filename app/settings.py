@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     sync_wait_limit_s: float = Field(
         330.0, gt=0, description="longest wait of a synchronous /images/edits request"
     )
+    stream_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        description="seconds between keepalive comments on a streamed synchronous edit "
+        "while its job is queued or running",
+    )
     job_lease_s: float = Field(
         10.0, gt=0, description="a running job's lease, renewed by its worker"
     )
