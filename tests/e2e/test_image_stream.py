@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from openai.types import ImageEditCompletedEvent
+from openai.types import ImageEditCompletedEvent, ImageEditPartialImageEvent
 
 from app.core.providers_config import ProvidersConfig
 from app.settings import Settings
@@ -219,3 +219,83 @@ async def test_partial_images_out_of_range_is_a_400_naming_it(
     assert body["error"]["param"] == "partial_images"
     _, listing = await service.get("/v1/jobs")
     assert listing["data"] == []
+
+
+async def job_events(service: RunningService, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The finished job's whole event log, read off ``/v1/jobs/{id}/events``."""
+    async with service.client.get(
+        service.url(f"/v1/jobs/{job_id}/events"), headers=service.auth()
+    ) as reply:
+        assert reply.status == 200
+        events, _ = parse_sse(await reply.text())
+    return events
+
+
+async def test_openai_upstream_partials_are_relayed_in_order(
+    service: RunningService, client: openai.AsyncOpenAI, fake_upstream: FakeUpstream
+) -> None:
+    source = png(32, 24)
+    stream = await client.images.edit(
+        model=UPSTREAM_MODEL, image=upload(source), prompt="x", stream=True, partial_images=2
+    )
+    job_id = stream.response.headers["x-job-id"]
+    events = [event async for event in stream]
+    assert [event.type for event in events] == [
+        "image_edit.partial_image",
+        "image_edit.partial_image",
+        "image_edit.completed",
+    ]
+    first, second, completed = events
+    assert isinstance(first, ImageEditPartialImageEvent)
+    assert isinstance(second, ImageEditPartialImageEvent)
+    assert (first.partial_image_index, second.partial_image_index) == (0, 1)
+    # The fake's previews are the unedited input: what the upstream sent is relayed.
+    assert base64.b64decode(first.b64_json) == source
+    assert (first.output_format, first.background, first.quality) == ("png", "auto", "auto")
+    assert isinstance(completed, ImageEditCompletedEvent)
+    assert decode(base64.b64decode(completed.b64_json)).size == (32, 24)
+    (sent,) = fake_upstream.requests
+    assert (sent.fields["stream"], sent.fields["partial_images"]) == ("true", "2")
+    partials = [data for name, data in await job_events(service, job_id) if name == "job.partial"]
+    assert [data["partial_image_index"] for data in partials] == [0, 1]
+    assert await service.download(partials[0]["url"]) == source
+
+
+async def test_an_upstream_sending_fewer_partials_than_asked_still_completes(
+    service: RunningService, client: openai.AsyncOpenAI, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.partials_sent = 1
+    stream = await client.images.edit(
+        model=UPSTREAM_MODEL, image=upload(png()), prompt="x", stream=True, partial_images=3
+    )
+    assert [event.type async for event in stream] == [
+        "image_edit.partial_image",
+        "image_edit.completed",
+    ]
+
+
+async def test_without_partials_the_upstream_is_not_asked_to_stream(
+    service: RunningService, client: openai.AsyncOpenAI, fake_upstream: FakeUpstream
+) -> None:
+    stream = await client.images.edit(
+        model=UPSTREAM_MODEL, image=upload(png()), prompt="x", stream=True
+    )
+    assert [event.type async for event in stream] == ["image_edit.completed"]
+    (sent,) = fake_upstream.requests
+    assert "stream" not in sent.fields
+    assert "partial_images" not in sent.fields
+
+
+async def test_an_async_job_with_partial_images_logs_job_partial_events(
+    service: RunningService, fake_upstream: FakeUpstream
+) -> None:
+    source = png(20, 20)
+    status, job, _ = await service.submit(model=UPSTREAM_MODEL, images=[source], partial_images=3)
+    assert status == 202
+    assert (await service.wait(job["id"]))["status"] == "succeeded"
+    events = await job_events(service, job["id"])
+    names = [name for name, _ in events]
+    assert names == ["job.queued", "job.running", *["job.partial"] * 3, "job.succeeded"]
+    partial = events[2][1]
+    assert set(partial) == {"status", "run", "at", "partial_image_index", "url"}
+    assert await service.download(partial["url"]) == source
