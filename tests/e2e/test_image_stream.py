@@ -299,3 +299,65 @@ async def test_an_async_job_with_partial_images_logs_job_partial_events(
     partial = events[2][1]
     assert set(partial) == {"status", "run", "at", "partial_image_index", "url"}
     assert await service.download(partial["url"]) == source
+
+
+async def test_past_the_sync_limit_the_stream_ends_with_an_error_naming_the_job(
+    settings: Settings, providers: ProvidersConfig, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.latency_s = 1.5
+    impatient = settings.model_copy(update={"sync_wait_limit_s": 0.5, "stream_keepalive_s": 0.1})
+    async with RunningService(impatient, providers) as service:
+        form = stream_form({"model": UPSTREAM_MODEL, "prompt": "x"}, png())
+        async with service.client.post(
+            service.url(PATHS[0]), data=form, headers=service.auth()
+        ) as reply:
+            assert reply.status == 200
+            job_id = reply.headers["x-job-id"]
+            events, comments = parse_sse(await reply.text())
+        assert "keepalive" in comments
+        assert [name for name, _ in events] == ["error"]
+        error = events[0][1]["error"]
+        assert error["code"] == "sync_wait_exceeded"
+        assert job_id in error["message"]
+        assert (await service.wait(job_id))["status"] == "succeeded"
+    assert len(fake_upstream.requests) == 1
+
+
+async def test_a_job_canceled_meanwhile_ends_the_stream_with_a_conflict(
+    service: RunningService, client: openai.AsyncOpenAI, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.latency_s = 60
+    stream = await client.images.edit(
+        model=UPSTREAM_MODEL, image=upload(png()), prompt="x", stream=True
+    )
+    job_id = stream.response.headers["x-job-id"]
+    await fake_upstream.wait_for_requests(1)
+    status, _ = await service.post(f"/v1/jobs/{job_id}/cancel")
+    assert status == 200
+    with pytest.raises(openai.APIError) as caught:
+        async for _ in stream:
+            pass
+    assert caught.value.code == "conflict"
+
+
+async def test_a_retry_with_the_same_idempotency_key_streams_the_same_job(
+    service: RunningService, client: openai.AsyncOpenAI, fake_upstream: FakeUpstream
+) -> None:
+    image = png(16, 16)
+    headers = {"Idempotency-Key": "stream-once"}
+    results = []
+    for _ in range(2):
+        stream = await client.images.edit(
+            model=UPSTREAM_MODEL,
+            image=upload(image),
+            prompt="x",
+            stream=True,
+            partial_images=1,
+            extra_headers=headers,
+        )
+        events = [event.type async for event in stream]
+        results.append((stream.response.headers["x-job-id"], events))
+    (first_job, first_events), (second_job, second_events) = results
+    assert first_job == second_job
+    assert first_events == second_events == ["image_edit.partial_image", "image_edit.completed"]
+    assert len(fake_upstream.requests) == 1
