@@ -361,3 +361,20 @@ async def test_a_retry_with_the_same_idempotency_key_streams_the_same_job(
     assert first_job == second_job
     assert first_events == second_events == ["image_edit.partial_image", "image_edit.completed"]
     assert len(fake_upstream.requests) == 1
+
+
+async def test_several_images_complete_one_event_each_with_usage_on_the_last(
+    service: RunningService, client: openai.AsyncOpenAI
+) -> None:
+    stream = await client.images.edit(
+        model=UPSTREAM_MODEL, image=upload(png(16, 16)), prompt="x", n=2, stream=True
+    )
+    job_id = stream.response.headers["x-job-id"]
+    events = [event async for event in stream]
+    assert [event.type for event in events] == ["image_edit.completed"] * 2
+    _, job = await service.get(f"/v1/jobs/{job_id}")
+    first, last = events
+    assert isinstance(first, ImageEditCompletedEvent)
+    assert isinstance(last, ImageEditCompletedEvent)
+    assert first.usage.total_tokens == 0
+    assert last.usage.total_tokens == job["result"]["usage"]["total_tokens"] > 0
