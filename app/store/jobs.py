@@ -143,10 +143,12 @@ class JobStore:
         job changes nothing of the job itself.
         """
         at_ms = int(time.time() * 1000)
-        entry = {"status": PARTIAL, "run": run, "at": at_ms, "index": index, "key": key}
         payload = json.dumps({"id": job_id, "status": PARTIAL, "run": run})
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._keys.log(job_id), entry)  # type: ignore[arg-type]
+            pipe.xadd(
+                self._keys.log(job_id),
+                {"status": PARTIAL, "run": run, "at": at_ms, "index": index, "key": key},
+            )
             pipe.publish(self._keys.events_channel, payload)
             await pipe.execute()
 
