@@ -100,6 +100,24 @@ async def test_an_error_event_fails_the_call_with_the_upstreams_message(
         await upstream.edit(streamed_call(Partials()))
 
 
+async def test_an_error_event_in_the_flat_shape_keeps_its_message(
+    fake: FakeUpstream, upstream: OpenAIUpstream
+) -> None:
+    error = {"type": "error", "code": "server_error", "message": "the edit broke", "param": None}
+    fake.fail_next(Fault.raw(200, sse(("error", error)), content_type="text/event-stream"))
+    with pytest.raises(UpstreamBadResponse, match="the edit broke"):
+        await upstream.edit(streamed_call(Partials()))
+
+
+async def test_a_completed_event_with_a_null_error_is_the_image(
+    fake: FakeUpstream, upstream: OpenAIUpstream
+) -> None:
+    completed = {"b64_json": "aGVsbG8=", "error": None}
+    body = sse(("image_edit.completed", completed))
+    fake.fail_next(Fault.raw(200, body, content_type="text/event-stream"))
+    assert (await upstream.edit(streamed_call(Partials()))).image == b"hello"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -61,8 +61,8 @@ async def _take(event: ServerSentEvent, status: int, on_partial: PartialSink) ->
     after handing on a partial image (or for an event of another kind)."""
     data = _json(event, status)
     kind = str(data.get("type") or event.event)
-    if event.event == "error" or kind == "error" or "error" in data:
-        return json.dumps({"error": data.get("error", data)}).encode()
+    if event.event == "error" or kind == "error" or data.get("error"):
+        return json.dumps({"error": data.get("error") or data}).encode()
     if kind.endswith(".completed"):
         answer = {"data": [{"b64_json": data.get("b64_json")}], "usage": data.get("usage")}
         return json.dumps(answer).encode()
