@@ -41,6 +41,12 @@ def output_key(job_id: str, index: int, extension: str, attempt: int = 0) -> str
     return f"outputs/{job_id}/a{attempt}/{index}.{extension}"
 
 
+def partial_key(job_id: str, index: int, extension: str, attempt: int = 0) -> str:
+    """Where partial image ``index`` of a job's ``attempt`` goes (a preview streamed by
+    the upstream before the output)."""
+    return f"partials/{job_id}/a{attempt}/{index}.{extension}"
+
+
 class ObjectStore:
     """An S3 bucket reached through boto3, with async methods that never block the loop."""
 

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         description="how long an SDK's retry (x-stainless-retry-count >= 1) of a synchronous "
         "edit without an Idempotency-Key is attached to the job of the same request",
     )
+    stream_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        description="seconds between keepalive comments on a streamed synchronous edit "
+        "while its job is queued or running",
+    )
     job_lease_s: float = Field(
         10.0, gt=0, description="a running job's lease, renewed by its worker"
     )

@@ -51,6 +51,19 @@ class EditParams(BaseModel):
     output_format: Literal["png", "jpeg", "webp"] = "png"
     output_compression: int | None = Field(None, ge=0, le=100)
     response_format: Literal["url", "b64_json"] = "url"
+    stream: bool = Field(
+        False,
+        description="the synchronous edit endpoints answer with Server-Sent Events in "
+        "OpenAI's image edit streaming format (image_edit.partial_image, "
+        "image_edit.completed); the asynchronous ones follow /v1/jobs/{id}/events instead",
+    )
+    partial_images: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="partial images to stream before the final one (0-3); only an "
+        "OpenAI-compatible upstream makes them, other upstreams send the final image only",
+    )
     user: str | None = Field(None, max_length=256)
     name: str | None = Field(None, max_length=256)
     metadata: Metadata = Field(default_factory=dict)
@@ -58,7 +71,7 @@ class EditParams(BaseModel):
     webhook_url: WebhookUrl | None = None
     webhook_events: tuple[WebhookEventType, ...] = Field(DEFAULT_WEBHOOK_EVENTS, min_length=1)
 
-    @field_validator("n", mode="before")
+    @field_validator("n", "partial_images", mode="before")
     @classmethod
     def _whole_number(cls, value: object) -> object:
         """Accept ``2``, ``"2"`` and ``"2.0"``; refuse ``"2.5"``."""

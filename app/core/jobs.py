@@ -55,6 +55,10 @@ class Lane(StrEnum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
+PARTIAL = "partial"
+"""The ``status`` of a job log entry that records a partial image (an upstream's
+preview while the job runs), not a transition: the job's status is unchanged."""
+
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED}),
     JobStatus.RUNNING: frozenset(

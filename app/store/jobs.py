@@ -32,7 +32,16 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from app.core.jobs import Attempt, Job, JobError, JobOutcome, JobSpec, JobStatus, sources_of
+from app.core.jobs import (
+    PARTIAL,
+    Attempt,
+    Job,
+    JobError,
+    JobOutcome,
+    JobSpec,
+    JobStatus,
+    sources_of,
+)
 from app.core.webhooks import batch_completed_event_id, event_id, event_type
 from app.dispatch import BatchWindow
 from app.store.job_records import call_json, job_from_row
@@ -125,6 +134,23 @@ class JobStore:
         start = f"({last_id}" if last_id else "-"
         entries = await self._redis.xrange(self._keys.log(subject_id), min=start, count=count)
         return [(str(entry_id), dict(fields)) for entry_id, fields in entries]
+
+    async def log_partial(self, job_id: str, run: int, index: int, key: str) -> None:
+        """Append partial image ``index`` of ``run`` (stored at ``key``) to the job's log
+        as a ``partial`` entry and announce it, as a transition is announced.
+
+        Not fenced: a partial image is a preview, and one from an attempt that lost the
+        job changes nothing of the job itself.
+        """
+        at_ms = int(time.time() * 1000)
+        payload = json.dumps({"id": job_id, "status": PARTIAL, "run": run})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                self._keys.log(job_id),
+                {"status": PARTIAL, "run": run, "at": at_ms, "index": index, "key": key},
+            )
+            pipe.publish(self._keys.events_channel, payload)
+            await pipe.execute()
 
     async def create(self, spec: JobSpec, enqueue: Callable[[Pipeline], None] | None = None) -> Job:
         """Store a new queued job (run 1) and index it for its tenant; ``enqueue`` adds

@@ -3,7 +3,7 @@
 Jobs and batches::
 
     P:job:{id}                    hash: the job record (``app.store.jobs``)
-    P:job:{id}:log                stream: the job's creation and transitions (SSE resume ids)
+    P:job:{id}:log                stream: the job's creation, transitions and partial images
     P:job:{id}:wh-events          list: the job's webhook event ids, oldest first
     P:job:{id}:deliveries         list: the job's webhook delivery attempts (JSON)
     P:tenant:{tenant}:jobs        sorted set (all score 0, lexical = creation order)

@@ -1,10 +1,10 @@
 """Deleting the images of expired jobs and batches from object storage.
 
 Job and batch records expire in Redis by themselves (TTL, restarted at every
-change); their inputs and outputs in S3 do not. Every transition records its
-subject's expiry in ``P:retention``; the janitor, run in every worker but acting
-in one at a time (a Redis lock), deletes ``inputs/{id}/`` and ``outputs/{id}/`` of
-every id whose expiry has passed. An S3 lifecycle rule on the bucket (see
+change); their images in S3 do not. Every transition records its subject's
+expiry in ``P:retention``; the janitor, run in every worker but acting in one at a
+time (a Redis lock), deletes ``inputs/{id}/``, ``outputs/{id}/`` and
+``partials/{id}/`` of every id whose expiry has passed. An S3 lifecycle rule on the bucket (see
 deploy/README.md) is a second line of defence, not the mechanism.
 """
 
@@ -65,7 +65,7 @@ class RetentionJanitor:
             self._index, "-inf", int(time.time() * 1000), start=0, num=SWEEP_BATCH
         ):
             for subject in expired:
-                for area in ("inputs", "outputs"):
+                for area in ("inputs", "outputs", "partials"):
                     await self._storage.delete_prefix(f"{area}/{subject}/")
             await self._redis.zrem(self._index, *expired)
             swept += len(expired)

@@ -7,6 +7,7 @@ branch of ``app.errors`` on failure, keeping the upstream's message and status.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +27,11 @@ class InputImage:
         return self.content_type.removeprefix("image/")
 
 
+PartialSink = Callable[[int, bytes], Awaitable[None]]
+"""Takes a partial image (its 0-based index, its encoded bytes) while a call runs; it
+must not raise (a partial image is a preview: losing one never fails the edit)."""
+
+
 @dataclass(frozen=True)
 class EditCall:
     """One call to an upstream, for one output image.
@@ -33,6 +39,9 @@ class EditCall:
     ``mask`` follows OpenAI's convention: transparent pixels mark the area to edit.
     ``size``, ``quality``, ``background``, ``output_compression`` and ``user`` are
     None when the client did not set them (the upstream's default applies).
+    An adapter that can stream (an OpenAI-compatible one) asks for ``partial_images``
+    previews when ``on_partial`` is set and hands each to it before returning; the
+    others ignore both and make the image only.
     """
 
     model: str  # the upstream's own model name
@@ -46,6 +55,8 @@ class EditCall:
     output_compression: int | None = None
     user: str | None = None
     timeout_s: float = 300.0
+    partial_images: int = 0
+    on_partial: PartialSink | None = None
 
 
 @dataclass(frozen=True)

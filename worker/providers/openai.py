@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from worker.providers.base import EditCall
+from worker.providers.base import EditCall, PartialSink
 from worker.providers.http.client import MAX_RESPONSE_BYTES, HttpEditUpstream, RequestBody
 from worker.providers.http.responses import parse_edit_response, usage_from
 
@@ -21,6 +21,7 @@ __all__ = [
     "build_form",
     "edits_url",
     "parse_edit_response",
+    "streams",
     "usage_from",
 ]
 
@@ -34,7 +35,8 @@ def build_form(call: EditCall) -> aiohttp.FormData:
     """The multipart body for one call, as the official openai SDK shapes it.
 
     One image goes in field ``image``, several in repeated ``image[]``; optional
-    parameters appear only when set.
+    parameters appear only when set. A call that takes partial images asks for them
+    with ``stream=true`` and ``partial_images``.
     """
     form = aiohttp.FormData()
     form.add_field("model", call.model)
@@ -60,7 +62,15 @@ def build_form(call: EditCall) -> aiohttp.FormData:
     for name, value in optional.items():
         if value is not None:
             form.add_field(name, str(value))
+    if streams(call):
+        form.add_field("stream", "true")
+        form.add_field("partial_images", str(call.partial_images))
     return form
+
+
+def streams(call: EditCall) -> bool:
+    """Whether ``call`` asks the upstream for partial images (an event stream)."""
+    return call.partial_images > 0 and call.on_partial is not None
 
 
 class OpenAIUpstream(HttpEditUpstream):
@@ -74,3 +84,6 @@ class OpenAIUpstream(HttpEditUpstream):
 
     async def body(self, call: EditCall) -> RequestBody:
         return build_form(call)
+
+    def partial_sink(self, call: EditCall) -> PartialSink | None:
+        return call.on_partial if streams(call) else None

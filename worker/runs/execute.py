@@ -7,7 +7,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from app.background import retry_until
@@ -20,6 +20,7 @@ from worker.process.resources import WorkerContext
 from worker.providers.base import EditCall, InputImage
 from worker.runs.calls import OutputCalls, call_with_routing
 from worker.runs.outputs import convert_output
+from worker.runs.partials import partial_sink
 from worker.runs.plan import RunPlan
 
 T = TypeVar("T")
@@ -78,8 +79,16 @@ async def execute_run(
         calls = OutputCalls(
             context, job, index, models, deadline, deadline + STORE_RETRY_S, lease, rng
         )
+        call = base
+        if index == 0 and request.partial_images:
+            # Only the first output streams previews: a client shows one image growing.
+            call = replace(
+                base,
+                partial_images=request.partial_images,
+                on_partial=partial_sink(context, job),
+            )
         async with turns[plan.upstreams[index]]:
-            result = await call_with_routing(calls, base)
+            result = await call_with_routing(calls, call)
         # The upstream's bytes stay in memory until stored: an object-store outage is
         # retried here and never costs a second upstream call.
         return await retry_until(

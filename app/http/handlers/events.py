@@ -5,7 +5,9 @@ Every transition is appended to the subject's Redis stream (``<key>:log``, see
 
 - a job: ``event: job.<status>`` (queued, running, succeeded, failed, canceled) and
   ``data: {"status", "run", "at"}`` (``at`` in seconds). A terminal event that is
-  still the job's current state also carries ``"job"``, the job object.
+  still the job's current state also carries ``"job"``, the job object. A job asking
+  for ``partial_images`` also gets ``event: job.partial`` for each preview its
+  upstream streams, with ``"partial_image_index"`` and ``"url"`` (presigned).
 - a batch: ``event: batch.progress`` for every change of its counts while it runs,
   then ``batch.completed`` or ``batch.canceled``; ``data: {"status", "counts", "at",
   "batch"}``, ``batch`` being the batch object as it is when the event is sent.
@@ -31,7 +33,7 @@ from redis.exceptions import RedisError
 
 from app.blobs import ObjectStore
 from app.core.batches import BatchStatus
-from app.core.jobs import TERMINAL
+from app.core.jobs import PARTIAL, TERMINAL
 from app.core.public import batch_json
 from app.errors import NotFound
 from app.http.app_keys import BATCH_SERVICE, EVENTS, JOB_SERVICE, JOB_STORE, STORAGE
@@ -82,7 +84,10 @@ class _JobFeed:
             "run": int(fields.get("run") or 0),
             "at": _seconds(fields.get("at")),
         }
-        if self.ends(data["status"]):
+        if data["status"] == PARTIAL:
+            data["partial_image_index"] = int(fields.get("index") or 0)
+            data["url"] = self.storage.presigned_url(fields.get("key", ""))
+        elif self.ends(data["status"]):
             job = await self.store.get(self.subject)
             if job is not None and (job.status.value, job.run) == (data["status"], data["run"]):
                 data["job"] = await render_job(job, self.storage)

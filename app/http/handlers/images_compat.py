@@ -38,6 +38,7 @@ from app.http.middleware.idempotency import RESERVATION, SYNC_JOB, remember_sync
 from app.http.openapi import Reply, operation
 from app.http.requests.submissions import read_submission
 from app.http.requests.sync_deadline import SyncDeadline, sync_deadline
+from app.http.responses.image_stream import asks_for_stream, stream_edit
 from app.http.schema import EditForm, EditJsonRequest, ImagesResponse, SyncEditHeaders
 from app.services.job_views import render_job
 
@@ -53,14 +54,24 @@ FAILED_JOB_STATUSES = (400, 402, 413, 429, 500, 502, 503, 504)
     headers=SyncEditHeaders,
     json_body=EditJsonRequest,
     form_body=EditForm,
-    replies={200: Reply(ImagesResponse, headers=(JOB_ID_HEADER,))},
+    replies={
+        200: Reply(
+            ImagesResponse,
+            headers=(JOB_ID_HEADER,),
+            description="with stream=true: text/event-stream of image_edit.partial_image "
+            "and image_edit.completed events, as OpenAI streams edits",
+        )
+    },
     errors={400, 408, 409, 413, 415, 422, 500, 502, 503, 504, *FAILED_JOB_STATUSES},
 )
-async def edit_image(request: web.Request) -> web.Response:
+async def edit_image(request: web.Request) -> web.StreamResponse:
     """POST /v1/images/edits, /v2/router/images/edits: edit synchronously (a queued job
     waited for); 200 with the OpenAI images response and ``x-job-id``. A retry with the
-    same ``Idempotency-Key`` (``SYNC_JOB`` set) answers from the first request's job."""
+    same ``Idempotency-Key`` (``SYNC_JOB`` set) answers from the first request's job.
+    With ``stream=true`` the answer is an event stream (``app.http.responses.image_stream``)."""
     job_id = request.get(SYNC_JOB) or await _accept(request)
+    if await asks_for_stream(request, job_id):
+        return await stream_edit(request, job_id)
     try:
         response = await _finished_job_response(request, job_id)
     except Exception as exc:

@@ -145,9 +145,20 @@ def test_prompt_length() -> None:
 
 
 def test_unknown_fields_ignored() -> None:
-    params = parse(stream="true", seed=7, partial_images=2)
-    assert "stream" not in params.model_dump()
+    params = parse(seed=7, style="vivid")
+    assert not {"seed", "style"} & set(params.model_dump())
     assert params.n == 1
+
+
+def test_stream_and_partial_images_are_read_as_form_text() -> None:
+    params = parse(stream="true", partial_images="2")
+    assert (params.stream, params.partial_images) == (True, 2)
+    assert (parse().stream, parse().partial_images) == (False, 0)
+
+
+@pytest.mark.parametrize("value", [4, -1, "1.5", "many"])
+def test_partial_images_outside_0_to_3_names_the_field(value: object) -> None:
+    assert refused(partial_images=value).param == "partial_images"
 
 
 def test_json_text_fields_parsed_as_multipart_sends_them() -> None:

@@ -23,6 +23,11 @@ transparent, when there is one), it is resized to ``size`` (``WxH``) and encoded
 ``response_format=url``) each item is ``{"url"}`` and the bytes are served at
 ``GET /files/{id}``.
 
+With ``stream=true`` the answer is OpenAI's edit event stream instead
+(``text/event-stream``): ``partial_images`` ``image_edit.partial_image`` events (or
+``partials_sent`` of them, when set), each carrying the first input image unedited,
+then one ``image_edit.completed`` event with the edited image and the usage.
+
 Each edit request, in order:
 
 1. is recorded (with its ``path``) in ``requests`` and ``calls_started`` and counted in
@@ -43,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import time
 from collections import deque
@@ -94,7 +100,8 @@ class FakeUpstream:
 
     Settings, changeable at any time: ``api_key`` (None accepts any request),
     ``latency_s``, ``respond_with_url``, ``usage`` ("auto" computes it with
-    ``estimated_usage``, None leaves it out, a dict is sent as is), ``fail_always``.
+    ``estimated_usage``, None leaves it out, a dict is sent as is), ``fail_always``,
+    ``partials_sent`` (None streams as many partial images as asked).
     Observations: ``requests``, ``calls_started``, ``in_flight``, ``max_in_flight``.
     """
 
@@ -110,6 +117,7 @@ class FakeUpstream:
         self.respond_with_url = respond_with_url
         self.usage: dict[str, Any] | Literal["auto"] | None = "auto"
         self.fail_always: Fault | None = None
+        self.partials_sent: int | None = None
         self.requests: list[RecordedRequest] = []
         self.calls_started: list[float] = []
         self.in_flight = 0
@@ -278,12 +286,14 @@ class FakeUpstream:
 
     async def _succeed(
         self, request: web.Request, record: RecordedRequest, spec: EditSpec
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         try:
             image, size = await loop.run_in_executor(None, render_edit, spec)
         except BadRequest as exc:
             return exc.response()
+        if spec.stream:
+            return await self._stream(request, spec, image, size)
         _, content_type = FORMATS[spec.output_format]
         if self._answers_with_url(record):
             file_id = os.urandom(8).hex()
@@ -304,12 +314,44 @@ class FakeUpstream:
             answer["usage"] = self.usage
         return web.json_response(answer)
 
+    async def _stream(
+        self, request: web.Request, spec: EditSpec, image: bytes, size: tuple[int, int]
+    ) -> web.StreamResponse:
+        """OpenAI's edit event stream: the partial images, then the completed image."""
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "text/event-stream"})
+        await response.prepare(request)
+        common = {
+            "created_at": int(time.time()),
+            "size": f"{size[0]}x{size[1]}",
+            "quality": spec.quality,
+            "background": spec.background,
+            "output_format": spec.output_format,
+        }
+        count = spec.partial_images if self.partials_sent is None else self.partials_sent
+        preview = base64.b64encode(spec.images[0]).decode()
+        for index in range(count):
+            partial = {"partial_image_index": index, "b64_json": preview, **common}
+            await response.write(_sse("image_edit.partial_image", partial))
+        completed: dict[str, Any] = {"b64_json": base64.b64encode(image).decode(), **common}
+        if self.usage == "auto":
+            completed["usage"] = estimated_usage(spec, size)
+        elif self.usage is not None:
+            completed["usage"] = self.usage
+        await response.write(_sse("image_edit.completed", completed))
+        await response.write_eof()
+        return response
+
     async def _handle_file(self, request: web.Request) -> web.Response:
         stored = self._files.get(request.match_info["file_id"])
         if stored is None:
             return BadRequest("no such file", status=404).response()
         image, content_type = stored
         return web.Response(body=image, content_type=content_type)
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    """One event of OpenAI's edit stream (``type`` repeats the event name)."""
+    return f"event: {event}\ndata: {json.dumps({'type': event, **data})}\n\n".encode()
 
 
 def _stopping_response() -> web.Response:

@@ -53,6 +53,9 @@ class EditSpec:
     output_format: str
     compression: int | None
     quality: str
+    background: str = "auto"
+    stream: bool = False  # answer OpenAI's edit event stream instead of JSON
+    partial_images: int = 0  # previews to stream before the final image (0-3)
 
 
 def estimated_usage(spec: EditSpec, size: tuple[int, int]) -> dict[str, Any]:
@@ -97,7 +100,17 @@ def check_edit_request(record: RecordedRequest) -> EditSpec:
         output_format=fields.get("output_format", "png"),
         compression=compression,
         quality=fields.get("quality", "auto"),
+        background=fields.get("background", "auto"),
+        stream=_flag(fields, "stream"),
+        partial_images=_int_field(fields, "partial_images", 0, 3) or 0,
     )
+
+
+def _flag(fields: Mapping[str, str], name: str) -> bool:
+    value = fields.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise BadRequest(f"{name} must be true or false", param=name)
+    return value == "true"
 
 
 def _int_field(fields: Mapping[str, str], name: str, low: int, high: int) -> int | None:

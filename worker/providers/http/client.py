@@ -27,8 +27,9 @@ from yarl import URL
 from app.core.providers_config import UpstreamConfig
 from app.errors import UpstreamBadResponse, UpstreamError, UpstreamRejected, UpstreamTimeout
 from app.net import read_bounded
-from worker.providers.base import EditCall, EditOutput, InputImage
+from worker.providers.base import EditCall, EditOutput, InputImage, PartialSink
 from worker.providers.http.errors import error_for_status
+from worker.providers.http.events import read_edit_events
 from worker.providers.http.responses import parse_edit_response
 from worker.providers.masks import mask_as_instruction, to_convention
 
@@ -103,16 +104,25 @@ class HttpUpstreamClient:
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
 
     async def post_edit(
-        self, url: str, body: RequestBody, timeout_s: float, limit: int
+        self,
+        url: str,
+        body: RequestBody,
+        timeout_s: float,
+        limit: int,
+        on_partial: PartialSink | None = None,
     ) -> EditOutput:
         """POST ``body`` to ``url`` and return the image within ``timeout_s`` seconds.
 
         The answer is read up to ``limit`` bytes (``MAX_RESPONSE_BYTES`` is the usual cap);
-        raises UpstreamError on failure.
+        raises UpstreamError on failure. With ``on_partial`` an event-stream answer is
+        read as OpenAI streams edits, each partial image handed to it on arrival.
         """
         deadline = asyncio.get_running_loop().time() + timeout_s
-        headers = {"Accept": "application/json", **self._auth}
-        answer = await self._exchange("POST", url, timeout_s, limit, headers, body=body)
+        accept = "text/event-stream, application/json" if on_partial else "application/json"
+        headers = {"Accept": accept, **self._auth}
+        answer = await self._exchange(
+            "POST", url, timeout_s, limit, headers, body=body, on_partial=on_partial
+        )
         if not 200 <= answer.status < 300:
             raise error_for_status(answer.status, answer.body, answer.retry_after)
         result = await asyncio.to_thread(parse_edit_response, answer.body, answer.status)
@@ -156,6 +166,7 @@ class HttpUpstreamClient:
         *,
         body: RequestBody | None = None,
         redirects: bool = False,
+        on_partial: PartialSink | None = None,
     ) -> _Answer:
         """One HTTP exchange, body read up to ``limit``; transport failures become UpstreamError."""
         status: int | None = None
@@ -165,7 +176,7 @@ class HttpUpstreamClient:
                 method, url, data=body, headers=headers, timeout=timeout, allow_redirects=redirects
             ) as response:
                 status = response.status
-                data = await _read_answer(response, limit)
+                data = await _read_answer(response, limit, on_partial)
                 return _Answer(status, response.headers.get("Retry-After"), data)
         except TimeoutError as exc:
             message = f"upstream {self.name} did not answer within {timeout_s:.3g} s"
@@ -179,9 +190,13 @@ class HttpUpstreamClient:
             raise UpstreamBadResponse(message, upstream_status=status) from exc
 
 
-async def _read_answer(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_answer(
+    response: aiohttp.ClientResponse, limit: int, on_partial: PartialSink | None
+) -> bytes:
     """A 2xx body of at most ``limit`` bytes (UpstreamBadResponse when longer), or the
-    first ``MAX_ERROR_BODY_BYTES`` of any other, enough for its error message."""
+    first ``MAX_ERROR_BODY_BYTES`` of any other, enough for its error message. A 2xx
+    event stream, when ``on_partial`` takes partial images, is read by
+    ``read_edit_events`` into the body of the equivalent JSON answer."""
     status = response.status
     if not 200 <= status < 300:
         return await read_bounded(
@@ -193,6 +208,8 @@ async def _read_answer(response: aiohttp.ClientResponse, limit: int) -> bytes:
             f"upstream answer is larger than {limit} bytes", upstream_status=status
         )
 
+    if on_partial is not None and response.content_type == "text/event-stream":
+        return await read_edit_events(response.content, status, limit, too_large, on_partial)
     return await read_bounded(
         response.content, limit, too_large=too_large, chunk_bytes=_CHUNK_BYTES
     )
@@ -222,11 +239,20 @@ class HttpEditUpstream:
         """The request body of one call."""
         raise NotImplementedError
 
+    def partial_sink(self, call: EditCall) -> PartialSink | None:
+        """Where the call's partial images go when ``body`` asked for a stream of them;
+        None (the default) for an upstream that does not stream."""
+        return None
+
     async def edit(self, call: EditCall) -> EditOutput:
         """Make one edit within ``call.timeout_s`` seconds; raises UpstreamError on failure."""
         call = await adapt_mask(call, self._config)
         return await self._client.post_edit(
-            self._url, await self.body(call), call.timeout_s, MAX_RESPONSE_BYTES
+            self._url,
+            await self.body(call),
+            call.timeout_s,
+            MAX_RESPONSE_BYTES,
+            self.partial_sink(call),
         )
 
     async def close(self) -> None:
