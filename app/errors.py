@@ -4,7 +4,8 @@
 
     EditqError                      500 server_error / internal_error
     ├── InvalidRequest              400 invalid_request_error (names the ``param``)
-    │   └── ModelCapabilityMismatch 400 model_capability_mismatch
+    │   ├── ModelNotFound           400 model_not_found: no such model is configured
+    │   └── ModelCapabilityMismatch 400 model_capability_mismatch: it exists, cannot edit
     ├── AuthenticationFailed        401 invalid_api_key
     ├── NotFound                    404 not_found
     ├── MethodNotAllowed            405 method_not_allowed (``Allow`` names the methods)
@@ -79,8 +80,15 @@ class InvalidRequest(EditqError):
     default_code = "invalid_request_error"
 
 
+class ModelNotFound(InvalidRequest):
+    """The request names a model that is not configured (a 400, as the request is wrong,
+    with OpenAI's ``model_not_found`` code)."""
+
+    default_code = "model_not_found"
+
+
 class ModelCapabilityMismatch(InvalidRequest):
-    """The model is unknown or cannot edit images."""
+    """The model is configured but cannot do what the request asks (edit images)."""
 
     default_code = "model_capability_mismatch"
 
