@@ -22,7 +22,8 @@
         ├── UpstreamTimeout         504 upstream_timeout: no answer within the call's time
         ├── UpstreamRateLimited     429 rate_limit_exceeded (``retry_after`` from the upstream)
         ├── UpstreamRejected        400 the upstream refused the request (its code)
-        │   └── InsufficientCredits 402 insufficient_credits: the upstream's quota is spent
+        │   ├── InsufficientCredits 402 insufficient_credits: the upstream's quota is spent
+        │   └── UnsupportedPrompt   400 unsupported_prompt: the local editor knows no word of it
         └── UpstreamBadResponse     502 upstream_error: an answer that is not an image response
 
 Each class's ``status`` and ``default_code`` are the only mapping from errors to HTTP:
@@ -255,6 +256,13 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamBadResponse(UpstreamError):
     """The upstream answered 2xx with a body that is not a usable image response."""
+
+
+class UnsupportedPrompt(UpstreamRejected):
+    """The built-in local editor found no word it knows in the prompt, so it has nothing
+    to do; the message lists the words it knows."""
+
+    default_code = "unsupported_prompt"
 
 
 class InsufficientCredits(UpstreamRejected):

@@ -19,6 +19,7 @@ from app.errors import (
     RateLimited,
     ServiceUnavailable,
     UnsupportedMediaType,
+    UnsupportedPrompt,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamRateLimited,
@@ -47,6 +48,7 @@ from app.errors import (
         (UpstreamTimeout, 504, "upstream_error", "upstream_timeout"),
         (UpstreamRateLimited, 429, "upstream_error", "rate_limit_exceeded"),
         (UpstreamRejected, 400, "upstream_error", "upstream_error"),
+        (UnsupportedPrompt, 400, "upstream_error", "unsupported_prompt"),
         (UpstreamBadResponse, 502, "upstream_error", "upstream_error"),
     ],
 )
