@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -28,6 +29,7 @@ from app.client.models import BatchObject, EditqClientError, JobObject
 CLIENT_COMMANDS = ("edit", "status", "wait", "cancel", "batch")
 DEFAULT_MODEL = "local/editor"
 BATCH_POLL_S = 5.0
+SLUG_CHARS = 40  # of a prompt, in a downloaded variant's file name
 
 
 class ClientSettings(BaseSettings):
@@ -164,7 +166,7 @@ async def _batch(client: AsyncEditqClient, args: argparse.Namespace) -> int:
         task = progress.add_task(batch.id, total=batch.total, counts="")
         while True:
             if args.output is not None:
-                await _fetch_succeeded(client, batch, args, fetched)
+                await _fetch_succeeded(client, batch, args, fetched, prompts)
             progress.update(task, completed=batch.counts.finished, counts=_counts(batch))
             if batch.terminal:
                 break
@@ -173,17 +175,22 @@ async def _batch(client: AsyncEditqClient, args: argparse.Namespace) -> int:
 
 
 async def _fetch_succeeded(
-    client: AsyncEditqClient, batch: BatchObject, args: argparse.Namespace, fetched: set[str]
+    client: AsyncEditqClient,
+    batch: BatchObject,
+    args: argparse.Namespace,
+    fetched: set[str],
+    prompts: list[str],
 ) -> None:
     """Download the outputs of succeeded jobs not fetched yet (pages through them all,
-    since a newly finished job may sit on any page)."""
+    since a newly finished job may sit on any page), each named by ``_variant_stem``."""
     after = None
     while batch.counts.succeeded > len(fetched):
         page = await client.batch_jobs(batch.id, status="succeeded", after=after)
         for job in page.data:
             if job.id not in fetched:
                 fetched.add(job.id)
-                for path in await client.download_outputs(job, args.output):
+                stem = _variant_stem(job, prompts)
+                for path in await client.download_outputs(job, args.output, stem=stem):
                     if not args.json:
                         print(path, flush=True)
         if not page.has_more or page.last_id is None:
@@ -230,6 +237,15 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     """The optional edit fields given on the command line."""
     given = {"size": args.size, "output_format": args.output_format}
     return {name: value for name, value in given.items() if value is not None}
+
+
+def _variant_stem(job: JobObject, prompts: list[str]) -> str:
+    """A batch variant's file name stem: its index and a slug of its prompt
+    (``0007-make-it-sepia``), so that a listing sorts in the prompts file's order."""
+    index = job.variant_index if job.variant_index is not None else 0
+    prompt = prompts[index] if index < len(prompts) else ""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:SLUG_CHARS].rstrip("-")
+    return f"{index:04d}-{slug or 'variant'}"
 
 
 def _describe(job: JobObject) -> list[str]:
