@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from app.client.models import BatchObject, EditqClientError, JobObject
 
 CLIENT_COMMANDS = ("edit", "status", "wait", "cancel", "batch")
 DEFAULT_MODEL = "local/editor"
+DEFAULT_URL = "http://127.0.0.1:8080"
 BATCH_POLL_S = 5.0
 SLUG_CHARS = 40  # of a prompt, in a downloaded variant's file name
 
@@ -37,8 +39,14 @@ class ClientSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDITQ_", frozen=True, extra="ignore")
 
-    url: str = "http://127.0.0.1:8080"
+    url: str = DEFAULT_URL
     api_key: SecretStr | None = None
+
+
+CLIENT_EPILOG = f"""\
+The client commands (edit, status, wait, cancel, batch) call the service at
+EDITQ_URL (default {DEFAULT_URL}) with the API key in EDITQ_API_KEY, e.g.
+  export EDITQ_URL={DEFAULT_URL} EDITQ_API_KEY=sk-editq-dev"""
 
 
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,26 +60,44 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     fields.add_argument("--size", help="WIDTHxHEIGHT or auto")
     fields.add_argument("--output-format", help="png, jpeg or webp")
 
-    edit = commands.add_parser(
-        "edit", parents=[common, fields, output], help="submit an edit (-o implies --wait)"
-    )
-    edit.add_argument("image", type=Path)
-    edit.add_argument("prompt")
-    edit.add_argument("--mask", type=Path)
+    def add(
+        name: str, parents: list[argparse.ArgumentParser], summary: str, details: str = ""
+    ) -> Any:
+        # The epilog keeps its lines, so the description is wrapped here.
+        description = textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {details}".strip(), 79)
+        return commands.add_parser(
+            name,
+            parents=parents,
+            help=summary,
+            description=description,
+            epilog=CLIENT_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    edit = add("edit", [common, fields, output], "submit an edit (-o implies --wait)")
+    edit.add_argument("image", type=Path, help="the image file to edit (PNG, JPEG or WebP)")
+    edit.add_argument("prompt", help="what to do, e.g. 'make it sepia'")
+    edit.add_argument("--mask", type=Path, help="a PNG whose transparent pixels mark the edit")
     edit.add_argument("--n", type=int, default=1, help="how many outputs (1-10)")
     edit.add_argument("--wait", action="store_true", help="wait until the job finishes")
-    status = commands.add_parser("status", parents=[common], help="show a job")
-    status.add_argument("job_id")
-    wait = commands.add_parser("wait", parents=[common, output], help="wait for a job to finish")
-    wait.add_argument("job_id")
+    status = add("status", [common], "show a job")
+    status.add_argument("job_id", help="the job's id (job_...)")
+    wait = add("wait", [common, output], "wait for a job to finish")
+    wait.add_argument("job_id", help="the job's id (job_...)")
     wait.add_argument("--timeout", type=float, help="give up after this many seconds")
-    cancel = commands.add_parser("cancel", parents=[common], help="cancel a job")
-    cancel.add_argument("job_id")
-    batch = commands.add_parser(
-        "batch", parents=[common, fields, output], help="one edit per line of a prompts file"
+    cancel = add("cancel", [common], "cancel a job")
+    cancel.add_argument("job_id", help="the job's id (job_...)")
+    batch = add(
+        "batch",
+        [common, fields, output],
+        "one edit per line of a prompts file",
+        "Shows a live progress bar; with -o, downloads each variant's outputs as it "
+        "finishes, named by variant index and prompt (0007-make-it-sepia-0.png).",
     )
-    batch.add_argument("image", type=Path)
-    batch.add_argument("--prompts", type=Path, required=True, help="one prompt per line")
+    batch.add_argument("image", type=Path, help="the image file every variant edits")
+    batch.add_argument(
+        "--prompts", metavar="FILE", type=Path, required=True, help="one prompt per line"
+    )
 
 
 def run_client_command(args: argparse.Namespace) -> int:
