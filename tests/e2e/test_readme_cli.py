@@ -1,6 +1,7 @@
-"""The README's command-line examples, run as written: each line of its ``editq`` block
-in bash, in a fresh folder of a checkout, against a running service with the
-built-in models (only the URL, the key and ``JOB_ID`` are replaced)."""
+"""The README's examples, run as written against a running service with the built-in
+models, in a fresh folder of a checkout holding a ``photo.png``: each line of its
+``editq`` block in bash, and its Python snippets that call the service with the
+project's Python (only the URL, the key and ``JOB_ID`` are replaced)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def cli_block() -> list[str]:
     blocks: list[str] = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL)
     block = next(block for block in blocks if "editq edit photo.png" in block)
     return block.strip().splitlines()
+
+
+def python_blocks() -> list[str]:
+    """The README's Python snippets that call a local editq."""
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    return [block for block in blocks if "http://127.0.0.1:8080" in block]
 
 
 @pytest.fixture
@@ -90,3 +97,25 @@ async def test_the_readme_cli_examples_work_as_written(
     assert saved == sorted([f"{first}-0.png", f"{first}-1.png", *variants])
     assert decode((tmp_path / "out" / "0002-tint-teal-0.png").read_bytes()).size == (64, 48)
     assert outputs[-1].split() == [slow, "canceled"]
+
+
+@pytest.mark.parametrize("snippet", python_blocks(), ids=["client", "drop-in"])
+async def test_the_readme_python_examples_work_as_written(
+    built_in: RunningService, tmp_path: Path, snippet: str
+) -> None:
+    (tmp_path / "photo.png").write_bytes(png(64, 48))
+    code = snippet.replace("http://127.0.0.1:8080", built_in.base_url)
+    code = code.replace("sk-editq-dev", "key-a")
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [str(VENV / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    written = [path for path in tmp_path.rglob("*.png") if path.name != "photo.png"]
+    assert len(written) == 1, written
+    assert decode(written[0].read_bytes()).size == (64, 48)
