@@ -1,5 +1,7 @@
 # editq: `make run` serves everything embedded; `make test` runs the whole suite.
-# Both create .venv and install the project into it first.
+# Both create .venv and install the project into it first; `make test` (and
+# `make install`) also install Debian's chromium with apt-get when it is missing,
+# which needs root. `make test-no-browser` runs the rest without it.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # The browser the dashboard's end-to-end tests drive (Debian's package; nothing downloaded).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install run test test-fast lint types check bench clean
+.PHONY: install run test test-no-browser test-fast lint types check bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -28,6 +30,10 @@ run: $(STAMP)
 
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# Everything but the dashboard's browser tests: needs no chromium, so no root or apt.
+test-no-browser: $(STAMP)
+	$(BIN)/python -m pytest -m "not browser"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

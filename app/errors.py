@@ -4,7 +4,8 @@
 
     EditqError                      500 server_error / internal_error
     ├── InvalidRequest              400 invalid_request_error (names the ``param``)
-    │   └── ModelCapabilityMismatch 400 model_capability_mismatch
+    │   ├── ModelNotFound           400 model_not_found: no such model is configured
+    │   └── ModelCapabilityMismatch 400 model_capability_mismatch: it exists, cannot edit
     ├── AuthenticationFailed        401 invalid_api_key
     ├── NotFound                    404 not_found
     ├── MethodNotAllowed            405 method_not_allowed (``Allow`` names the methods)
@@ -21,7 +22,8 @@
         ├── UpstreamTimeout         504 upstream_timeout: no answer within the call's time
         ├── UpstreamRateLimited     429 rate_limit_exceeded (``retry_after`` from the upstream)
         ├── UpstreamRejected        400 the upstream refused the request (its code)
-        │   └── InsufficientCredits 402 insufficient_credits: the upstream's quota is spent
+        │   ├── InsufficientCredits 402 insufficient_credits: the upstream's quota is spent
+        │   └── UnsupportedPrompt   400 unsupported_prompt: the local editor knows no word of it
         └── UpstreamBadResponse     502 upstream_error: an answer that is not an image response
 
 Each class's ``status`` and ``default_code`` are the only mapping from errors to HTTP:
@@ -82,8 +84,15 @@ class InvalidRequest(EditqError):
     default_code = "invalid_request_error"
 
 
+class ModelNotFound(InvalidRequest):
+    """The request names a model that is not configured (a 400, as the request is wrong,
+    with OpenAI's ``model_not_found`` code)."""
+
+    default_code = "model_not_found"
+
+
 class ModelCapabilityMismatch(InvalidRequest):
-    """The model is unknown or cannot edit images."""
+    """The model is configured but cannot do what the request asks (edit images)."""
 
     default_code = "model_capability_mismatch"
 
@@ -255,6 +264,13 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamBadResponse(UpstreamError):
     """The upstream answered 2xx with a body that is not a usable image response."""
+
+
+class UnsupportedPrompt(UpstreamRejected):
+    """The built-in local editor found no word it knows in the prompt, so it has nothing
+    to do; the message lists the words it knows."""
+
+    default_code = "unsupported_prompt"
 
 
 class InsufficientCredits(UpstreamRejected):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +29,9 @@ from app.client.models import BatchObject, EditqClientError, JobObject
 
 CLIENT_COMMANDS = ("edit", "status", "wait", "cancel", "batch")
 DEFAULT_MODEL = "local/editor"
+DEFAULT_URL = "http://127.0.0.1:8080"
 BATCH_POLL_S = 5.0
+SLUG_CHARS = 40  # of a prompt, in a downloaded variant's file name
 
 
 class ClientSettings(BaseSettings):
@@ -35,8 +39,14 @@ class ClientSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDITQ_", frozen=True, extra="ignore")
 
-    url: str = "http://127.0.0.1:8080"
+    url: str = DEFAULT_URL
     api_key: SecretStr | None = None
+
+
+CLIENT_EPILOG = f"""\
+The client commands (edit, status, wait, cancel, batch) call the service at
+EDITQ_URL (default {DEFAULT_URL}) with the API key in EDITQ_API_KEY, e.g.
+  export EDITQ_URL={DEFAULT_URL} EDITQ_API_KEY=sk-editq-dev"""
 
 
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,26 +60,44 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     fields.add_argument("--size", help="WIDTHxHEIGHT or auto")
     fields.add_argument("--output-format", help="png, jpeg or webp")
 
-    edit = commands.add_parser(
-        "edit", parents=[common, fields, output], help="submit an edit (-o implies --wait)"
-    )
-    edit.add_argument("image", type=Path)
-    edit.add_argument("prompt")
-    edit.add_argument("--mask", type=Path)
+    def add(
+        name: str, parents: list[argparse.ArgumentParser], summary: str, details: str = ""
+    ) -> Any:
+        # The epilog keeps its lines, so the description is wrapped here.
+        description = textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {details}".strip(), 79)
+        return commands.add_parser(
+            name,
+            parents=parents,
+            help=summary,
+            description=description,
+            epilog=CLIENT_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    edit = add("edit", [common, fields, output], "submit an edit (-o implies --wait)")
+    edit.add_argument("image", type=Path, help="the image file to edit (PNG, JPEG or WebP)")
+    edit.add_argument("prompt", help="what to do, e.g. 'make it sepia'")
+    edit.add_argument("--mask", type=Path, help="a PNG whose transparent pixels mark the edit")
     edit.add_argument("--n", type=int, default=1, help="how many outputs (1-10)")
     edit.add_argument("--wait", action="store_true", help="wait until the job finishes")
-    status = commands.add_parser("status", parents=[common], help="show a job")
-    status.add_argument("job_id")
-    wait = commands.add_parser("wait", parents=[common, output], help="wait for a job to finish")
-    wait.add_argument("job_id")
+    status = add("status", [common], "show a job")
+    status.add_argument("job_id", help="the job's id (job_...)")
+    wait = add("wait", [common, output], "wait for a job to finish")
+    wait.add_argument("job_id", help="the job's id (job_...)")
     wait.add_argument("--timeout", type=float, help="give up after this many seconds")
-    cancel = commands.add_parser("cancel", parents=[common], help="cancel a job")
-    cancel.add_argument("job_id")
-    batch = commands.add_parser(
-        "batch", parents=[common, fields, output], help="one edit per line of a prompts file"
+    cancel = add("cancel", [common], "cancel a job")
+    cancel.add_argument("job_id", help="the job's id (job_...)")
+    batch = add(
+        "batch",
+        [common, fields, output],
+        "one edit per line of a prompts file",
+        "Shows a live progress bar; with -o, downloads each variant's outputs as it "
+        "finishes, named by variant index and prompt (0007-make-it-sepia-0.png).",
     )
-    batch.add_argument("image", type=Path)
-    batch.add_argument("--prompts", type=Path, required=True, help="one prompt per line")
+    batch.add_argument("image", type=Path, help="the image file every variant edits")
+    batch.add_argument(
+        "--prompts", metavar="FILE", type=Path, required=True, help="one prompt per line"
+    )
 
 
 def run_client_command(args: argparse.Namespace) -> int:
@@ -164,7 +192,7 @@ async def _batch(client: AsyncEditqClient, args: argparse.Namespace) -> int:
         task = progress.add_task(batch.id, total=batch.total, counts="")
         while True:
             if args.output is not None:
-                await _fetch_succeeded(client, batch, args, fetched)
+                await _fetch_succeeded(client, batch, args, fetched, prompts)
             progress.update(task, completed=batch.counts.finished, counts=_counts(batch))
             if batch.terminal:
                 break
@@ -173,17 +201,22 @@ async def _batch(client: AsyncEditqClient, args: argparse.Namespace) -> int:
 
 
 async def _fetch_succeeded(
-    client: AsyncEditqClient, batch: BatchObject, args: argparse.Namespace, fetched: set[str]
+    client: AsyncEditqClient,
+    batch: BatchObject,
+    args: argparse.Namespace,
+    fetched: set[str],
+    prompts: list[str],
 ) -> None:
     """Download the outputs of succeeded jobs not fetched yet (pages through them all,
-    since a newly finished job may sit on any page)."""
+    since a newly finished job may sit on any page), each named by ``_variant_stem``."""
     after = None
     while batch.counts.succeeded > len(fetched):
         page = await client.batch_jobs(batch.id, status="succeeded", after=after)
         for job in page.data:
             if job.id not in fetched:
                 fetched.add(job.id)
-                for path in await client.download_outputs(job, args.output):
+                stem = _variant_stem(job, prompts)
+                for path in await client.download_outputs(job, args.output, stem=stem):
                     if not args.json:
                         print(path, flush=True)
         if not page.has_more or page.last_id is None:
@@ -230,6 +263,15 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     """The optional edit fields given on the command line."""
     given = {"size": args.size, "output_format": args.output_format}
     return {name: value for name, value in given.items() if value is not None}
+
+
+def _variant_stem(job: JobObject, prompts: list[str]) -> str:
+    """A batch variant's file name stem: its index and a slug of its prompt
+    (``0007-make-it-sepia``), so that a listing sorts in the prompts file's order."""
+    index = job.variant_index if job.variant_index is not None else 0
+    prompt = prompts[index] if index < len(prompts) else ""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:SLUG_CHARS].rstrip("-")
+    return f"{index:04d}-{slug or 'variant'}"
 
 
 def _describe(job: JobObject) -> list[str]:

@@ -2,7 +2,9 @@
 
 Starts what is not configured (a Redis server, an S3-compatible server, a dev API
 key), one worker process and the API, prints a ready-to-paste example, and stops
-everything cleanly on Ctrl-C.
+everything cleanly on Ctrl-C. Unless ``EDITQ_ALLOW_PRIVATE_URLS`` says otherwise,
+webhooks and image URLs may reach private addresses (this machine), as is usual in
+local development.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ async def serve_dev(base: Settings, providers: ProvidersConfig, host: str, port:
             overrides["s3_endpoint_url"] = s3.endpoint_url
             overrides["s3_access_key_id"] = SecretStr(DEV_S3_ACCESS_KEY)
             overrides["s3_secret_access_key"] = SecretStr(DEV_S3_SECRET_KEY)
+        if "allow_private_urls" not in base.model_fields_set:
+            # Local development: webhook receivers and image servers run on this machine.
+            overrides["allow_private_urls"] = True
         if "worker_drain_s" not in base.model_fields_set:
             overrides["worker_drain_s"] = 5.0  # Ctrl-C in development: hand back quickly
         settings = base.model_copy(update=overrides)
@@ -57,10 +62,13 @@ async def serve_dev(base: Settings, providers: ProvidersConfig, host: str, port:
             await storage.ensure_bucket()
         finally:
             storage.close()
-        return await _serve(settings, providers, host, port)
+        in_memory = redis is not None or s3 is not None
+        return await _serve(settings, providers, host, port, in_memory=in_memory)
 
 
-async def _serve(settings: Settings, providers: ProvidersConfig, host: str, port: int) -> int:
+async def _serve(
+    settings: Settings, providers: ProvidersConfig, host: str, port: int, *, in_memory: bool
+) -> int:
     # Its own session: a terminal's Ctrl-C reaches only us, and we stop it in order.
     worker = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -75,7 +83,8 @@ async def _serve(settings: Settings, providers: ProvidersConfig, host: str, port
         await web.TCPSite(runner, host, port).start()
         with tempfile.TemporaryDirectory(prefix="editq-") as scratch:
             sample = write_sample_image(Path(scratch) / "sample.png")
-            print(banner(settings, providers, f"http://{host}:{port}", sample), flush=True)
+            url = f"http://{host}:{port}"
+            print(banner(settings, providers, url, sample, in_memory=in_memory), flush=True)
             return await _until_stopped(worker)
     finally:
         await runner.cleanup()
@@ -122,15 +131,31 @@ def write_sample_image(path: Path) -> Path:
     return path
 
 
-def banner(settings: Settings, providers: ProvidersConfig, base_url: str, sample: Path) -> str:
-    """What ``editq dev`` prints once it is serving."""
+def banner(
+    settings: Settings, providers: ProvidersConfig, base_url: str, sample: Path, *, in_memory: bool
+) -> str:
+    """What ``editq dev`` prints once it is serving; ``in_memory`` when it started its own
+    Redis or S3 server, whose data goes with it."""
     key = settings.api_keys[0].get_secret_value()
     model = providers.models[0].id
+    data = (
+        "in memory: jobs, batches and images are gone when editq dev exits"
+        if in_memory
+        else "in the Redis and S3 set by EDITQ_REDIS_URL and EDITQ_S3_ENDPOINT_URL"
+    )
+    webhooks = (
+        "may call 127.0.0.1 and other private addresses, as may image URLs"
+        if settings.allow_private_urls
+        else "public addresses only (EDITQ_ALLOW_PRIVATE_URLS is false)"
+    )
     return f"""
 editq is serving on {base_url}   (Ctrl-C stops everything)
-  API key : {key}
-  models  : {", ".join(model.id for model in providers.models)}
-  docs    : {base_url}/docs
+  dashboard : {base_url}/ui   (sign in with the API key)
+  API key   : {key}
+  models    : {", ".join(model.id for model in providers.models)}
+  docs      : {base_url}/docs
+  data      : {data}
+  webhooks  : {webhooks}
 
 Submit an edit, then fetch the job (it waits up to 30 s for the result):
 

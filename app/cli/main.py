@@ -12,7 +12,12 @@ import asyncio
 import os
 import sys
 
-from app.cli.client_commands import CLIENT_COMMANDS, add_client_commands, run_client_command
+from app.cli.client_commands import (
+    CLIENT_COMMANDS,
+    CLIENT_EPILOG,
+    add_client_commands,
+    run_client_command,
+)
 from app.cli.dev import serve_dev
 from app.core.providers_config import ProvidersConfig, ProvidersFileError, load_providers
 from app.http.app import create_app
@@ -20,19 +25,46 @@ from app.http.server import serve
 from app.obs.logs import configure_logging
 from app.settings import Settings
 
+DESCRIPTION = """\
+editq: an asynchronous job queue for slow AI image edits.
+
+Run the service with "editq dev" (everything on this machine, data in memory), or
+"editq api" and "editq worker" (configured from EDITQ_* environment variables).
+Talk to a running service with edit, status, wait, cancel and batch."""
+
+SERVER_HELP = {
+    "dev": (
+        "run the API, a worker, Redis and S3 on this machine",
+        "Run everything on this machine for trying editq out: the API, one worker, and "
+        "a Redis and an S3-compatible server of its own unless EDITQ_REDIS_URL and "
+        "EDITQ_S3_ENDPOINT_URL name others. Prints the dashboard's address, the API "
+        "key and an example; its data is in memory and gone on exit. Ctrl-C stops it.",
+    ),
+    "api": (
+        "run the HTTP API",
+        "Run the HTTP API, configured from EDITQ_* environment variables "
+        "(EDITQ_API_KEYS, EDITQ_REDIS_URL, EDITQ_S3_ENDPOINT_URL ...). Run workers "
+        "with editq worker.",
+    ),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``editq`` command line; ``worker``'s own options are ``worker.process.main``'s."""
-    parser = argparse.ArgumentParser(prog="editq", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (
-        ("dev", "run API, worker, Redis and S3 on this machine"),
-        ("api", "run the HTTP front end (configured from EDITQ_* variables)"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("--host", default="127.0.0.1")
-        command.add_argument("--port", type=int, default=8080)
-    commands.add_parser("worker", help="run a worker (python -m worker)", add_help=False)
+    parser = argparse.ArgumentParser(
+        prog="editq",
+        description=DESCRIPTION,
+        epilog=CLIENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, description) in SERVER_HELP.items():
+        command = commands.add_parser(name, help=help_text, description=description)
+        command.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        command.add_argument("--port", type=int, default=8080, help="port to listen on")
+    commands.add_parser(
+        "worker", help="run a worker (editq worker --help for its options)", add_help=False
+    )
     add_client_commands(commands)
     return parser
 

@@ -159,10 +159,11 @@ class AsyncEditqClient:
             return await response.read()
 
     async def download_outputs(
-        self, job: JobObject, directory: str | os.PathLike[str]
+        self, job: JobObject, directory: str | os.PathLike[str], *, stem: str | None = None
     ) -> builtins.list[Path]:
-        """Write a succeeded job's outputs to ``directory/{job_id}-{index}.{ext}``
-        (created if missing); ValueError if the job has no outputs."""
+        """Write a succeeded job's outputs to ``directory/{stem}-{index}.{ext}`` (``stem``
+        is the job id unless given; the directory is created if missing); ValueError if
+        the job has no outputs."""
         if job.result is None or not job.result.data:
             raise ValueError(f"job {job.id} has no outputs (status {job.status})")
         folder = Path(directory)
@@ -170,7 +171,7 @@ class AsyncEditqClient:
         blobs = await asyncio.gather(*(self._output(item) for item in job.result.data))
         paths = []
         for index, blob in enumerate(blobs):
-            path = folder / f"{job.id}-{index}.{job.result.output_format}"
+            path = folder / f"{stem or job.id}-{index}.{job.result.output_format}"
             await asyncio.to_thread(path.write_bytes, blob)
             paths.append(path)
         return paths

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from app.errors import ModelCapabilityMismatch
+from app.errors import ModelCapabilityMismatch, ModelNotFound
 
 IMAGE_EDIT = "image_edit"
 
@@ -88,7 +88,8 @@ class ProvidersConfig(BaseModel):
         raise KeyError(name)
 
     def edit_model(self, model_id: str, *, param: str = "model") -> ModelConfig:
-        """The model for an edit request; 400 ``model_capability_mismatch`` if it cannot edit."""
+        """The model for an edit request; 400 ``model_not_found`` if none is called
+        ``model_id``, 400 ``model_capability_mismatch`` if it exists but cannot edit."""
         for model in self.models:
             if model.id == model_id:
                 if IMAGE_EDIT not in model.capabilities:
@@ -96,8 +97,8 @@ class ProvidersConfig(BaseModel):
                         f"model {model_id} does not support image editing", param=param
                     )
                 return model
-        raise ModelCapabilityMismatch(
-            f"model {model_id} is not available for image editing; GET /v1/models lists them",
+        raise ModelNotFound(
+            f"there is no model {model_id}; GET /v1/models lists the available ones",
             param=param,
         )
 

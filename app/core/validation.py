@@ -17,8 +17,8 @@ from app.errors import EditqError
 
 
 def check_models(params: EditParams, providers: ProvidersConfig) -> None:
-    """Raise ModelCapabilityMismatch (400, ``param`` at fault) unless every model the
-    request names exists and edits images."""
+    """Raise ModelNotFound or ModelCapabilityMismatch (400, ``param`` at fault) unless
+    every model the request names exists and edits images."""
     providers.edit_model(params.model)
     routing = params.routing
     for index, fallback in enumerate(routing.fallbacks):

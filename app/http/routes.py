@@ -28,6 +28,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/docs", docs.docs)
     app.router.add_get("/openapi.json", docs.openapi_json)
     app.router.add_get("/metrics", metrics.metrics)
+    app.router.add_get("/", ui.root)
     app.router.add_get("/ui", ui.index)
     app.router.add_get("/ui/{name:[^/]*}", ui.asset)
     app.router.add_get("/v1/queue", queue_status.queue_status)

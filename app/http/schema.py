@@ -146,11 +146,17 @@ EditVariant = create_model(
     **_inherited(_edit_fields(form=False)),
 )
 
+# One property for the input files: two (``image`` and ``image[]``) share a name in
+# generated clients, which then drop the whole form. The server reads both spellings.
 _IMAGE_PARTS: dict[str, Any] = {
-    "image": (list[bytes], Field([], description="input image files (PNG, JPEG, WebP)")),
-    "image_list": (
+    "image": (
         list[bytes],
-        Field([], alias="image[]", description="input image files, the array spelling"),
+        Field(
+            [],
+            alias="image[]",
+            description="input image files (PNG, JPEG, WebP), one part each; "
+            "parts named `image` are accepted too",
+        ),
     ),
     "mask": (bytes, Field(None, description="mask image file")),
 }

@@ -157,7 +157,12 @@ async def test_batch_downloads_each_variant(
     batch_id = lines[0]
     assert batch_id.startswith("batch_")
     saved = sorted(out.iterdir())
-    assert len(saved) == 3
+    # Named by variant index and prompt, so a listing reads in the prompts file's order.
+    assert [path.name for path in saved] == [
+        "0000-make-it-sepia-0.png",
+        "0001-invert-it-0.png",
+        "0002-mirror-it-0.png",
+    ]
     assert sorted(lines[1:4]) == sorted(str(path) for path in saved)
     assert all(decode(path.read_bytes()).size == (64, 48) for path in saved)
     assert lines[-1] == f"{batch_id} completed: 3 succeeded, 0 failed, 0 canceled"

@@ -65,6 +65,13 @@ async def test_the_dashboard_files_are_public_and_locked_to_this_origin(
     assert (await read_raw(api_only, "/uix"))[0] == 401
 
 
+async def test_the_root_redirects_to_the_dashboard(api_only: RunningService) -> None:
+    """A browser pointed at the service's address lands on the dashboard, without a key."""
+    async with api_only.client.get(api_only.url("/"), allow_redirects=False) as response:
+        assert response.status == 302, await response.text()
+        assert response.headers["Location"] == "/ui"
+
+
 async def test_a_jobs_inputs_are_linked_for_its_own_key_only(service: RunningService) -> None:
     status, job, _ = await service.submit(images=[png(64, 48)], mask=mask(64, 48))
     assert status == 202, job

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+
 from tests.support.fakes.upstream import FakeUpstream, Fault
 from tests.support.images import data_url, decode, mask, png
 from tests.support.service import RunningService
@@ -183,6 +185,27 @@ async def test_failed_job_reports_the_upstream_error_and_can_be_retried(
 
     status, refused = await service.post(f"/v1/jobs/{job['id']}/retry")
     assert (status, refused["error"]["code"]) == (409, "conflict")
+
+
+async def test_a_prompt_the_local_editor_does_not_understand_fails_the_job(
+    service: RunningService,
+) -> None:
+    status, job, _ = await service.submit(prompt="make it look like a watercolour")
+    assert status == 202, job
+    failed = await service.wait(job["id"])
+    assert failed["status"] == "failed", failed
+    assert failed["result"] is None
+    assert failed["error"]["code"] == "unsupported_prompt"
+    assert "sepia" in failed["error"]["message"]
+
+    form = aiohttp.FormData({"model": "local/editor", "prompt": "make it look like a watercolour"})
+    form.add_field("image", png(), filename="in.png", content_type="image/png")
+    async with service.client.post(
+        service.url("/v1/images/edits"), data=form, headers=service.auth()
+    ) as response:
+        answer = await response.json()
+        assert response.status == 400, answer
+    assert answer["error"]["code"] == "unsupported_prompt"
 
 
 async def test_another_key_gets_404_for_everything(service: RunningService) -> None:

@@ -92,7 +92,7 @@ async def test_a_batch_naming_an_unknown_routing_model_is_refused_at_submit(
 ) -> None:
     status, answer = await service.post("/v1/batches", body=body)
     assert status == 400, answer
-    assert answer["error"]["code"] == "model_capability_mismatch"
+    assert answer["error"]["code"] == "model_not_found"
     assert answer["error"]["param"] == param
     _, page = await service.get("/v1/batches")
     assert page["data"] == []  # nothing was accepted

@@ -174,7 +174,7 @@ async def test_the_sync_sdk_client_works_too(service: RunningService) -> None:
 async def test_an_unknown_model_is_a_bad_request(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await client.images.edit(model="nobody/nothing", image=upload(png()), prompt="x")
-    assert caught.value.code == "model_capability_mismatch"
+    assert caught.value.code == "model_not_found"
     assert "x-job-id" not in caught.value.response.headers  # refused before any job existed
 
 

@@ -100,3 +100,36 @@ def test_make_run_quick_start(dev_server: tuple[subprocess.Popen[str], list[str]
     assert process.wait(timeout=30) == 0
     assert not _port_open(port)
     assert not any(_port_open(p) for p in s3_ports)
+
+
+def test_the_dev_banner_says_where_to_look_and_what_is_kept(
+    dev_server: tuple[subprocess.Popen[str], list[str], int],
+) -> None:
+    """The banner names the dashboard and the dev key, says the data is gone on exit and
+    that webhooks may call this machine; a webhook to 127.0.0.1 is then accepted."""
+    _, lines, port = dev_server
+    text = "\n".join(lines)
+    assert f"http://127.0.0.1:{port}/ui" in text, text
+    assert "sk-editq-dev" in text
+    assert "in memory" in text and "gone" in text, text
+    assert "private" in text and "webhook" in text, text
+
+    submit = (
+        f"curl -s http://127.0.0.1:{port}/v1/jobs -H 'Authorization: Bearer sk-editq-dev'"
+        " -F model=local/editor -F prompt=sepia -F image=@"
+        + _sample(lines)
+        + f" -F webhook_url=http://127.0.0.1:{free_port()}/hook"
+    )
+    answer = json.loads(
+        subprocess.run(
+            ["bash", "-c", submit], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    )
+    assert answer.get("object") == "edit.job", answer
+
+
+def _sample(lines: list[str]) -> str:
+    """The sample image the banner's example uploads."""
+    found = re.search(r"image=@(\S+)", "\n".join(lines))
+    assert found is not None, lines
+    return found.group(1)

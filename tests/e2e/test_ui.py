@@ -45,6 +45,7 @@ WAIT_MS = 20_000
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.browser,
     pytest.mark.timeout(240),
     pytest.mark.skipif(
         not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (make install puts it there)"

@@ -23,8 +23,18 @@ from worker.process.lanes import LaneWorkers
 
 def build_parser() -> argparse.ArgumentParser:
     """The worker's command line (``python -m worker`` and ``editq worker``)."""
-    parser = argparse.ArgumentParser(prog="editq worker", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="probe a running worker's health")
+    parser = argparse.ArgumentParser(
+        prog="editq worker",
+        description="Run a worker: it takes jobs from the queue in Redis and calls the "
+        "upstreams. Start as many as you like, on any machine; each reads its settings "
+        "from the EDITQ_* environment variables, like the API.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if a worker refreshed its health key recently, else 1 "
+        "(for container liveness probes)",
+    )
     return parser
 
 

@@ -1,4 +1,5 @@
-"""GET /ui: the dashboard, a static single-page app (``app/http/ui/``) over the public API.
+"""GET /ui: the dashboard, a static single-page app (``app/http/ui/``) over the public
+API; GET / redirects to it.
 
 The files are public; the page asks for an API key and sends it with every API
 call, so it shows only what that key may see. A Content-Security-Policy keeps the
@@ -69,6 +70,16 @@ def _asset_response(request: web.Request, name: str) -> web.Response:
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+@operation(
+    "Redirect to the dashboard",
+    tags=("dashboard",),
+    replies={302: Reply(media_type="text/plain", description="to /ui", headers=("Location",))},
+)
+async def root(request: web.Request) -> web.Response:
+    """The service's address in a browser: redirects to the dashboard at ``/ui``."""
+    raise web.HTTPFound("/ui")
 
 
 @operation(

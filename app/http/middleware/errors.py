@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Routes (by their path template) that need no key; the dashboard's page asks for one.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/ui", "/ui/{name}"})
+PUBLIC_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/ui", "/ui/{name}"}
+)
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TENANT = web.RequestKey("tenant", str)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.core.providers_config import ProvidersFileError, load_providers
-from app.errors import ModelCapabilityMismatch
+from app.errors import ModelCapabilityMismatch, ModelNotFound
 
 OPENAI_FILE = """
 [[upstreams]]
@@ -105,13 +105,15 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_edit_model_unknown(tmp_path: Path) -> None:
+    """A model that is not configured is not found (still a 400: the request is wrong),
+    not a capability mismatch."""
     providers = load_providers(write(tmp_path, OPENAI_FILE), {})
-    with pytest.raises(ModelCapabilityMismatch) as caught:
+    with pytest.raises(ModelNotFound) as caught:
         providers.edit_model("openai/dall-e-9", param="fallbacks[0].model")
     error = caught.value
     assert (error.status, error.code, error.param) == (
         400,
-        "model_capability_mismatch",
+        "model_not_found",
         "fallbacks[0].model",
     )
     assert "openai/dall-e-9" in error.message

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app.core.providers_config import UpstreamConfig
-from app.errors import UpstreamRejected
+from app.errors import UnsupportedPrompt, UpstreamRejected
 from tests.support.bombs import declared_png, record_decodes
 from worker.providers.base import EditCall, InputImage, Upstream
 from worker.providers.local.editor import LocalUpstream
@@ -111,6 +111,24 @@ async def test_size_mask_and_jpeg_input() -> None:
     assert image.size == (80, 40)
     assert close_to(pixel(image, (10, 20)), (245, 235, 225, 255))  # edited: inverted
     assert close_to(pixel(image, (70, 20)), (10, 20, 30, 255))  # kept
+
+
+async def test_a_prompt_it_does_not_understand_is_refused() -> None:
+    """No known word: a clear failure naming what it knows, never an unchanged copy."""
+    with pytest.raises(UnsupportedPrompt) as caught:
+        await upstream().edit(call("paint it in the style of Van Gogh", size="80x40"))
+    error = caught.value
+    assert (error.status, error.type, error.code) == (400, "upstream_error", "unsupported_prompt")
+    assert "Van Gogh" in error.message
+    for word in ("grayscale", "sepia", "invert", "blur", "rotate", "tint teal", "collage"):
+        assert word in error.message
+
+
+async def test_a_collage_of_several_images_needs_no_effect_word() -> None:
+    output = await upstream().edit(
+        call("put them side by side", png(colourful()), png(colourful()))
+    )
+    assert opened(output.image).size == (80, 20)
 
 
 async def test_transparent_background_is_kept_in_the_png() -> None:

@@ -15,11 +15,12 @@ from PIL import Image
 
 from app.core.images import Undecodable, open_untrusted
 from app.core.providers_config import UpstreamConfig
-from app.errors import UpstreamRejected
+from app.errors import UnsupportedPrompt, UpstreamRejected
 from worker.providers.base import EditCall, EditOutput, InputImage
-from worker.providers.local.effects import edit_image, estimate_usage
+from worker.providers.local.effects import VOCABULARY, edit_image, estimate_usage, understood
 
 _MAX_INPUT_PIXELS = 100_000_000
+_QUOTED_PROMPT_CHARS = 200
 
 
 class LocalUpstream:
@@ -31,7 +32,8 @@ class LocalUpstream:
         self._executor = executor
 
     async def edit(self, call: EditCall) -> EditOutput:
-        """Edit ``call.images[0]`` as the prompt says; UpstreamRejected for bad input.
+        """Edit ``call.images[0]`` as the prompt says; UnsupportedPrompt when the prompt
+        names nothing it can do, UpstreamRejected for other bad input.
 
         Cancelling the call during the delay stops it at once.
         """
@@ -47,6 +49,13 @@ class LocalUpstream:
 def _edit(call: EditCall) -> EditOutput:
     if not call.images:
         raise UpstreamRejected("the local upstream needs at least one image")
+    # A transparent background is an edit of its own, even without a known word.
+    if call.background != "transparent" and not understood(call.prompt, len(call.images)):
+        prompt = call.prompt[:_QUOTED_PROMPT_CHARS]
+        raise UnsupportedPrompt(
+            f"the local editor found nothing it knows how to do in the prompt {prompt!r}; "
+            f"it understands: {VOCABULARY}"
+        )
     images = [_decode(image, f"image {index}") for index, image in enumerate(call.images)]
     mask = None if call.mask is None else _decode(call.mask, "mask")
     result = edit_image(images, mask, call.prompt, _size(call.size), call.background)

@@ -2,8 +2,9 @@
 
 Pure functions, no I/O; Pillow work is CPU-bound, so callers run them in an executor.
 The prompt vocabulary is a table: adding a word or phrase is one line in ``_WORDS``
-(and ``_NUMBERS`` when it takes a number). A prompt with no known word yields no
-effects, and the edit is then a copy apart from size and background handling.
+(and ``_NUMBERS`` when it takes a number); ``VOCABULARY`` describes it for people.
+A prompt with no known word yields no effects; ``understood`` tells the caller so
+that it can refuse the edit rather than hand back a copy.
 """
 
 from __future__ import annotations
@@ -87,6 +88,20 @@ _BACKGROUND_DISTANCE = 40  # max per-channel difference from the corner that cou
 _TOKEN = re.compile(r"[a-z]+|(?<![a-z])-?\d+(?:\.\d+)?")
 
 _Match = tuple[Effect, int]  # the effect and the index of the first token after it
+
+VOCABULARY = (
+    ", ".join(_WORDS)
+    + f"; {', '.join(_NUMBERS)} take a number ('rotate 45', 'blur by 5')"
+    + "; a colour tint ('tint teal', 'make it blue', 'red filter')"
+    + "; with several images, 'collage' or 'side by side'"
+)
+"""The words and phrases the local editor understands, as one line for people."""
+
+
+def understood(prompt: str, image_count: int) -> bool:
+    """Whether ``prompt`` asks for anything the editor can do with ``image_count`` images:
+    an effect, or a collage of several images."""
+    return bool(parse_effects(prompt)) or (image_count > 1 and _wants_collage(prompt))
 
 
 def parse_effects(prompt: str) -> list[Effect]:
