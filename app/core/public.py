@@ -1,4 +1,4 @@
-"""The objects the API shows of jobs and batches, as pydantic models.
+"""The objects the API shows of jobs, batches and models, as pydantic models.
 
 These models are both the serializers and the schemas: ``job_json`` and
 ``batch_json`` build and dump them (``job_object``, ``batch_object``), and the
@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, create_model
 from app.core.batches import Batch, BatchStatus
 from app.core.edit_params import EditParams
 from app.core.jobs import Attempt, Job, JobError, JobStatus, StoredImage, Usage
+from app.core.providers_config import ModelConfig
 
 
 class ImageDescription(BaseModel):
@@ -147,6 +148,50 @@ class JobInputLinks(BaseModel):
     job_id: str
     images: list[LinkedImage]
     mask: LinkedImage | None = None
+
+
+class ModelArchitecture(BaseModel):
+    """What a model takes and gives."""
+
+    input_modalities: list[str]
+    output_modalities: list[str]
+    features: list[str]
+
+
+class ModelObject(BaseModel):
+    """A configured model in the OpenAI models shape."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    description: str
+    capabilities: list[str]
+    architecture: ModelArchitecture
+
+
+class ModelList(BaseModel):
+    """The configured models."""
+
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+def model_object(model: ModelConfig) -> ModelObject:
+    """The model object of a configured model (``owned_by`` names its upstream)."""
+    return ModelObject(
+        id=model.id,
+        object="model",
+        created=0,
+        owned_by=model.upstream,
+        description=model.description,
+        capabilities=list(model.capabilities),
+        architecture=ModelArchitecture(
+            input_modalities=["text", "image"],
+            output_modalities=["image"],
+            features=list(model.capabilities),
+        ),
+    )
 
 
 def job_object(

@@ -32,6 +32,9 @@ from app.core.public import JobList as JobList
 from app.core.public import JobObject as JobObject
 from app.core.public import JobRequestView as JobRequestView
 from app.core.public import LinkedImage as LinkedImage
+from app.core.public import ModelArchitecture as ModelArchitecture
+from app.core.public import ModelList as ModelList
+from app.core.public import ModelObject as ModelObject
 from app.core.routing_options import RoutingOptions
 from app.core.submissions import BatchOptions
 from app.core.webhooks import PREVIOUS_SECRET_DEFAULT_S, PREVIOUS_SECRET_MAX_S
@@ -254,33 +257,6 @@ class Deliveries(BaseModel):
     webhook_url: str | None
     events: list[DeliveryEvent]
     data: list[DeliveryAttempt]
-
-
-class ModelArchitecture(BaseModel):
-    """What a model takes and gives."""
-
-    input_modalities: list[str]
-    output_modalities: list[str]
-    features: list[str]
-
-
-class ModelObject(BaseModel):
-    """A configured model in the OpenAI models shape."""
-
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-    description: str
-    capabilities: list[str]
-    architecture: ModelArchitecture
-
-
-class ModelList(BaseModel):
-    """The configured models."""
-
-    object: Literal["list"]
-    data: list[ModelObject]
 
 
 class EventsQuery(BaseModel):
