@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -95,11 +95,30 @@ class EditParams(BaseModel):
         return int(width), int(height)
 
 
+def _field_names(*, lists: bool) -> frozenset[str]:
+    """The request fields of ``EditParams`` and the top-level routing knobs: those that
+    hold a list (``lists``), or those that hold one value."""
+    return frozenset(
+        name
+        for source in (EditParams, RoutingOptions)
+        for name, info in source.model_fields.items()
+        if name != "routing" and (get_origin(info.annotation) in (tuple, list)) == lists
+    )
+
+
+LIST_FIELDS = _field_names(lists=True)
+"""The edit fields that hold a list (``fallbacks``, ``fallback_on_codes``, ...)."""
+SINGLE_FIELDS = _field_names(lists=False) | {"orq"}
+"""The edit fields that hold one value (an object counts as one)."""
+
+
 def parse_edit_params(fields: Mapping[str, Any], *, max_prompt_chars: int) -> EditParams:
     """Validate a flat mapping of request fields into EditParams.
 
     Values of JSON-valued fields (``metadata``, ``orq`` and the routing knobs) may
-    be JSON text, as multipart parts are. Raises InvalidRequest naming the field.
+    be JSON text, as multipart parts are; a list of texts (a list field sent as
+    repeated parts) has each item read the same way, an item that is not JSON kept
+    as the text it is. Raises InvalidRequest naming the field.
     """
     decoded = {
         name: _json_field(name, value) if name in JSON_FIELDS else value
@@ -140,6 +159,8 @@ def _routing(decoded: Mapping[str, Any]) -> RoutingOptions:
 
 
 def _json_field(name: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json_item(item) for item in value]
     if not isinstance(value, str):
         return value
     if name == "webhook_events" and not value.lstrip().startswith("["):
@@ -150,6 +171,17 @@ def _json_field(name: str, value: Any) -> Any:
         raise InvalidRequest(f"{name} must be valid JSON", param=name) from None
     except RecursionError:
         raise InvalidRequest(f"{name} is nested too deeply", param=name) from None
+
+
+def _json_item(value: Any) -> Any:
+    """One repeated part of a list field: ``500`` and ``{"model": ...}`` are JSON, a
+    bare word such as ``job.failed`` is itself."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return value
 
 
 def invalid_request_from(exc: ValidationError, *, prefix: str | None = None) -> InvalidRequest:

@@ -4,12 +4,22 @@ wait``, links on every object."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import openai
+import orq_ai_sdk
 import pytest
 
+from tests.support.fakes.upstream import FakeUpstream, Fault
+from tests.support.images import png
 from tests.support.service import RunningService
+
+UPSTREAM_MODEL = "fake/gpt-image-1"
+FALLBACK_MODEL = "fake/flux-kontext"
 
 
 @pytest.fixture
@@ -43,3 +53,133 @@ async def test_an_unknown_model_is_a_404_in_the_openai_error_shape(
     assert body["error"]["code"] == "model_not_found"
     assert body["error"]["param"] == "model"
     assert set(body["error"]) == {"message", "type", "code", "param"}
+
+
+def multipart(parts: list[tuple[str, Any]]) -> aiohttp.FormData:
+    """A multipart body of text parts in order (dicts and lists as JSON parts, as
+    orq's SDK sends ``fallbacks``) plus one ``image`` file."""
+    form = aiohttp.FormData()
+    for name, value in parts:
+        if isinstance(value, dict | list):
+            form.add_field(name, json.dumps(value), content_type="application/json")
+        else:
+            form.add_field(name, str(value))
+    form.add_field("image", png(), filename="in.png", content_type="image/png")
+    return form
+
+
+async def post_form(
+    service: RunningService, path: str, form: aiohttp.FormData
+) -> tuple[int, dict[str, Any]]:
+    """POST a multipart body with key-a; status and JSON body."""
+    async with service.client.post(service.url(path), data=form, headers=service.auth()) as reply:
+        return reply.status, await reply.json()
+
+
+def orq_shaped(codes_field: str) -> aiohttp.FormData:
+    """An edit as orq's SDK sends it: plain fields, a list of scalars as repeated
+    ``codes_field`` parts, a list of objects as one JSON part."""
+    return multipart(
+        [
+            ("model", UPSTREAM_MODEL),
+            ("prompt", "make it grayscale"),
+            (codes_field, "400"),
+            (codes_field, "422"),
+            ("fallbacks", [{"model": FALLBACK_MODEL}]),
+        ]
+    )
+
+
+@pytest.mark.parametrize("codes_field", ["fallback_on_codes[]", "fallback_on_codes"])
+async def test_a_list_field_as_repeated_parts_takes_effect(
+    service: RunningService, fake_upstream: FakeUpstream, codes_field: str
+) -> None:
+    fake_upstream.fail_next(Fault.json_error(400, code="invalid_request_error", message="no"))
+    status, job = await post_form(service, "/v1/jobs", orq_shaped(codes_field))
+    assert status == 202, job
+    assert job["request"]["routing"]["fallback_on_codes"] == [400, 422]
+    done = await service.wait(job["id"])
+    assert done["status"] == "succeeded", done  # 400 is not a default fallback code
+    assert [r.model for r in fake_upstream.requests] == ["gpt-image-1", "flux-kontext"]
+
+
+async def test_a_list_of_objects_as_repeated_json_parts(service: RunningService) -> None:
+    status, job = await post_form(
+        service,
+        "/v1/jobs",
+        multipart(
+            [
+                ("model", UPSTREAM_MODEL),
+                ("prompt", "invert it"),
+                ("fallbacks[]", {"model": FALLBACK_MODEL}),
+                ("fallbacks[]", {"model": "local/editor"}),
+                ("webhook_events[]", "job.failed"),
+            ]
+        ),
+    )
+    assert status == 202, job
+    assert job["request"]["routing"]["fallbacks"] == [
+        {"model": FALLBACK_MODEL},
+        {"model": "local/editor"},
+    ]
+    assert job["request"]["webhook_events"] == ["job.failed"]
+
+
+@pytest.mark.parametrize("name", ["prompt", "prompt[]", "size"])
+async def test_a_repeated_single_value_field_is_refused_by_name(
+    service: RunningService, name: str
+) -> None:
+    value = "1024x1024" if name == "size" else "invert it"
+    parts = [("model", "local/editor"), (name, value), (name, value)]
+    if name == "size":
+        parts.append(("prompt", "invert it"))
+    status, body = await post_form(service, "/v1/jobs", multipart(parts))
+    assert status == 400, body
+    assert body["error"]["param"] == name.removesuffix("[]")
+    _, listing = await service.get("/v1/jobs")
+    assert listing["data"] == []
+
+
+async def test_batch_variants_and_events_as_repeated_parts(service: RunningService) -> None:
+    status, batch = await post_form(
+        service,
+        "/v1/batches",
+        multipart(
+            [
+                ("defaults", {"model": "local/editor", "prompt": "invert it"}),
+                ("variants[]", {"size": "64x64"}),
+                ("variants[]", {"prompt": "make it grayscale"}),
+                ("webhook_events[]", "batch.completed"),
+            ]
+        ),
+    )
+    assert status in (200, 202), batch
+    assert batch["total"] == 2
+    status, body = await post_form(
+        service,
+        "/v1/batches",
+        multipart([("defaults", {"model": "local/editor", "prompt": "x"}), ("n", 2), ("n", 3)]),
+    )
+    assert status == 400, body
+    assert body["error"]["param"] == "n"
+
+
+async def test_the_orq_sdk_top_level_fallback_codes_take_effect(
+    service: RunningService, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.fail_next(Fault.json_error(400, code="invalid_request_error", message="no"))
+
+    def edit() -> Any:
+        with orq_ai_sdk.Orq(api_key="key-a", server_url=service.url("")) as orq:
+            return orq.router.images.edits.create(
+                model=UPSTREAM_MODEL,
+                prompt="make it grayscale",
+                image={"file_name": "in.png", "content": png(), "content_type": "image/png"},
+                fallback_on_codes=[400],
+                fallbacks=[{"model": FALLBACK_MODEL}],
+                retries=orq_ai_sdk.utils.RetryConfig("none", None, False),  # type: ignore[arg-type]
+            )
+
+    result = await asyncio.to_thread(edit)
+    assert result.data
+    assert [r.model for r in fake_upstream.requests] == ["gpt-image-1", "flux-kontext"]

@@ -23,10 +23,15 @@ from app.core.submissions import BatchOptions, BatchSubmission
 from app.core.validation import in_variant
 from app.errors import InvalidRequest, UnsupportedMediaType
 from app.http.requests.decoding import ImageDecoder
+from app.http.requests.form_fields import FormShape
 from app.http.requests.submissions import check_inputs, document_images, read_json_object, read_raw
 from app.settings import Settings
 
 BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
+BATCH_FORM = FormShape(
+    lists=("variants", "webhook_events"), singles=("defaults", "n", "webhook_url", "metadata")
+)
+"""The form fields of a batch request."""
 
 YIELD_EVERY = 500  # variants validated between two turns of the event loop
 
@@ -39,7 +44,7 @@ async def read_batch_submission(
 ) -> BatchSubmission:
     """Parse and check a batch request; raises an EditqError naming the field at fault."""
     if request.content_type == "multipart/form-data":
-        raw = await read_raw(request, settings, fetch_session)
+        raw = await read_raw(request, settings, fetch_session, BATCH_FORM)
         top: dict[str, Any] = {k: _json_part(k, v) for k, v in raw.fields.items()}
         defaults = top.get("defaults") or {}
     elif request.content_type == "application/json":
@@ -72,12 +77,22 @@ async def read_batch_submission(
 
 
 def _json_part(name: str, value: Any) -> Any:
-    if name in ("defaults", "variants", "metadata") and isinstance(value, str):
-        try:
-            return json.loads(value)
-        except (ValueError, RecursionError):
-            raise InvalidRequest(f"{name} must be valid JSON", param=name) from None
-    return value
+    """A batch form field's value: ``defaults``, ``variants`` and ``metadata`` are JSON
+    text, and so is each repeated ``variants[]`` part (an object)."""
+    if name not in ("defaults", "variants", "metadata"):
+        return value
+    if isinstance(value, list):
+        return [_json_text(f"{name}[{index}]", item) for index, item in enumerate(value)]
+    return _json_text(name, value)
+
+
+def _json_text(param: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(f"{param} must be valid JSON", param=param) from None
 
 
 def _options(top: dict[str, Any]) -> BatchOptions:
