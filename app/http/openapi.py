@@ -60,7 +60,8 @@ AUTHENTICATED_ERRORS = (401, 429, 503)
 @dataclass(frozen=True)
 class Reply:
     """A response body: a pydantic model as JSON, or another media type (described
-    in words, with ``model`` as the shape of each line for JSON Lines)."""
+    in words, with ``model`` as the shape of each line for JSON Lines); no body when
+    ``media_type`` is empty."""
 
     model: type[BaseModel] | None = None
     media_type: str = "application/json"
@@ -341,6 +342,9 @@ def _reply(reply: Reply, schemas: _Schemas) -> dict[str, Any]:
         inspect.getdoc(reply.model) or "" if reply.model is not None else ""
     )
     result: dict[str, Any] = {"description": description.splitlines()[0] if description else "OK"}
+    result["headers"] = _headers(("x-request-id", *reply.headers))
+    if not reply.media_type:  # no body (204)
+        return result
     schema: dict[str, Any]
     if reply.media_type == "application/json":
         schema = schemas.ref(reply.model, "serialization") if reply.model else {"type": "object"}
@@ -350,7 +354,6 @@ def _reply(reply: Reply, schemas: _Schemas) -> dict[str, Any]:
             schema["description"] = f"each line one {reply.model.__name__} (JSON)"
             schema["x-line-schema"] = schemas.ref(reply.model, "serialization")
     result["content"] = {reply.media_type: {"schema": schema}}
-    result["headers"] = _headers(("x-request-id", *reply.headers))
     return result
 
 

@@ -15,7 +15,7 @@ import orq_ai_sdk
 import pytest
 
 from tests.support.fakes.upstream import FakeUpstream, Fault
-from tests.support.images import png
+from tests.support.images import data_url, png
 from tests.support.service import RunningService
 
 UPSTREAM_MODEL = "fake/gpt-image-1"
@@ -183,3 +183,61 @@ async def test_the_orq_sdk_top_level_fallback_codes_take_effect(
     result = await asyncio.to_thread(edit)
     assert result.data
     assert [r.model for r in fake_upstream.requests] == ["gpt-image-1", "flux-kontext"]
+
+
+async def open_stream(
+    service: RunningService, path: str, last_event_id: str | None = None
+) -> tuple[int, str]:
+    """GET an event stream to its end; status and body text."""
+    headers = {**service.auth(), "Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    async with service.client.get(
+        service.url(path), headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+    ) as response:
+        return response.status, await response.text()
+
+
+def event_ids(body: str) -> list[str]:
+    return [line.removeprefix("id: ") for line in body.splitlines() if line.startswith("id: ")]
+
+
+async def test_a_reconnect_after_a_finished_jobs_last_event_is_204(
+    service: RunningService,
+) -> None:
+    _, job, _ = await service.submit()
+    await service.wait(job["id"])
+    path = f"/v1/jobs/{job['id']}/events"
+    status, body = await open_stream(service, path)
+    assert status == 200
+    assert body.startswith("retry: ")  # how long a browser waits before reconnecting
+    ids = event_ids(body)
+    status, _ = await open_stream(service, path, last_event_id=ids[-1])
+    assert status == 204  # a browser's EventSource stops reconnecting on 204
+    status, body = await open_stream(service, path, last_event_id=ids[-2])
+    assert (status, event_ids(body)) == (200, ids[-1:])  # not yet at the end: the rest
+    status, _ = await open_stream(service, f"{path}?last_event_id={ids[-1]}")
+    assert status == 204
+
+
+async def test_a_reconnect_after_a_finished_batchs_last_event_is_204(
+    service: RunningService,
+) -> None:
+    status, batch = await service.post(
+        "/v1/batches",
+        body={
+            "defaults": {
+                "model": "local/editor",
+                "prompt": "invert it",
+                "images": [{"image_url": data_url(png())}],
+            },
+            "n": 1,
+        },
+    )
+    assert status == 202, batch
+    path = f"/v1/batches/{batch['id']}/events"
+    status, body = await open_stream(service, path)  # ends when the batch does
+    assert status == 200
+    assert "retry: " in body
+    status, _ = await open_stream(service, path, last_event_id=event_ids(body)[-1])
+    assert status == 204
