@@ -61,6 +61,39 @@ class ImagesResponse(BaseModel):
     usage: Usage
 
 
+class JobUrls(BaseModel):
+    """Where to read, cancel and follow the job: paths on this API."""
+
+    get: str
+    cancel: str
+    events: str = Field(description="its Server-Sent Events")
+
+
+class BatchUrls(JobUrls):
+    """Where to read, cancel and follow the batch, and fetch its outputs."""
+
+    results: str = Field(description="one JSON line per variant")
+    download: str = Field(description="the outputs as a zip file")
+
+
+def job_urls(job_id: str) -> JobUrls:
+    """The paths of the job ``job_id``."""
+    base = f"/v1/jobs/{job_id}"
+    return JobUrls(get=base, cancel=f"{base}/cancel", events=f"{base}/events")
+
+
+def batch_urls(batch_id: str) -> BatchUrls:
+    """The paths of the batch ``batch_id``."""
+    base = f"/v1/batches/{batch_id}"
+    return BatchUrls(
+        get=base,
+        cancel=f"{base}/cancel",
+        events=f"{base}/events",
+        results=f"{base}/results",
+        download=f"{base}/download",
+    )
+
+
 class JobObject(BaseModel):
     """The job object (``object: "edit.job"``); times are Unix seconds."""
 
@@ -80,6 +113,7 @@ class JobObject(BaseModel):
     variant_index: int | None
     queue_position: int | None = Field(description="jobs ahead of it, while queued")
     metadata: dict[str, str]
+    urls: JobUrls
 
 
 class JobList(BaseModel):
@@ -112,6 +146,7 @@ class BatchObject(BaseModel):
     usage: Usage
     metadata: dict[str, str]
     webhook_url: str | None
+    urls: BatchUrls
 
 
 class BatchList(BaseModel):
@@ -238,6 +273,7 @@ def job_object(
         variant_index=spec.variant_index,
         queue_position=queue_position if job.status == JobStatus.QUEUED else None,
         metadata=spec.request.metadata,
+        urls=job_urls(spec.id),
     )
 
 
@@ -256,6 +292,7 @@ def batch_object(batch: Batch) -> BatchObject:
         usage=Usage.model_validate(batch.usage),
         metadata=spec.metadata,
         webhook_url=spec.webhook_url,
+        urls=batch_urls(spec.id),
     )
 
 

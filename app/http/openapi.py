@@ -47,6 +47,10 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
     "Location": {"description": "where to read the created resource", "schema": {"type": "string"}},
     "x-job-id": {"description": "the job behind this answer", "schema": {"type": "string"}},
+    "Preference-Applied": {
+        "description": "wait=N: the answer was held up to N seconds, as Prefer asked",
+        "schema": {"type": "string"},
+    },
     "Retry-After": {
         "description": "seconds to wait before trying again",
         "schema": {"type": "string"},

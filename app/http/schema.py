@@ -284,3 +284,14 @@ class IdempotencyHeaders(BaseModel):
         description="1-255 printable ASCII characters; same key and request: the first "
         "answer again (409 while it runs, 422 with another request)",
     )
+
+
+class SubmitHeaders(IdempotencyHeaders):
+    """A submit's headers: its ``Idempotency-Key`` and how long to hold the answer."""
+
+    prefer: str | None = Field(
+        None,
+        alias="Prefer",
+        description="wait=N: hold the answer up to N seconds (at most EDITQ_MAX_WAIT_S) "
+        "for it to finish; 201 with the finished object, else 202 as without it",
+    )

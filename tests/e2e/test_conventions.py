@@ -14,6 +14,8 @@ import openai
 import orq_ai_sdk
 import pytest
 
+from app.core.providers_config import ProvidersConfig
+from app.settings import Settings
 from tests.support.fakes.upstream import FakeUpstream, Fault
 from tests.support.images import data_url, png
 from tests.support.service import RunningService
@@ -241,3 +243,93 @@ async def test_a_reconnect_after_a_finished_batchs_last_event_is_204(
     assert "retry: " in body
     status, _ = await open_stream(service, path, last_event_id=event_ids(body)[-1])
     assert status == 204
+
+
+def batch_of(n: int, model: str = "local/editor") -> dict[str, Any]:
+    return {
+        "defaults": {
+            "model": model,
+            "prompt": "invert it",
+            "images": [{"image_url": data_url(png())}],
+        },
+        "n": n,
+    }
+
+
+async def post_json(
+    service: RunningService, path: str, body: Any, headers: dict[str, str]
+) -> tuple[int, dict[str, Any], Any]:
+    """POST JSON with key-a and extra headers; status, JSON body and headers."""
+    async with service.client.post(
+        service.url(path), json=body, headers={**service.auth(), **headers}
+    ) as reply:
+        return reply.status, await reply.json(), reply.headers
+
+
+def edit_of(model: str = "local/editor") -> dict[str, Any]:
+    return {"model": model, "prompt": "invert it", "images": [{"image_url": data_url(png())}]}
+
+
+async def test_prefer_wait_answers_201_with_the_finished_job(service: RunningService) -> None:
+    status, job, headers = await post_json(service, "/v1/jobs", edit_of(), {"Prefer": "wait=20"})
+    assert status == 201, job
+    assert job["status"] == "succeeded"
+    assert job["result"]["data"][0]["url"].startswith("http")
+    assert headers["Preference-Applied"] == "wait=20"
+    assert headers["Location"] == f"/v1/jobs/{job['id']}"
+
+
+async def test_prefer_wait_is_bounded_by_the_longest_long_poll(
+    settings: Settings, providers: ProvidersConfig
+) -> None:
+    async with RunningService(settings.model_copy(update={"max_wait_s": 7}), providers) as api:
+        status, job, headers = await post_json(api, "/v1/jobs", edit_of(), {"Prefer": "wait=600"})
+    assert status == 201, job
+    assert headers["Preference-Applied"] == "wait=7"
+
+
+async def test_prefer_wait_past_the_wait_is_202_as_without_it(
+    api_only: RunningService,
+) -> None:  # no worker: the job cannot finish
+    status, job, headers = await post_json(
+        api_only, "/v1/jobs", edit_of(), {"Prefer": "respond-async, wait=1"}
+    )
+    assert status == 202, job
+    assert job["status"] == "queued"
+    status, job, headers = await post_json(api_only, "/v1/jobs", edit_of(), {})
+    assert status == 202
+    assert "Preference-Applied" not in headers
+    status, batch, _ = await post_json(api_only, "/v1/batches", batch_of(1), {"Prefer": "wait=1"})
+    assert status == 202, batch
+    assert batch["status"] == "running"
+
+
+async def test_prefer_wait_answers_201_with_the_finished_batch(service: RunningService) -> None:
+    status, batch, headers = await post_json(
+        service, "/v1/batches", batch_of(2), {"Prefer": "wait=20"}
+    )
+    assert status == 201, batch
+    assert (batch["status"], batch["counts"]["succeeded"]) == ("completed", 2)
+    assert headers["Preference-Applied"] == "wait=20"
+
+
+async def test_jobs_and_batches_link_to_their_endpoints(service: RunningService) -> None:
+    status, job, _ = await post_json(service, "/v1/jobs", edit_of(), {})
+    assert status == 202
+    base = f"/v1/jobs/{job['id']}"
+    assert job["urls"] == {"get": base, "cancel": f"{base}/cancel", "events": f"{base}/events"}
+    for path in (job["urls"]["get"], job["urls"]["events"]):
+        status, _ = await open_stream(service, path)
+        assert status == 200
+    status, batch = await service.post("/v1/batches", body=batch_of(1))
+    assert status == 202
+    base = f"/v1/batches/{batch['id']}"
+    assert batch["urls"] == {
+        "get": base,
+        "cancel": f"{base}/cancel",
+        "events": f"{base}/events",
+        "results": f"{base}/results",
+        "download": f"{base}/download",
+    }
+    _, listed = await service.get("/v1/jobs")
+    assert all(item["urls"]["get"] == f"/v1/jobs/{item['id']}" for item in listed["data"])
