@@ -2,14 +2,19 @@
 
 Both request shapes (multipart form fields, JSON body) reduce to a flat mapping of
 field name to value; ``parse_edit_params`` turns it into ``EditParams`` or raises
-``InvalidRequest`` naming the field at fault. Unknown fields are ignored.
+``InvalidRequest`` naming the field at fault.
+
+One policy for parameters: OpenAI's documented image-edit parameters are fields of
+``EditParams`` (stored in the job's ``request`` and sent to ``openai``-kind
+upstreams); anything else is ignored, and ``unmodeled`` names it so the HTTP edge
+can say so (``x-editq-ignored-params``) instead of dropping it silently.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,6 +55,7 @@ class EditParams(BaseModel):
     background: Literal["transparent", "opaque", "auto"] | None = None
     output_format: Literal["png", "jpeg", "webp"] = "png"
     output_compression: int | None = Field(None, ge=0, le=100)
+    input_fidelity: Literal["low", "high"] | None = None
     response_format: Literal["url", "b64_json"] = "url"
     user: str | None = Field(None, max_length=256)
     name: str | None = Field(None, max_length=256)
@@ -110,6 +116,11 @@ LIST_FIELDS = _field_names(lists=True)
 """The edit fields that hold a list (``fallbacks``, ``fallback_on_codes``, ...)."""
 SINGLE_FIELDS = _field_names(lists=False) | {"orq"}
 """The edit fields that hold one value (an object counts as one)."""
+
+
+def unmodeled(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that are not edit fields (so are ignored), sorted."""
+    return sorted(set(names) - LIST_FIELDS - SINGLE_FIELDS)
 
 
 def parse_edit_params(fields: Mapping[str, Any], *, max_prompt_chars: int) -> EditParams:

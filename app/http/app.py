@@ -41,6 +41,7 @@ from app.http.middleware.errors import (
     rate_limit_middleware,
 )
 from app.http.middleware.idempotency import idempotency_middleware
+from app.http.middleware.ignored_params import ignored_params_header, ignored_params_middleware
 from app.http.openapi import build_document
 from app.http.requests.decoding import ImageDecoder
 from app.http.routes import add_routes
@@ -64,6 +65,7 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
             auth_middleware,
             log_fields_middleware,
             rate_limit_middleware,
+            ignored_params_middleware,
             idempotency_middleware,
         ],
         client_max_size=settings.max_body_bytes,
@@ -73,6 +75,7 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
     app[METRICS] = Metrics()
     app[API_KEYS] = ApiKeys(key.get_secret_value() for key in settings.api_keys)
     app.on_response_prepare.append(rate_limit_headers)
+    app.on_response_prepare.append(ignored_params_header)
     app.cleanup_ctx.append(_resources)
     add_routes(app)
     app[API_DOCUMENT] = build_document(app, public_paths=PUBLIC_PATHS)

@@ -333,3 +333,51 @@ async def test_jobs_and_batches_link_to_their_endpoints(service: RunningService)
     }
     _, listed = await service.get("/v1/jobs")
     assert all(item["urls"]["get"] == f"/v1/jobs/{item['id']}" for item in listed["data"])
+
+
+async def test_openai_edit_parameters_are_stored_and_forwarded(
+    service: RunningService, sdk: openai.AsyncOpenAI, fake_upstream: FakeUpstream
+) -> None:
+    raw = await sdk.images.with_raw_response.edit(
+        model=UPSTREAM_MODEL,
+        image=("a.png", png(), "image/png"),
+        prompt="keep the face",
+        input_fidelity="high",
+        quality="standard",
+    )
+    assert "x-editq-ignored-params" not in raw.headers
+    sent = fake_upstream.requests[-1]
+    assert (sent.fields["input_fidelity"], sent.fields["quality"]) == ("high", "standard")
+    _, job = await service.get(f"/v1/jobs/{raw.headers['x-job-id']}")
+    assert job["request"]["input_fidelity"] == "high"
+    status, body = await post_form(
+        service,
+        "/v1/jobs",
+        multipart([("model", UPSTREAM_MODEL), ("prompt", "x"), ("input_fidelity", "exact")]),
+    )
+    assert (status, body["error"]["param"]) == (400, "input_fidelity")
+
+
+async def test_parameters_editq_does_not_model_are_named_in_a_header(
+    service: RunningService,
+) -> None:
+    form = multipart(
+        [("model", "local/editor"), ("prompt", "invert it"), ("moderation", "low"), ("x_y", "1")]
+    )
+    async with service.client.post(
+        service.url("/v1/jobs"), data=form, headers=service.auth()
+    ) as reply:
+        assert reply.status == 202
+        assert reply.headers["x-editq-ignored-params"] == "moderation, x_y"
+    status, _, headers = await post_json(
+        service, "/v1/jobs", {**edit_of(), "seed": 7, "input_fidelity": "low"}, {}
+    )
+    assert status == 202
+    assert headers["x-editq-ignored-params"] == "seed"
+    status, _, headers = await post_json(service, "/v1/jobs", edit_of(), {})
+    assert "x-editq-ignored-params" not in headers
+    body = batch_of(1)
+    body["defaults"]["style"] = "vivid"
+    status, _, headers = await post_json(service, "/v1/batches", {**body, "priority": 1}, {})
+    assert status == 202
+    assert headers["x-editq-ignored-params"] == "defaults.style, priority"

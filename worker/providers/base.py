@@ -31,8 +31,9 @@ class EditCall:
     """One call to an upstream, for one output image.
 
     ``mask`` follows OpenAI's convention: transparent pixels mark the area to edit.
-    ``size``, ``quality``, ``background``, ``output_compression`` and ``user`` are
-    None when the client did not set them (the upstream's default applies).
+    ``size``, ``quality``, ``background``, ``output_compression``, ``input_fidelity``
+    and ``user`` are None when the client did not set them (the upstream's default
+    applies).
     """
 
     model: str  # the upstream's own model name
@@ -44,6 +45,7 @@ class EditCall:
     background: str | None = None
     output_format: str = "png"
     output_compression: int | None = None
+    input_fidelity: str | None = None
     user: str | None = None
     timeout_s: float = 300.0
 

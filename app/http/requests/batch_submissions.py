@@ -18,12 +18,13 @@ import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from app.core.edit_params import EditParams, invalid_request_from, parse_edit_params
+from app.core.edit_params import EditParams, invalid_request_from, parse_edit_params, unmodeled
 from app.core.submissions import BatchOptions, BatchSubmission
 from app.core.validation import in_variant
 from app.errors import InvalidRequest, UnsupportedMediaType
 from app.http.requests.decoding import ImageDecoder
 from app.http.requests.form_fields import FormShape
+from app.http.requests.ignored import note_ignored
 from app.http.requests.submissions import check_inputs, document_images, read_json_object, read_raw
 from app.settings import Settings
 
@@ -67,6 +68,7 @@ async def read_batch_submission(
         if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)  # 10,000 validations must not hold the loop at once
     checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0])
+    note_ignored(request, _ignored(top, defaults, overrides))
     return BatchSubmission(
         variants,
         checked.images,
@@ -74,6 +76,18 @@ async def read_batch_submission(
         options,
         [frozenset(override) for override in overrides],
     )
+
+
+def _ignored(
+    top: dict[str, Any], defaults: dict[str, Any], overrides: list[dict[str, Any]]
+) -> list[str]:
+    """The batch's fields that are neither batch nor edit fields, by their path."""
+    known = {*BATCH_FORM.lists, *BATCH_FORM.singles}
+    names = [name for name in top if name not in known]
+    names.extend(f"defaults.{name}" for name in unmodeled(defaults))
+    in_variants = {name for override in overrides for name in override} - {"images", "mask"}
+    names.extend(f"variants[].{name}" for name in unmodeled(in_variants))
+    return sorted(names)
 
 
 def _json_part(name: str, value: Any) -> Any:

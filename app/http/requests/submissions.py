@@ -21,7 +21,13 @@ import aiohttp
 from aiohttp import web
 
 from app.core.concurrency import gather_or_cancel
-from app.core.edit_params import LIST_FIELDS, SINGLE_FIELDS, EditParams, parse_edit_params
+from app.core.edit_params import (
+    LIST_FIELDS,
+    SINGLE_FIELDS,
+    EditParams,
+    parse_edit_params,
+    unmodeled,
+)
 from app.core.images import check_mask, decode_data_url
 from app.core.submissions import Submission
 from app.errors import InvalidRequest, UnsupportedMediaType
@@ -37,6 +43,7 @@ from app.http.requests.bodies import (
 )
 from app.http.requests.decoding import ImageDecoder
 from app.http.requests.form_fields import FormShape, form_fields
+from app.http.requests.ignored import note_ignored
 from app.net import check_url, fetch_bounded
 from app.settings import Settings
 
@@ -65,6 +72,7 @@ async def read_submission(
     """
     raw = await read_raw(request, settings, fetch_session)
     params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
+    note_ignored(request, unmodeled(raw.fields))
     return await check_inputs(raw.images, raw.mask, settings, decoder, params)
 
 
