@@ -381,3 +381,28 @@ async def test_parameters_editq_does_not_model_are_named_in_a_header(
     status, _, headers = await post_json(service, "/v1/batches", {**body, "priority": 1}, {})
     assert status == 202
     assert headers["x-editq-ignored-params"] == "defaults.style, priority"
+
+
+@pytest.fixture
+async def limited(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
+    """The API (no worker) allowing 2 requests a minute per key."""
+    update = {"rate_limit_per_minute": 2}
+    async with RunningService(settings.model_copy(update=update), providers, worker=False) as api:
+        yield api
+
+
+async def test_metrics_scrapes_do_not_count_against_the_key(limited: RunningService) -> None:
+    for _ in range(4):
+        async with limited.client.get(limited.url("/metrics"), headers=limited.auth()) as reply:
+            assert reply.status == 200
+    status, _ = await limited.get("/v1/models")
+    assert status == 200
+
+
+async def test_a_rate_limited_answer_says_when_the_window_resets(limited: RunningService) -> None:
+    for _ in range(2):
+        await limited.get("/v1/models")
+    async with limited.client.get(limited.url("/v1/models"), headers=limited.auth()) as reply:
+        assert reply.status == 429
+        reset = reply.headers["x-ratelimit-reset-requests"]
+    assert reset.endswith("s") and 1 <= int(reset.removesuffix("s")) <= 60
