@@ -32,6 +32,7 @@ from app.http.app_keys import (
     WEBHOOKS,
 )
 from app.http.docs_page import render_docs_page
+from app.http.middleware.cors import cors_headers, cors_middleware
 from app.http.middleware.errors import (
     PUBLIC_PATHS,
     auth_middleware,
@@ -62,6 +63,7 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
     app = web.Application(
         middlewares=[
             errors_middleware,
+            cors_middleware,
             auth_middleware,
             log_fields_middleware,
             rate_limit_middleware,
@@ -76,6 +78,7 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
     app[API_KEYS] = ApiKeys(key.get_secret_value() for key in settings.api_keys)
     app.on_response_prepare.append(rate_limit_headers)
     app.on_response_prepare.append(ignored_params_header)
+    app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.append(_resources)
     add_routes(app)
     app[API_DOCUMENT] = build_document(app, public_paths=PUBLIC_PATHS)

@@ -406,3 +406,50 @@ async def test_a_rate_limited_answer_says_when_the_window_resets(limited: Runnin
         assert reply.status == 429
         reset = reply.headers["x-ratelimit-reset-requests"]
     assert reset.endswith("s") and 1 <= int(reset.removesuffix("s")) <= 60
+
+
+@pytest.fixture
+async def cors_api(settings: Settings, providers: ProvidersConfig) -> AsyncIterator[RunningService]:
+    """The API (no worker) letting one browser origin call it."""
+    update = {"cors_origins": ("https://app.example",)}
+    async with RunningService(settings.model_copy(update=update), providers, worker=False) as api:
+        yield api
+
+
+PREFLIGHT = {
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+}
+
+
+async def test_a_preflight_from_an_allowed_origin_is_answered_before_auth(
+    cors_api: RunningService,
+) -> None:
+    headers = {"Origin": "https://app.example", **PREFLIGHT}
+    async with cors_api.client.options(cors_api.url("/v1/jobs"), headers=headers) as reply:
+        assert reply.status == 204  # no key needed: a browser sends none on a preflight
+        assert reply.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert "POST" in reply.headers["Access-Control-Allow-Methods"]
+        allowed = reply.headers["Access-Control-Allow-Headers"].lower()
+        assert {"authorization", "content-type", "idempotency-key"} <= {
+            name.strip() for name in allowed.split(",")
+        }
+    headers = {"Origin": "https://app.example", **cors_api.auth()}
+    async with cors_api.client.get(cors_api.url("/v1/models"), headers=headers) as reply:
+        assert reply.status == 200
+        assert reply.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert "x-request-id" in reply.headers["Access-Control-Expose-Headers"]
+        assert "Origin" in reply.headers["Vary"]
+
+
+async def test_other_origins_and_the_default_get_no_cors(
+    cors_api: RunningService, api_only: RunningService
+) -> None:
+    for api, origin in ((cors_api, "https://evil.example"), (api_only, "https://app.example")):
+        headers = {"Origin": origin, **PREFLIGHT}
+        async with api.client.options(api.url("/v1/jobs"), headers=headers) as reply:
+            assert reply.status != 204
+            assert "Access-Control-Allow-Origin" not in reply.headers
+        headers = {"Origin": origin, **api.auth()}
+        async with api.client.get(api.url("/v1/models"), headers=headers) as reply:
+            assert "Access-Control-Allow-Origin" not in reply.headers
