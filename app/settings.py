@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     )
     metrics_public: bool = Field(False, description="serve the API's GET /metrics without a key")
 
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="browser origins allowed to call the API, comma-separated "
+        "(https://app.example; * for any); none by default",
+    )
+
     crash_at: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="testing only: die (SIGKILL) on reaching these named points "
@@ -146,7 +152,7 @@ class Settings(BaseSettings):
         None, description="log line format (default: json for api and worker, text for dev)"
     )
 
-    @field_validator("api_keys", "crash_at", mode="before")
+    @field_validator("api_keys", "cors_origins", "crash_at", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):

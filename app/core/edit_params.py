@@ -2,15 +2,20 @@
 
 Both request shapes (multipart form fields, JSON body) reduce to a flat mapping of
 field name to value; ``parse_edit_params`` turns it into ``EditParams`` or raises
-``InvalidRequest`` naming the field at fault. Unknown fields are ignored.
+``InvalidRequest`` naming the field at fault.
+
+One policy for parameters: OpenAI's documented image-edit parameters are fields of
+``EditParams`` (stored in the job's ``request`` and sent to ``openai``-kind
+upstreams); anything else is ignored, and ``unmodeled`` names it so the HTTP edge
+can say so (``x-editq-ignored-params``) instead of dropping it silently.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -50,6 +55,7 @@ class EditParams(BaseModel):
     background: Literal["transparent", "opaque", "auto"] | None = None
     output_format: Literal["png", "jpeg", "webp"] = "png"
     output_compression: int | None = Field(None, ge=0, le=100)
+    input_fidelity: Literal["low", "high"] | None = None
     response_format: Literal["url", "b64_json"] = "url"
     stream: bool = Field(
         False,
@@ -108,11 +114,35 @@ class EditParams(BaseModel):
         return int(width), int(height)
 
 
+def _field_names(*, lists: bool) -> frozenset[str]:
+    """The request fields of ``EditParams`` and the top-level routing knobs: those that
+    hold a list (``lists``), or those that hold one value."""
+    return frozenset(
+        name
+        for source in (EditParams, RoutingOptions)
+        for name, info in source.model_fields.items()
+        if name != "routing" and (get_origin(info.annotation) in (tuple, list)) == lists
+    )
+
+
+LIST_FIELDS = _field_names(lists=True)
+"""The edit fields that hold a list (``fallbacks``, ``fallback_on_codes``, ...)."""
+SINGLE_FIELDS = _field_names(lists=False) | {"orq"}
+"""The edit fields that hold one value (an object counts as one)."""
+
+
+def unmodeled(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that are not edit fields (so are ignored), sorted."""
+    return sorted(set(names) - LIST_FIELDS - SINGLE_FIELDS)
+
+
 def parse_edit_params(fields: Mapping[str, Any], *, max_prompt_chars: int) -> EditParams:
     """Validate a flat mapping of request fields into EditParams.
 
     Values of JSON-valued fields (``metadata``, ``orq`` and the routing knobs) may
-    be JSON text, as multipart parts are. Raises InvalidRequest naming the field.
+    be JSON text, as multipart parts are; a list of texts (a list field sent as
+    repeated parts) has each item read the same way, an item that is not JSON kept
+    as the text it is. Raises InvalidRequest naming the field.
     """
     decoded = {
         name: _json_field(name, value) if name in JSON_FIELDS else value
@@ -153,6 +183,8 @@ def _routing(decoded: Mapping[str, Any]) -> RoutingOptions:
 
 
 def _json_field(name: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json_item(item) for item in value]
     if not isinstance(value, str):
         return value
     if name == "webhook_events" and not value.lstrip().startswith("["):
@@ -163,6 +195,17 @@ def _json_field(name: str, value: Any) -> Any:
         raise InvalidRequest(f"{name} must be valid JSON", param=name) from None
     except RecursionError:
         raise InvalidRequest(f"{name} is nested too deeply", param=name) from None
+
+
+def _json_item(value: Any) -> Any:
+    """One repeated part of a list field: ``500`` and ``{"model": ...}`` are JSON, a
+    bare word such as ``job.failed`` is itself."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return value
 
 
 def invalid_request_from(exc: ValidationError, *, prefix: str | None = None) -> InvalidRequest:

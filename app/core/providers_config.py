@@ -87,6 +87,13 @@ class ProvidersConfig(BaseModel):
                 return upstream
         raise KeyError(name)
 
+    def model(self, model_id: str) -> ModelConfig:
+        """The model with id ``model_id``; KeyError if there is none."""
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise KeyError(model_id)
+
     def edit_model(self, model_id: str, *, param: str = "model") -> ModelConfig:
         """The model for an edit request; 400 ``model_not_found`` if none is called
         ``model_id``, 400 ``model_capability_mismatch`` if it exists but cannot edit."""

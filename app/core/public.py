@@ -1,4 +1,4 @@
-"""The objects the API shows of jobs and batches, as pydantic models.
+"""The objects the API shows of jobs, batches and models, as pydantic models.
 
 These models are both the serializers and the schemas: ``job_json`` and
 ``batch_json`` build and dump them (``job_object``, ``batch_object``), and the
@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, create_model
 from app.core.batches import Batch, BatchStatus
 from app.core.edit_params import EditParams
 from app.core.jobs import Attempt, Job, JobError, JobStatus, StoredImage, Usage
+from app.core.providers_config import ModelConfig
 
 
 class ImageDescription(BaseModel):
@@ -60,6 +61,39 @@ class ImagesResponse(BaseModel):
     usage: Usage
 
 
+class JobUrls(BaseModel):
+    """Where to read, cancel and follow the job: paths on this API."""
+
+    get: str
+    cancel: str
+    events: str = Field(description="its Server-Sent Events")
+
+
+class BatchUrls(JobUrls):
+    """Where to read, cancel and follow the batch, and fetch its outputs."""
+
+    results: str = Field(description="one JSON line per variant")
+    download: str = Field(description="the outputs as a zip file")
+
+
+def job_urls(job_id: str) -> JobUrls:
+    """The paths of the job ``job_id``."""
+    base = f"/v1/jobs/{job_id}"
+    return JobUrls(get=base, cancel=f"{base}/cancel", events=f"{base}/events")
+
+
+def batch_urls(batch_id: str) -> BatchUrls:
+    """The paths of the batch ``batch_id``."""
+    base = f"/v1/batches/{batch_id}"
+    return BatchUrls(
+        get=base,
+        cancel=f"{base}/cancel",
+        events=f"{base}/events",
+        results=f"{base}/results",
+        download=f"{base}/download",
+    )
+
+
 class JobObject(BaseModel):
     """The job object (``object: "edit.job"``); times are Unix seconds."""
 
@@ -79,6 +113,7 @@ class JobObject(BaseModel):
     variant_index: int | None
     queue_position: int | None = Field(description="jobs ahead of it, while queued")
     metadata: dict[str, str]
+    urls: JobUrls
 
 
 class JobList(BaseModel):
@@ -111,6 +146,7 @@ class BatchObject(BaseModel):
     usage: Usage
     metadata: dict[str, str]
     webhook_url: str | None
+    urls: BatchUrls
 
 
 class BatchList(BaseModel):
@@ -147,6 +183,50 @@ class JobInputLinks(BaseModel):
     job_id: str
     images: list[LinkedImage]
     mask: LinkedImage | None = None
+
+
+class ModelArchitecture(BaseModel):
+    """What a model takes and gives."""
+
+    input_modalities: list[str]
+    output_modalities: list[str]
+    features: list[str]
+
+
+class ModelObject(BaseModel):
+    """A configured model in the OpenAI models shape."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    description: str
+    capabilities: list[str]
+    architecture: ModelArchitecture
+
+
+class ModelList(BaseModel):
+    """The configured models."""
+
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+def model_object(model: ModelConfig) -> ModelObject:
+    """The model object of a configured model (``owned_by`` names its upstream)."""
+    return ModelObject(
+        id=model.id,
+        object="model",
+        created=0,
+        owned_by=model.upstream,
+        description=model.description,
+        capabilities=list(model.capabilities),
+        architecture=ModelArchitecture(
+            input_modalities=["text", "image"],
+            output_modalities=["image"],
+            features=list(model.capabilities),
+        ),
+    )
 
 
 def job_object(
@@ -193,6 +273,7 @@ def job_object(
         variant_index=spec.variant_index,
         queue_position=queue_position if job.status == JobStatus.QUEUED else None,
         metadata=spec.request.metadata,
+        urls=job_urls(spec.id),
     )
 
 
@@ -211,6 +292,7 @@ def batch_object(batch: Batch) -> BatchObject:
         usage=Usage.model_validate(batch.usage),
         metadata=spec.metadata,
         webhook_url=spec.webhook_url,
+        urls=batch_urls(spec.id),
     )
 
 

@@ -33,6 +33,7 @@ from app.http.app_keys import (
     WEBHOOKS,
 )
 from app.http.docs_page import render_docs_page
+from app.http.middleware.cors import cors_headers, cors_middleware
 from app.http.middleware.errors import (
     PUBLIC_PATHS,
     auth_middleware,
@@ -42,6 +43,7 @@ from app.http.middleware.errors import (
     rate_limit_middleware,
 )
 from app.http.middleware.idempotency import idempotency_middleware
+from app.http.middleware.ignored_params import ignored_params_header, ignored_params_middleware
 from app.http.openapi import build_document
 from app.http.requests.decoding import ImageDecoder
 from app.http.routes import add_routes
@@ -63,9 +65,11 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
     app = web.Application(
         middlewares=[
             errors_middleware,
+            cors_middleware,
             auth_middleware,
             log_fields_middleware,
             rate_limit_middleware,
+            ignored_params_middleware,
             idempotency_middleware,
         ],
         client_max_size=settings.max_body_bytes,
@@ -75,6 +79,8 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
     app[METRICS] = Metrics()
     app[API_KEYS] = ApiKeys(key.get_secret_value() for key in settings.api_keys)
     app.on_response_prepare.append(rate_limit_headers)
+    app.on_response_prepare.append(ignored_params_header)
+    app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.append(_resources)
     add_routes(app)
     app[API_DOCUMENT] = build_document(app, public_paths=PUBLIC_PATHS)

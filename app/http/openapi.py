@@ -47,6 +47,10 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
     "Location": {"description": "where to read the created resource", "schema": {"type": "string"}},
     "x-job-id": {"description": "the job behind this answer", "schema": {"type": "string"}},
+    "Preference-Applied": {
+        "description": "wait=N: the answer was held up to N seconds, as Prefer asked",
+        "schema": {"type": "string"},
+    },
     "Retry-After": {
         "description": "seconds to wait before trying again",
         "schema": {"type": "string"},
@@ -60,7 +64,8 @@ AUTHENTICATED_ERRORS = (401, 429, 503)
 @dataclass(frozen=True)
 class Reply:
     """A response body: a pydantic model as JSON, or another media type (described
-    in words, with ``model`` as the shape of each line for JSON Lines)."""
+    in words, with ``model`` as the shape of each line for JSON Lines); no body when
+    ``media_type`` is empty."""
 
     model: type[BaseModel] | None = None
     media_type: str = "application/json"
@@ -341,6 +346,9 @@ def _reply(reply: Reply, schemas: _Schemas) -> dict[str, Any]:
         inspect.getdoc(reply.model) or "" if reply.model is not None else ""
     )
     result: dict[str, Any] = {"description": description.splitlines()[0] if description else "OK"}
+    result["headers"] = _headers(("x-request-id", *reply.headers))
+    if not reply.media_type:  # no body (204)
+        return result
     schema: dict[str, Any]
     if reply.media_type == "application/json":
         schema = schemas.ref(reply.model, "serialization") if reply.model else {"type": "object"}
@@ -350,7 +358,6 @@ def _reply(reply: Reply, schemas: _Schemas) -> dict[str, Any]:
             schema["description"] = f"each line one {reply.model.__name__} (JSON)"
             schema["x-line-schema"] = schemas.ref(reply.model, "serialization")
     result["content"] = {reply.media_type: {"schema": schema}}
-    result["headers"] = _headers(("x-request-id", *reply.headers))
     return result
 
 

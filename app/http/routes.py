@@ -33,6 +33,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/{name:[^/]*}", ui.asset)
     app.router.add_get("/v1/queue", queue_status.queue_status)
     app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", models.get_model)
     app.router.add_post("/v1/jobs", jobs.submit_job)
     app.router.add_get("/v1/jobs", jobs.list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", jobs.get_job)

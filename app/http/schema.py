@@ -32,6 +32,9 @@ from app.core.public import JobList as JobList
 from app.core.public import JobObject as JobObject
 from app.core.public import JobRequestView as JobRequestView
 from app.core.public import LinkedImage as LinkedImage
+from app.core.public import ModelArchitecture as ModelArchitecture
+from app.core.public import ModelList as ModelList
+from app.core.public import ModelObject as ModelObject
 from app.core.routing_options import RoutingOptions
 from app.core.submissions import BatchOptions
 from app.core.webhooks import PREVIOUS_SECRET_DEFAULT_S, PREVIOUS_SECRET_MAX_S
@@ -262,33 +265,6 @@ class Deliveries(BaseModel):
     data: list[DeliveryAttempt]
 
 
-class ModelArchitecture(BaseModel):
-    """What a model takes and gives."""
-
-    input_modalities: list[str]
-    output_modalities: list[str]
-    features: list[str]
-
-
-class ModelObject(BaseModel):
-    """A configured model in the OpenAI models shape."""
-
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-    description: str
-    capabilities: list[str]
-    architecture: ModelArchitecture
-
-
-class ModelList(BaseModel):
-    """The configured models."""
-
-    object: Literal["list"]
-    data: list[ModelObject]
-
-
 class EventsQuery(BaseModel):
     """Where to resume an event stream (the ``Last-Event-ID`` header wins)."""
 
@@ -349,4 +325,15 @@ class SyncEditHeaders(IdempotencyHeaders):
         description="the OpenAI SDKs' attempt number: from 1, a retry, which waits on the "
         "job the same request (same API key and body) accepted in the last "
         "EDITQ_SYNC_RETRY_WINDOW_S instead of making another",
+    )
+
+
+class SubmitHeaders(IdempotencyHeaders):
+    """A submit's headers: its ``Idempotency-Key`` and how long to hold the answer."""
+
+    prefer: str | None = Field(
+        None,
+        alias="Prefer",
+        description="wait=N: hold the answer up to N seconds (at most EDITQ_MAX_WAIT_S) "
+        "for it to finish; 201 with the finished object, else 202 as without it",
     )

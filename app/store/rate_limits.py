@@ -10,6 +10,7 @@ through and logs once per outage: the job store answers 503 where it matters.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -43,8 +44,13 @@ class RateWindow:
         return self.count > self.limit
 
     def headers(self) -> dict[str, str]:
-        """``X-RateLimit-Limit`` and ``X-RateLimit-Remaining``."""
-        return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining)}
+        """``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and, as OpenAI spells it,
+        ``x-ratelimit-reset-requests`` (whole seconds until the window closes, ``12s``)."""
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "x-ratelimit-reset-requests": f"{max(1, math.ceil(self.reset_s))}s",
+        }
 
 
 class RateLimiter:

@@ -37,11 +37,11 @@ class EditCall:
     """One call to an upstream, for one output image.
 
     ``mask`` follows OpenAI's convention: transparent pixels mark the area to edit.
-    ``size``, ``quality``, ``background``, ``output_compression`` and ``user`` are
-    None when the client did not set them (the upstream's default applies).
-    An adapter that can stream (an OpenAI-compatible one) asks for ``partial_images``
-    previews when ``on_partial`` is set and hands each to it before returning; the
-    others ignore both and make the image only.
+    ``size``, ``quality``, ``background``, ``output_compression``, ``input_fidelity``
+    and ``user`` are None when the client did not set them (the upstream's default
+    applies). An adapter that can stream (an OpenAI-compatible one) asks for
+    ``partial_images`` previews when ``on_partial`` is set and hands each to it before
+    returning; the others ignore both and make the image only.
     """
 
     model: str  # the upstream's own model name
@@ -53,6 +53,7 @@ class EditCall:
     background: str | None = None
     output_format: str = "png"
     output_compression: int | None = None
+    input_fidelity: str | None = None
     user: str | None = None
     timeout_s: float = 300.0
     partial_images: int = 0

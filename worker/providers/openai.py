@@ -57,6 +57,7 @@ def build_form(call: EditCall) -> aiohttp.FormData:
         "background": call.background,
         "output_format": call.output_format,
         "output_compression": call.output_compression,
+        "input_fidelity": call.input_fidelity,
         "user": call.user,
     }
     for name, value in optional.items():

@@ -69,6 +69,7 @@ async def execute_run(
         background=request.background,
         output_format=request.output_format,
         output_compression=request.output_compression,
+        input_fidelity=request.input_fidelity,
         user=request.user,
     )
     turns = {name: asyncio.Semaphore(slots.need) for name, slots in plan.slots.items()}

@@ -8,12 +8,13 @@ from aiohttp import web
 
 from app.blobs import ObjectStore
 from app.core.jobs import Job
-from app.core.public import batch_json
+from app.core.public import batch_json, batch_urls
 from app.http.app_keys import BATCH_SERVICE, FETCH_SESSION, IMAGE_DECODER, SETTINGS, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
 from app.http.requests.batch_submissions import read_batch_submission
+from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.responses.lists import list_page
 from app.http.responses.streaming import started_stream
@@ -23,10 +24,10 @@ from app.http.schema import (
     BatchList,
     BatchObject,
     BatchResultLine,
-    IdempotencyHeaders,
     JobList,
     JobPageQuery,
     PageQuery,
+    SubmitHeaders,
     WaitQuery,
 )
 from app.services.job_views import render_job
@@ -35,24 +36,31 @@ from app.services.job_views import render_job
 @operation(
     "Submit a batch",
     tags=("batches",),
-    headers=IdempotencyHeaders,
+    headers=SubmitHeaders,
     json_body=BatchJsonRequest,
     form_body=BatchForm,
-    replies={202: Reply(BatchObject, headers=("Location",))},
+    replies={
+        201: Reply(BatchObject, description="finished within Prefer: wait", headers=SUBMIT_HEADERS),
+        202: Reply(BatchObject, headers=SUBMIT_HEADERS),
+    },
     errors=(400, 408, 409, 413, 415, 422, 503),
 )
 async def submit_batch(request: web.Request) -> web.Response:
-    """POST /v1/batches: shared defaults plus variants (or n copies); 202 with the batch."""
+    """POST /v1/batches: shared defaults plus variants (or n copies); 202 with the batch,
+    or 201 with the finished batch when it finishes within ``Prefer: wait=N``."""
     app = request.app
+    wait = preferred_wait(request, app[SETTINGS].max_wait_s)
     submission = await read_batch_submission(
         request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
-    batch = await app[BATCH_SERVICE].accept(
-        submission, request[TENANT], reservation=request.get(RESERVATION)
-    )
-    return web.json_response(
-        batch_json(batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"}
-    )
+    service, tenant = app[BATCH_SERVICE], request[TENANT]
+    batch = await service.accept(submission, tenant, reservation=request.get(RESERVATION))
+    headers = {"Location": batch_urls(batch.id).get}
+    if wait is not None:
+        batch = await service.wait(batch.id, tenant, wait)
+        headers.update(applied(wait))
+    status = 201 if batch.status.terminal else 202
+    return web.json_response(batch_json(batch), status=status, headers=headers)
 
 
 @operation(

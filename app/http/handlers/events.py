@@ -18,7 +18,10 @@ channel (Redis pub/sub) announces them, rereading the log after the last id sent
 so nothing is skipped or repeated. After 15 s of silence it sends a ``: keepalive``
 comment and rereads the log (a safety net should an announcement be lost). It ends
 after the last event that leaves the job terminal (the batch no longer running); a
-job retried later can be followed again by resuming from that event.
+job retried later can be followed again by resuming from that event. A stream opens
+with ``retry: 3000``; a reconnect (a resume id given) to a subject that has ended and
+has nothing after that id answers 204 No Content, which is how an ``EventSource`` is
+told to stop reconnecting.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from app.errors import NotFound
 from app.http.app_keys import BATCH_SERVICE, EVENTS, JOB_SERVICE, JOB_STORE, STORAGE
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.openapi import Reply, operation
-from app.http.responses.sse import KEEPALIVE, encode_event, parse_stream_id
+from app.http.responses.sse import KEEPALIVE, RETRY, encode_event, parse_stream_id
 from app.http.responses.streaming import started_stream
 from app.http.schema import EventsHeaders, EventsQuery
 from app.services.batches import BatchService
@@ -55,6 +58,12 @@ SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
+}
+
+
+EVENT_REPLIES = {
+    200: Reply(media_type="text/event-stream", description="Server-Sent Events"),
+    204: Reply(media_type="", description="a reconnect after the last event: nothing more"),
 }
 
 
@@ -126,7 +135,7 @@ class _BatchFeed:
     tags=("jobs",),
     query=EventsQuery,
     headers=EventsHeaders,
-    replies={200: Reply(media_type="text/event-stream", description="Server-Sent Events")},
+    replies=EVENT_REPLIES,
     errors=(400, 404, 503),
 )
 async def job_events(request: web.Request) -> web.StreamResponse:
@@ -146,7 +155,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     tags=("batches",),
     query=EventsQuery,
     headers=EventsHeaders,
-    replies={200: Reply(media_type="text/event-stream", description="Server-Sent Events")},
+    replies=EVENT_REPLIES,
     errors=(400, 404, 503),
 )
 async def batch_events(request: web.Request) -> web.StreamResponse:
@@ -176,12 +185,17 @@ async def _stream(
     status: str,
 ) -> web.StreamResponse:
     """Send the log after ``last_id``, then each new entry as it is announced, until
-    the feed ends. ``status`` is the subject's current one (for an empty replay)."""
+    the feed ends. ``status`` is the subject's current one (for an empty replay); 204
+    when a resume finds the feed ended and nothing after ``last_id``."""
+    store = request.app[JOB_STORE]
+    if last_id is not None and feed.ends(status):
+        if not await store.log_since(feed.subject, last_id, 1):
+            return web.Response(status=204, headers={"x-request-id": request[REQUEST_ID]})
     response = web.StreamResponse(headers=SSE_HEADERS)
     response.headers["x-request-id"] = request[REQUEST_ID]
-    store = request.app[JOB_STORE]
     async with started_stream(request, response, f"event stream {feed.subject}"):
         try:
+            await response.write(RETRY)
             while True:
                 last_id, status = await _send_new(response, store, feed, last_id, status)
                 if feed.ends(status):

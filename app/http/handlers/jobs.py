@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from app.core.public import job_urls
 from app.http.app_keys import (
     BATCH_SERVICE,
     FETCH_SESSION,
@@ -15,16 +16,17 @@ from app.http.app_keys import (
 from app.http.middleware.errors import TENANT
 from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
+from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.requests.submissions import read_submission
 from app.http.responses.lists import list_page
 from app.http.schema import (
     EditForm,
     EditJsonRequest,
-    IdempotencyHeaders,
     JobList,
     JobObject,
     JobPageQuery,
+    SubmitHeaders,
     WaitQuery,
 )
 from app.services.job_views import render_job
@@ -33,23 +35,31 @@ from app.services.job_views import render_job
 @operation(
     "Submit an edit job",
     tags=("jobs",),
-    headers=IdempotencyHeaders,
+    headers=SubmitHeaders,
     json_body=EditJsonRequest,
     form_body=EditForm,
-    replies={202: Reply(JobObject, headers=("Location",))},
+    replies={
+        201: Reply(JobObject, description="finished within Prefer: wait", headers=SUBMIT_HEADERS),
+        202: Reply(JobObject, headers=SUBMIT_HEADERS),
+    },
     errors=(400, 408, 409, 413, 415, 422, 503),
 )
 async def submit_job(request: web.Request) -> web.Response:
-    """POST /v1/jobs: validate, store the inputs, enqueue; 202 with the job."""
+    """POST /v1/jobs: validate, store the inputs, enqueue; 202 with the job, or 201
+    with the finished job when it finishes within ``Prefer: wait=N``."""
     app = request.app
+    wait = preferred_wait(request, app[SETTINGS].max_wait_s)
     submission = await read_submission(
         request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
     )
-    job = await app[JOB_SERVICE].accept(
-        submission, request[TENANT], reservation=request.get(RESERVATION)
-    )
+    service, tenant = app[JOB_SERVICE], request[TENANT]
+    job = await service.accept(submission, tenant, reservation=request.get(RESERVATION))
+    headers = {"Location": job_urls(job.id).get}
+    if wait is not None:
+        job = await service.wait(job.id, tenant, wait)
+        headers.update(applied(wait))
     body = await render_job(job, app[STORAGE])
-    return web.json_response(body, status=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    return web.json_response(body, status=201 if job.status.terminal else 202, headers=headers)
 
 
 @operation(
@@ -113,5 +123,5 @@ async def retry_job(request: web.Request) -> web.Response:
     return web.json_response(
         await render_job(job, request.app[STORAGE]),
         status=202,
-        headers={"Location": f"/v1/jobs/{job.id}"},
+        headers={"Location": job_urls(job.id).get},
     )

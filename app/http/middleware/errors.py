@@ -46,6 +46,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/ui", "/ui/{name}"}
 )
+UNCOUNTED_PATHS = frozenset({"/metrics"})
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TENANT = web.RequestKey("tenant", str)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -258,9 +259,12 @@ async def log_fields_middleware(request: web.Request, handler: Handler) -> web.S
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every authenticated request against its key's limit; 429 once over it."""
+    """Count every authenticated request against its key's limit; 429 once over it.
+    Metrics scrapes do not count: a scraper must not spend a client's quota."""
     tenant = request.get(TENANT)
-    window = None if tenant is None else await request.app[RATE_LIMITER].hit(tenant)
+    if tenant is None or request.path in UNCOUNTED_PATHS:
+        return await handler(request)
+    window = await request.app[RATE_LIMITER].hit(tenant)
     if window is not None:
         request[RATE_WINDOW] = window
         if window.exceeded:

@@ -18,15 +18,21 @@ import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from app.core.edit_params import EditParams, invalid_request_from, parse_edit_params
+from app.core.edit_params import EditParams, invalid_request_from, parse_edit_params, unmodeled
 from app.core.submissions import BatchOptions, BatchSubmission
 from app.core.validation import in_variant
 from app.errors import InvalidRequest, UnsupportedMediaType
 from app.http.requests.decoding import ImageDecoder
+from app.http.requests.form_fields import FormShape
+from app.http.requests.ignored import note_ignored
 from app.http.requests.submissions import check_inputs, document_images, read_json_object, read_raw
 from app.settings import Settings
 
 BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
+BATCH_FORM = FormShape(
+    lists=("variants", "webhook_events"), singles=("defaults", "n", "webhook_url", "metadata")
+)
+"""The form fields of a batch request."""
 
 YIELD_EVERY = 500  # variants validated between two turns of the event loop
 
@@ -39,7 +45,7 @@ async def read_batch_submission(
 ) -> BatchSubmission:
     """Parse and check a batch request; raises an EditqError naming the field at fault."""
     if request.content_type == "multipart/form-data":
-        raw = await read_raw(request, settings, fetch_session)
+        raw = await read_raw(request, settings, fetch_session, BATCH_FORM)
         top: dict[str, Any] = {k: _json_part(k, v) for k, v in raw.fields.items()}
         defaults = top.get("defaults") or {}
     elif request.content_type == "application/json":
@@ -62,6 +68,7 @@ async def read_batch_submission(
         if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)  # 10,000 validations must not hold the loop at once
     checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0])
+    note_ignored(request, _ignored(top, defaults, overrides))
     return BatchSubmission(
         variants,
         checked.images,
@@ -71,13 +78,35 @@ async def read_batch_submission(
     )
 
 
+def _ignored(
+    top: dict[str, Any], defaults: dict[str, Any], overrides: list[dict[str, Any]]
+) -> list[str]:
+    """The batch's fields that are neither batch nor edit fields, by their path."""
+    known = {*BATCH_FORM.lists, *BATCH_FORM.singles}
+    names = [name for name in top if name not in known]
+    names.extend(f"defaults.{name}" for name in unmodeled(defaults))
+    in_variants = {name for override in overrides for name in override} - {"images", "mask"}
+    names.extend(f"variants[].{name}" for name in unmodeled(in_variants))
+    return sorted(names)
+
+
 def _json_part(name: str, value: Any) -> Any:
-    if name in ("defaults", "variants", "metadata") and isinstance(value, str):
-        try:
-            return json.loads(value)
-        except (ValueError, RecursionError):
-            raise InvalidRequest(f"{name} must be valid JSON", param=name) from None
-    return value
+    """A batch form field's value: ``defaults``, ``variants`` and ``metadata`` are JSON
+    text, and so is each repeated ``variants[]`` part (an object)."""
+    if name not in ("defaults", "variants", "metadata"):
+        return value
+    if isinstance(value, list):
+        return [_json_text(f"{name}[{index}]", item) for index, item in enumerate(value)]
+    return _json_text(name, value)
+
+
+def _json_text(param: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(f"{param} must be valid JSON", param=param) from None
 
 
 def _options(top: dict[str, Any]) -> BatchOptions:

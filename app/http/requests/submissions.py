@@ -21,7 +21,13 @@ import aiohttp
 from aiohttp import web
 
 from app.core.concurrency import gather_or_cancel
-from app.core.edit_params import EditParams, parse_edit_params
+from app.core.edit_params import (
+    LIST_FIELDS,
+    SINGLE_FIELDS,
+    EditParams,
+    parse_edit_params,
+    unmodeled,
+)
 from app.core.images import check_mask, decode_data_url
 from app.core.submissions import Submission
 from app.errors import InvalidRequest, UnsupportedMediaType
@@ -36,8 +42,13 @@ from app.http.requests.bodies import (
     refuse_declared_length,
 )
 from app.http.requests.decoding import ImageDecoder
+from app.http.requests.form_fields import FormShape, form_fields
+from app.http.requests.ignored import note_ignored
 from app.net import check_url, fetch_bounded
 from app.settings import Settings
+
+EDIT_FORM = FormShape(lists=LIST_FIELDS, singles=SINGLE_FIELDS)
+"""The form fields of an edit request."""
 
 
 @dataclass
@@ -61,26 +72,30 @@ async def read_submission(
     """
     raw = await read_raw(request, settings, fetch_session)
     params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
+    note_ignored(request, unmodeled(raw.fields))
     return await check_inputs(raw.images, raw.mask, settings, decoder, params)
 
 
 async def read_raw(
-    request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
+    request: web.Request,
+    settings: Settings,
+    fetch_session: aiohttp.ClientSession,
+    shape: FormShape = EDIT_FORM,
 ) -> RawRequest:
-    """The request's fields and image bytes, in either shape, with sizes enforced."""
+    """The request's fields and image bytes, in either shape, with sizes enforced; a
+    form body's fields read by ``form_fields`` with ``shape``."""
     refuse_declared_length(request, settings.max_body_bytes)
     if request.content_type == "multipart/form-data":
         async with body_deadline(settings):
             form = await read_form(request, settings)
-        raw = _raw_from_form(form, settings)
+        raw = _raw_from_form(form, settings, shape)
     elif request.content_type == "application/json":
         raw = await _read_json(request, settings, fetch_session)
     elif request.content_type == "application/x-www-form-urlencoded":
         async with body_deadline(settings):
             posted = await request.post()  # fields only: files need multipart
-        raw = RawRequest(
-            fields={k: v for k, v in posted.items() if isinstance(v, str)}, images=[], mask=None
-        )
+        pairs = [(k, v) for k, v in posted.items() if isinstance(v, str)]
+        raw = RawRequest(fields=dict(form_fields(pairs, shape)), images=[], mask=None)
     else:
         raise UnsupportedMediaType(
             f"content type {request.content_type or 'none'} is not accepted; "
@@ -113,9 +128,10 @@ async def check_inputs(
     return Submission(params=params, images=decoded[: len(images)], mask=checked_mask)
 
 
-def _raw_from_form(form: Form, settings: Settings) -> RawRequest:
+def _raw_from_form(form: Form, settings: Settings, shape: FormShape) -> RawRequest:
     """The fields, images and mask of a parsed multipart body."""
     raw = RawRequest(fields={}, images=[], mask=None)
+    texts: list[tuple[str, str]] = []
     for part in form.checked_parts():
         if part.name in IMAGE_FIELDS:
             if len(raw.images) >= settings.max_images:
@@ -125,9 +141,10 @@ def _raw_from_form(form: Form, settings: Settings) -> RawRequest:
             raw.mask = (MASK_FIELD, part.data)
         else:
             try:
-                raw.fields[part.name] = part.data.decode("utf-8")
+                texts.append((part.name, part.data.decode("utf-8")))
             except UnicodeDecodeError:
                 raise InvalidRequest(f"{part.name} is not valid UTF-8", param=part.name) from None
+    raw.fields.update(form_fields(texts, shape))
     return raw
 
 

@@ -2,7 +2,8 @@
 
 An event is ``id``, ``event`` and one line of JSON ``data``; ids are Redis stream
 ids (``<ms>-<seq>``), so a client resumes with the last one it saw as
-``Last-Event-ID``. ``app.client.models.SseDecoder`` is the reading side.
+``Last-Event-ID``. A stream opens with a ``retry`` field (the reconnection delay).
+``app.client.models.SseDecoder`` is the reading side.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from typing import Any
 from app.errors import InvalidRequest
 
 KEEPALIVE = b": keepalive\n\n"
+RETRY_MS = 3000
+RETRY = f"retry: {RETRY_MS}\n\n".encode()
+"""Sent first on every stream: a dropped connection is retried after 3 s (browsers
+otherwise pick their own delay)."""
 STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 MAX_ID_PART = 2**64 - 1
 

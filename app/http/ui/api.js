@@ -73,6 +73,8 @@ export async function follow(path, onEvent, signal) {
     }
     throw error;
   }
+  // 204: a resume after the last event of a finished job; there is nothing to read.
+  if (response.status === 204 || !response.body) return true;
   const feed = sseParser(onEvent);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   for (;;) {

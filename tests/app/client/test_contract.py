@@ -86,11 +86,14 @@ class Contract:
     _walking: set[tuple[type[BaseModel], str]] = field(default_factory=set)
 
     def answer(self, method: str, path: str) -> Schema:
-        """The JSON body schema of the operation's one success answer."""
+        """The JSON body schema of the operation's success answers (a submit's 201 and
+        202 alike), which must all be the same one."""
         responses = self.spec["paths"][path][method]["responses"]
         successes = [self.resolve(r) for code, r in responses.items() if code.startswith("2")]
-        assert len(successes) == 1, f"{method} {path} has {len(successes)} success answers"
-        schema: Schema = successes[0]["content"]["application/json"]["schema"]
+        schemas = [success["content"]["application/json"]["schema"] for success in successes]
+        assert schemas, f"{method} {path} has no success answer"
+        assert all(other == schemas[0] for other in schemas), f"{method} {path}: 2xx bodies differ"
+        schema: Schema = schemas[0]
         return schema
 
     def resolve(self, node: Schema) -> Schema:

@@ -152,6 +152,7 @@ PUBLIC_KEYS = {
     "variant_index",
     "queue_position",
     "metadata",
+    "urls",
 }
 
 
@@ -195,6 +196,7 @@ def test_public_shape_of_a_queued_job() -> None:
     assert (public["started_at"], public["finished_at"]) == (None, None)
     assert (public["attempts"], public["error"], public["result"]) == ([], None, None)
     assert public["metadata"] == {"order": "7"}
+    assert public["urls"]["events"] == "/v1/jobs/job_018bcfe5680000aabbccddeeff/events"
     assert public["cached"] is False
     request = public["request"]
     assert "metadata" not in request

@@ -34,7 +34,11 @@ def test_a_window_says_what_is_left(count: int, remaining: int, exceeded: bool) 
     window = RateWindow(limit=3, count=count, reset_s=12.5)
     assert window.remaining == remaining
     assert window.exceeded is exceeded
-    assert window.headers() == {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": str(remaining)}
+    assert window.headers() == {
+        "X-RateLimit-Limit": "3",
+        "X-RateLimit-Remaining": str(remaining),
+        "x-ratelimit-reset-requests": "13s",  # whole seconds, rounded up
+    }
 
 
 async def test_requests_are_counted_per_key_within_one_window(redis: Redis, prefix: str) -> None:
