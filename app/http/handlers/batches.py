@@ -59,7 +59,9 @@ async def submit_batch(request: web.Request) -> web.Response:
     if wait is not None:
         batch = await service.wait(batch.id, tenant, wait)
         headers.update(applied(wait))
-    status = 201 if batch.status.terminal else 202
+    # 201 only for a client that asked to wait: without Prefer every submit is a 202,
+    # even one answered with a batch that is finished (an idempotent retry's).
+    status = 201 if wait is not None and batch.status.terminal else 202
     return web.json_response(batch_json(batch), status=status, headers=headers)
 
 

@@ -59,7 +59,10 @@ async def submit_job(request: web.Request) -> web.Response:
         job = await service.wait(job.id, tenant, wait)
         headers.update(applied(wait))
     body = await render_job(job, app[STORAGE])
-    return web.json_response(body, status=201 if job.status.terminal else 202, headers=headers)
+    # 201 only for a client that asked to wait: without Prefer every submit is a 202,
+    # even one answered with a job that is finished (an idempotent retry's, a cache hit).
+    status = 201 if wait is not None and job.status.terminal else 202
+    return web.json_response(body, status=status, headers=headers)
 
 
 @operation(
