@@ -55,8 +55,14 @@ def dev_server() -> Iterator[tuple[subprocess.Popen[str], list[str], int]]:
         yield process, lines, port
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            # Ctrl-C, as a user stops it: editq dev then stops the worker, Redis and S3
+            # it started. SIGKILL would orphan them, running on through later tests.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         process.stdout.close()
 
 

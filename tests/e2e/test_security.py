@@ -29,7 +29,7 @@ from tests.support.images import data_url, png
 from tests.support.service import RunningService
 
 PUBLIC = {"/healthz", "/readyz", "/docs", "/openapi.json"}
-STATIC_UI = {"/ui", "/ui/{name}"}  # the dashboard's files: no data; the page asks for a key
+STATIC_UI = {"/", "/ui", "/ui/{name}"}  # the dashboard's files (and / redirecting to it)
 SOURCE = Path(__file__).resolve().parents[2]
 READERS: dict[str, tuple[str | int, ...]] = {  # Redis type: method and arguments
     "string": ("get",),
