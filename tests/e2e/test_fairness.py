@@ -116,7 +116,12 @@ async def test_single_jobs_stay_fast_while_a_2000_variant_batch_drains(
     assert progress["status"] == "running"  # measured while it was still draining
     idle_ms, busy_ms = statistics.median(idle) * 1000, statistics.median(busy) * 1000
     print(f"\npickup p50 idle {idle_ms:.1f} ms, during a 2000-variant batch {busy_ms:.1f} ms")
-    assert busy_ms <= 2 * idle_ms + 5, (idle_ms, busy_ms)  # +5 ms: timer resolution
+    # The API, the worker and the fake upstream share this test's one event loop, which
+    # the drain keeps busy: the same code before and after the crash-safety work measured
+    # busy p50 between 1.5x and 2.2x idle on 2 cores. A single job stuck behind the bulk
+    # lane would wait for whole upstream calls (200 ms each, 2000 of them queued), so
+    # +50 ms still tells the two apart; the pickup figures themselves are make bench's.
+    assert busy_ms <= 2 * idle_ms + 50, (idle_ms, busy_ms)
     assert fake_upstream.max_in_flight <= CAP
     await capped.post(f"/v1/batches/{big['id']}/cancel")
 
