@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from app.errors import EditqError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-DECODE_WEIGHT = {"WEBP": 4}
+DECODE_WEIGHT = {"image/webp": 4}
 """How many pixels of a PNG or JPEG (4 bytes each while Pillow decodes them) one pixel of
 a format costs in memory while it is decoded. Pillow decodes a WebP into an RGBA buffer
 and copies it twice on the way to an image: 16 bytes a pixel (measured with Pillow 13:
@@ -80,10 +80,7 @@ class DeclaredImage:
     @property
     def decode_cost(self) -> int:
         """The pixels its decode costs in memory (``pixels x DECODE_WEIGHT``)."""
-        image_format = next(
-            name for name, kind in CONTENT_TYPES.items() if kind == self.content_type
-        )
-        return self.pixels * decode_weight(image_format)
+        return self.pixels * decode_weight(self.content_type)
 
 
 @dataclass(frozen=True)
@@ -106,9 +103,9 @@ class Undecodable:
     limit: int = 0  # with "pixels": the most pixels an image of its format may have
 
 
-def decode_weight(image_format: str) -> int:
-    """The ``DECODE_WEIGHT`` of a format (Pillow's name)."""
-    return DECODE_WEIGHT.get(image_format, 1)
+def decode_weight(content_type: str) -> int:
+    """The ``DECODE_WEIGHT`` of an image type (1 for any not listed)."""
+    return DECODE_WEIGHT.get(content_type, 1)
 
 
 def open_untrusted(
@@ -163,7 +160,7 @@ def _declared_problem(
         detail = f"{image_format or 'an unknown format'} is not one of {', '.join(formats)}"
         return Undecodable("format", detail, image_format)
     width, height = image.size
-    weight = decode_weight(image_format)
+    weight = decode_weight(CONTENT_TYPES.get(image_format, ""))
     if width * height * weight > max_pixels:
         limit = max_pixels // weight
         detail = f"{width}x{height} is over {limit} pixels"

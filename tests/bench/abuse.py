@@ -53,7 +53,7 @@ METADATA_S = 20.0
 BOMBS_S = 15.0
 DECODED_ROUNDS = 2
 DECODED_SIDE = math.isqrt(
-    Settings.model_fields["max_image_pixels"].default // DECODE_WEIGHT["WEBP"]
+    Settings.model_fields["max_image_pixels"].default // DECODE_WEIGHT["image/webp"]
 )  # the largest lossless WebP an API with default settings decodes
 READERS = 3
 MAX_VARIANTS = Settings.model_fields["max_batch_variants"].default
@@ -269,7 +269,7 @@ def bombs_load(per_request: int, rounds: int | None, side: int = 7000) -> Load:
     async def load(stack: BenchStack, attack: Attack, watch: Watch) -> None:
         bomb = lossless_webp(side)
         attack.facts.append(f"each WebP {len(bomb)} bytes, {per_request} per request")
-        cost = side * side * DECODE_WEIGHT["WEBP"]  # what the API's caps count
+        cost = side * side * DECODE_WEIGHT["image/webp"]  # what the API's caps count
         refused = (
             cost > Settings.model_fields["max_image_pixels"].default
             or per_request * cost > Settings.model_fields["max_request_pixels"].default

@@ -14,7 +14,7 @@ from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
 from app.http.requests.batch_submissions import read_batch_submission
-from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait
+from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait, submit_status
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.responses.lists import list_page
 from app.http.responses.streaming import started_stream
@@ -59,9 +59,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     if wait is not None:
         batch = await service.wait(batch.id, tenant, wait)
         headers.update(applied(wait))
-    # 201 only for a client that asked to wait: without Prefer every submit is a 202,
-    # even one answered with a batch that is finished (an idempotent retry's).
-    status = 201 if wait is not None and batch.status.terminal else 202
+    status = submit_status(wait, batch.status.terminal)
     return web.json_response(batch_json(batch), status=status, headers=headers)
 
 

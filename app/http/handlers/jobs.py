@@ -16,7 +16,7 @@ from app.http.app_keys import (
 from app.http.middleware.errors import TENANT
 from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
-from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait
+from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait, submit_status
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.requests.submissions import read_submission
 from app.http.responses.lists import list_page
@@ -59,9 +59,7 @@ async def submit_job(request: web.Request) -> web.Response:
         job = await service.wait(job.id, tenant, wait)
         headers.update(applied(wait))
     body = await render_job(job, app[STORAGE])
-    # 201 only for a client that asked to wait: without Prefer every submit is a 202,
-    # even one answered with a job that is finished (an idempotent retry's, a cache hit).
-    status = 201 if wait is not None and job.status.terminal else 202
+    status = submit_status(wait, job.status.terminal)
     return web.json_response(body, status=status, headers=headers)
 
 

@@ -39,3 +39,10 @@ def preferred_wait(request: web.Request, limit_s: float) -> int | None:
 def applied(wait: int) -> dict[str, str]:
     """The header naming the wait honoured."""
     return {PREFERENCE_APPLIED: f"wait={wait}"}
+
+
+def submit_status(wait: int | None, finished: bool) -> int:
+    """A submit's status: 201 when the client asked to wait and the object finished,
+    else 202, even for an object finished already (an idempotent retry's, a cache
+    hit): without ``Prefer`` every submit answers alike."""
+    return 201 if wait is not None and finished else 202
