@@ -273,6 +273,13 @@ class UnsupportedPrompt(UpstreamRejected):
     default_code = "unsupported_prompt"
 
 
+class ContentFiltered(UpstreamRejected):
+    """The upstream's moderation refused the input or its own output. Final: the same
+    request is neither retried nor sent to a fallback model."""
+
+    default_code = "content_filtered"
+
+
 class InsufficientCredits(UpstreamRejected):
     """The upstream refused the call because the account's credits or quota are spent."""
 

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from app.background import Backoff, retry_until
 from app.core.jobs import Attempt, Job
 from app.core.providers_config import ModelConfig, UpstreamConfig
-from app.errors import UpstreamError, UpstreamTimeout
+from app.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
 from worker.providers.base import EditCall, EditOutput
@@ -95,7 +95,12 @@ def _decide(
     calls: OutputCalls, exc: UpstreamError, model_index: int, retries_used: int
 ) -> Decision:
     return decide(
-        CallFailure(status=exc.upstream_status, code=exc.code, retry_after=exc.retry_after),
+        CallFailure(
+            status=exc.upstream_status,
+            code=exc.code,
+            retry_after=exc.retry_after,
+            rejected=isinstance(exc, UpstreamRejected),
+        ),
         routing=calls.job.spec.request.routing,
         retries_used=retries_used,
         has_next_model=model_index + 1 < len(calls.plan),

@@ -5,6 +5,8 @@ to wait first.
 A call tries ``plan_models`` in order (the load balancer's or the request's model,
 then the fallbacks). On a failure, ``decide`` says what next:
 
+- **give up** at once after moderation (``content_filtered``): the same request would
+  be refused again, by this model or another;
 - **retry** the same model when the status is in ``retry.on_codes``, or the call
   timed out or could not connect, while retries remain — after the upstream's
   ``Retry-After`` or an exponential backoff with jitter — unless that wait would
@@ -28,28 +30,36 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
 TIMEOUT_STATUS = 408
 UNREACHABLE_STATUS = 502
+REJECTED_STATUS = 400
+FINAL_CODES = frozenset({"content_filtered"})
 
 
 @dataclass(frozen=True)
 class CallFailure:
-    """What went wrong with one call: the upstream's status (None when it never
-    answered), the error code, and its ``Retry-After`` in seconds if it sent one."""
+    """What went wrong with one call: the upstream's status (None when it gave none),
+    the error code, its ``Retry-After`` in seconds if it sent one, and whether the
+    upstream refused the request itself (``rejected``: an ``UpstreamRejected``, which
+    an asynchronous upstream reports in a status body, not an HTTP status)."""
 
     status: int | None
     code: str
     retry_after: float | None = None
+    rejected: bool = False
 
     @property
     def effective_status(self) -> int:
-        """The status used to match code lists: a timeout is 408, no answer 502."""
+        """The status used to match code lists: a rejection is 400, a timeout 408, no
+        answer 502."""
         if self.status is not None:
             return self.status
+        if self.rejected:
+            return REJECTED_STATUS
         return TIMEOUT_STATUS if self.code == "upstream_timeout" else UNREACHABLE_STATUS
 
     @property
     def transient(self) -> bool:
         """A timeout or a connection failure, always worth retrying."""
-        return self.status is None
+        return self.status is None and not self.rejected
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,8 @@ def decide(
     rng: random.Random,
 ) -> Decision:
     """Retry, fall back or give up after ``failure`` (see the module docstring)."""
+    if failure.code in FINAL_CODES:
+        return Decision("give_up")
     retry = routing.retry or NO_RETRY
     retries_left = retry.count - retries_used if routing.retry is not None else 0
     blocked_by_budget = False

@@ -136,6 +136,8 @@ UNAVAILABLE = CallFailure(status=503, code="upstream_error")
 BAD_REQUEST = CallFailure(status=400, code="upstream_bad_request")
 TIMEOUT = CallFailure(status=None, code="upstream_timeout")
 UNREACHABLE = CallFailure(status=None, code="upstream_unreachable")
+REFUSED_PROMPT = CallFailure(status=None, code="unsupported_prompt", rejected=True)
+MODERATED = CallFailure(status=None, code="content_filtered", rejected=True)
 
 
 def only_fallback_on(*codes: int) -> RoutingOptions:
@@ -220,6 +222,15 @@ CASES = {
         UNREACHABLE, only_fallback_on(408), "give_up", retries_used=2
     ),
     "400 is not a fallback code": Case(BAD_REQUEST, RETRY_TWICE, "give_up"),
+    "a rejection without a status is not retried as if transient": Case(
+        REFUSED_PROMPT, RoutingOptions(retry=RetryOptions(on_codes=(429,))), "give_up"
+    ),
+    "a rejection without a status falls back as a 400": Case(
+        REFUSED_PROMPT, only_fallback_on(400), "fallback"
+    ),
+    "moderation is neither retried nor sent to a fallback": Case(
+        MODERATED, only_fallback_on(400, 408, 500, 502), "give_up"
+    ),
     "no next model: give up": Case(
         UNAVAILABLE, RETRY_TWICE, "give_up", retries_used=2, has_next=False
     ),
