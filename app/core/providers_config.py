@@ -22,6 +22,24 @@ IMAGE_EDIT = "image_edit"
 MaskConvention = Literal["transparent_edits", "opaque_edits"]
 """Which mask pixels mark the area to edit: OpenAI's transparent ones, or opaque ones."""
 
+UpstreamKind = Literal["openai", "requesty", "orq", "local", "bfl", "replicate", "fal", "gemini"]
+
+ASYNC_KINDS = frozenset({"bfl", "replicate", "fal"})
+"""Kinds whose API takes an edit, answers with a handle at once and is polled for the
+result: a job waiting on one holds no worker slot and no connection."""
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "bfl": "https://api.bfl.ai",
+    "replicate": "https://api.replicate.com",
+    "fal": "https://queue.fal.run",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+"""Where a kind's public API lives; ``base_url`` overrides it (tests point it at fakes)."""
+
+InputTransfer = Literal["inline", "url"]
+"""How input images reach the upstream: their bytes in the request, or a short-lived
+presigned URL of the copy in object storage (for APIs that fetch image URLs)."""
+
 
 class UpstreamConfig(BaseModel):
     """One upstream service and how to reach it."""
@@ -29,8 +47,8 @@ class UpstreamConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
-    kind: Literal["openai", "requesty", "orq", "local"]
-    base_url: str | None = None
+    kind: UpstreamKind
+    base_url: str | None = Field(None, description="the kind's public API when unset")
     api_key_env: str | None = None
     api_key: SecretStr | None = Field(None, description="resolved from api_key_env at load")
     max_concurrency: int = Field(16, ge=1, description="calls in flight, across all workers")
@@ -39,12 +57,24 @@ class UpstreamConfig(BaseModel):
     delay_s: float = Field(0.0, ge=0, description="local kind only: seconds each edit takes")
     mask_convention: MaskConvention = "transparent_edits"
     supports_mask: bool = Field(True, description="False: the mask goes as an extra image")
+    input_transfer: InputTransfer = "inline"
+    poll_initial_s: float = Field(0.5, gt=0, description="async kinds: first wait between polls")
+    poll_max_s: float = Field(5.0, gt=0, description="async kinds: longest wait between polls")
 
     @model_validator(mode="after")
     def _needs_base_url(self) -> UpstreamConfig:
+        if self.base_url is None and self.kind in DEFAULT_BASE_URLS:
+            object.__setattr__(self, "base_url", DEFAULT_BASE_URLS[self.kind])
         if self.kind != "local" and not self.base_url:
             raise ValueError(f"upstream {self.name!r}: kind {self.kind!r} needs base_url")
+        if self.poll_max_s < self.poll_initial_s:
+            raise ValueError(f"upstream {self.name!r}: poll_max_s is below poll_initial_s")
         return self
+
+    @property
+    def is_async(self) -> bool:
+        """Whether edits are submitted and then polled (see ``ASYNC_KINDS``)."""
+        return self.kind in ASYNC_KINDS
 
 
 class ModelConfig(BaseModel):
@@ -57,6 +87,14 @@ class ModelConfig(BaseModel):
     upstream_model: str
     capabilities: tuple[str, ...] = (IMAGE_EDIT,)
     description: str = ""
+    version: str | None = Field(
+        None, description="replicate: a version id, posted to /v1/predictions"
+    )
+    prompt_field: str = Field("prompt", description="replicate: the input's prompt field")
+    image_field: str = Field("image", description="replicate: the input's image field")
+    max_images: int = Field(
+        1, ge=1, description="bfl, replicate: input images the model takes (extras refused)"
+    )
 
 
 class ProvidersConfig(BaseModel):

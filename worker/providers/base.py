@@ -3,6 +3,14 @@
 An adapter turns an ``EditCall`` into exactly one output image (the gateways reject
 ``n > 1``; a job with ``n`` outputs makes ``n`` calls). It raises the ``UpstreamError``
 branch of ``app.errors`` on failure, keeping the upstream's message and status.
+
+Two shapes. A synchronous adapter (``Upstream``) makes one call and returns the image.
+An asynchronous one (``AsyncUpstream``: Black Forest Labs, Replicate, fal) submits the
+edit and answers with an ``UpstreamHandle`` at once; the handle is recorded with the
+call before any waiting, and ``poll`` is then asked, as scheduled work, how the edit
+stands: ``PollPending``, ``EditOutput`` (done) or ``PollFailed``. ``poll`` *raises*
+only when asking failed (the status request itself): a transient error means "ask
+again later", a rejection (401, 403) ends the call.
 """
 
 from __future__ import annotations
@@ -12,14 +20,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.core.jobs import Usage
+from app.errors import UpstreamError
 
 
 @dataclass(frozen=True)
 class InputImage:
-    """An input image's encoded bytes, as the client uploaded them."""
+    """An input image's encoded bytes, as the client uploaded them; or, for an upstream
+    whose ``input_transfer`` is ``url``, no bytes (``data`` empty) and a short-lived
+    presigned ``url`` of the stored copy, which the upstream fetches itself."""
 
     data: bytes
     content_type: str  # image/png, image/jpeg or image/webp
+    url: str | None = None
 
     @property
     def extension(self) -> str:
@@ -68,6 +80,35 @@ class EditOutput:
     usage: Usage | None = None
 
 
+@dataclass(frozen=True)
+class UpstreamHandle:
+    """An edit an asynchronous upstream accepted: enough to poll, fetch and cancel it
+    from any worker (it is stored in the job's record as JSON, so strings only)."""
+
+    request_id: str
+    poll_url: str
+    result_url: str | None = None  # fal: where the finished result is read
+    cancel_url: str | None = None  # Replicate, fal
+
+
+@dataclass(frozen=True)
+class PollPending:
+    """Still queued or working; ``retry_after`` is the upstream's hint, in seconds."""
+
+    queue_position: int | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class PollFailed:
+    """The upstream ran the edit and it failed (moderation: ``ContentFiltered``)."""
+
+    error: UpstreamError
+
+
+PollResult = PollPending | EditOutput | PollFailed
+
+
 class Upstream(Protocol):
     """An upstream that edits images. ``close`` releases its connections."""
 
@@ -75,6 +116,30 @@ class Upstream(Protocol):
 
     async def edit(self, call: EditCall) -> EditOutput:
         """Make one edit; raises app.errors.UpstreamError (or a subclass) on failure."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the adapter is not used afterwards."""
+        ...
+
+
+class AsyncUpstream(Protocol):
+    """An upstream that takes an edit and is polled for its result (see the module
+    docstring). ``edit`` is not offered: waiting is the caller's scheduled work."""
+
+    name: str
+
+    async def submit(self, call: EditCall) -> UpstreamHandle:
+        """Hand the edit over; raises UpstreamError when the upstream refuses it."""
+        ...
+
+    async def poll(self, handle: UpstreamHandle) -> PollResult:
+        """How the edit stands; a finished image is downloaded before returning (result
+        URLs expire). Raises UpstreamError only when asking failed."""
+        ...
+
+    async def cancel(self, handle: UpstreamHandle) -> bool:
+        """Ask the upstream to stop; False where its API has no cancel."""
         ...
 
     async def close(self) -> None:

@@ -125,3 +125,34 @@ def test_edit_model_that_cannot_edit(tmp_path: Path) -> None:
         providers.edit_model("openai/gpt-4o")
     assert (caught.value.param, caught.value.code) == ("model", "model_capability_mismatch")
     assert "does not support image editing" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "base_url", "is_async"),
+    [
+        ("bfl", "https://api.bfl.ai", True),
+        ("replicate", "https://api.replicate.com", True),
+        ("fal", "https://queue.fal.run", True),
+        ("gemini", "https://generativelanguage.googleapis.com", False),
+    ],
+)
+def test_native_kinds_default_to_their_public_api(
+    tmp_path: Path, kind: str, base_url: str, is_async: bool
+) -> None:
+    text = f'[[upstreams]]\nname = "u"\nkind = "{kind}"\n' + MODEL.replace('"local"', '"u"')
+    upstream = load_providers(write(tmp_path, text), {}).upstream("u")
+    assert upstream.base_url == base_url
+    assert upstream.is_async is is_async
+    assert upstream.input_transfer == "inline"
+
+
+def test_a_base_url_overrides_the_public_api(tmp_path: Path) -> None:
+    text = '[[upstreams]]\nname = "u"\nkind = "fal"\nbase_url = "http://127.0.0.1:9"\n'
+    upstream = load_providers(write(tmp_path, text + MODEL.replace('"local"', '"u"')), {})
+    assert upstream.upstream("u").base_url == "http://127.0.0.1:9"
+
+
+def test_poll_cadence_must_rise(tmp_path: Path) -> None:
+    text = '[[upstreams]]\nname = "u"\nkind = "bfl"\npoll_initial_s = 3\npoll_max_s = 1\n'
+    with pytest.raises(ProvidersFileError, match="poll_max_s"):
+        load_providers(write(tmp_path, text + MODEL.replace('"local"', '"u"')), {})
