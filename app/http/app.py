@@ -44,6 +44,7 @@ from app.http.middleware.errors import (
 )
 from app.http.middleware.idempotency import idempotency_middleware
 from app.http.middleware.ignored_params import ignored_params_header, ignored_params_middleware
+from app.http.middleware.request_metrics import request_metrics_middleware
 from app.http.openapi import build_document
 from app.http.requests.decoding import ImageDecoder
 from app.http.routes import add_routes
@@ -64,6 +65,7 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
     """The API application; connections open on start-up and close on clean-up."""
     app = web.Application(
         middlewares=[
+            request_metrics_middleware,
             errors_middleware,
             cors_middleware,
             auth_middleware,
