@@ -269,6 +269,18 @@ class EventsQuery(BaseModel):
     """Where to resume an event stream (the ``Last-Event-ID`` header wins)."""
 
     last_event_id: str | None = Field(None, description="replay the events after this id")
+    token: str | None = Field(
+        None, description="from a stream URL: opens this stream without a key"
+    )
+
+
+class StreamUrl(BaseModel):
+    """A URL that opens one job's or batch's event stream without a key (for a browser's
+    ``EventSource``, which cannot send one), until ``expires_at``."""
+
+    object: Literal["stream_url"]
+    url: str = Field(description="the events path with a signed ?token=; resume as usual")
+    expires_at: int = Field(description="seconds since the epoch")
 
 
 class EventsHeaders(BaseModel):
