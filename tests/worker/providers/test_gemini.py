@@ -302,7 +302,9 @@ async def test_a_5xx_is_retryable_and_a_4xx_is_not(
     assert pixel((await upstream.edit(edit_call())).image) == CYAN  # the next call succeeds
 
 
-@pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY"])
+@pytest.mark.parametrize(
+    "reason", ["SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT"]
+)
 async def test_a_moderation_finish_reason_is_content_filtered(
     fake: FakeGemini, upstream: GeminiUpstream, reason: str
 ) -> None:
