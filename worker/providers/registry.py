@@ -9,6 +9,7 @@ import aiohttp
 
 from app.core.providers_config import ProvidersConfig, UpstreamConfig
 from worker.providers.base import Upstream
+from worker.providers.gemini import GeminiUpstream
 from worker.providers.local.editor import LocalUpstream
 from worker.providers.openai import OpenAIUpstream
 from worker.providers.orq import OrqUpstream
@@ -18,6 +19,7 @@ _HTTP_ADAPTERS: dict[str, Callable[[UpstreamConfig, aiohttp.ClientSession], Upst
     "openai": OpenAIUpstream,
     "requesty": RequestyUpstream,
     "orq": OrqUpstream,
+    "gemini": GeminiUpstream,
 }
 
 

@@ -81,7 +81,9 @@ async def _converted(mask: InputImage, config: UpstreamConfig) -> InputImage:
 
 
 @dataclass(frozen=True)
-class _Answer:
+class HttpAnswer:
+    """One upstream answer: its status, ``Retry-After`` header and (capped) body."""
+
     status: int
     retry_after: str | None
     body: bytes
@@ -90,11 +92,18 @@ class _Answer:
 class HttpUpstreamClient:
     """The HTTP side of one upstream, over a shared aiohttp session the caller owns.
 
-    Sends ``Authorization: Bearer <api_key>`` when the config has a key, and only to
-    the upstream's own origin.
+    Sends ``Authorization: Bearer <api_key>`` when the config has a key (or the
+    ``auth`` headers given instead, for APIs that take their key another way), and
+    only to the upstream's own origin.
     """
 
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        session: aiohttp.ClientSession,
+        *,
+        auth: Mapping[str, str] | None = None,
+    ) -> None:
         if not config.base_url:
             raise ValueError(f"upstream {config.name!r} has no base_url")
         self.name = config.name
@@ -102,6 +111,8 @@ class HttpUpstreamClient:
         self._origin = URL(config.base_url).origin()
         key = config.api_key.get_secret_value() if config.api_key else ""
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+        if auth is not None:
+            self._auth = dict(auth)
 
     async def post_edit(
         self,
@@ -120,7 +131,7 @@ class HttpUpstreamClient:
         deadline = asyncio.get_running_loop().time() + timeout_s
         accept = "text/event-stream, application/json" if on_partial else "application/json"
         headers = {"Accept": accept, **self._auth}
-        answer = await self._exchange(
+        answer = await self.exchange(
             "POST", url, timeout_s, limit, headers, body=body, on_partial=on_partial
         )
         if not 200 <= answer.status < 300:
@@ -128,10 +139,14 @@ class HttpUpstreamClient:
         result = await asyncio.to_thread(parse_edit_response, answer.body, answer.status)
         image = result.image
         if image is None:
-            image = await self._download(result.url or "", deadline, answer.status)
+            image = await self.download(result.url or "", deadline, answer.status)
         return EditOutput(image=image, usage=result.usage)
 
-    async def _download(self, url: str, deadline: float, status: int) -> bytes:
+    async def download(self, url: str, deadline: float, status: int) -> bytes:
+        """The image at ``url`` (http(s) only), read up to ``MAX_DOWNLOAD_BYTES`` before the
+        loop time ``deadline``; the key goes along only to the upstream's own origin.
+        ``status`` is that of the answer that named the url, for the errors: a 4xx (an
+        expired or unknown url) is UpstreamBadResponse, a 5xx a retryable UpstreamError."""
         try:
             target = URL(url)
             same_origin = target.absolute and target.origin() == self._origin
@@ -145,7 +160,7 @@ class HttpUpstreamClient:
         if remaining <= 0:
             raise UpstreamTimeout(f"no time left to download from upstream {self.name}")
         headers = self._auth if same_origin else {}
-        answer = await self._exchange(
+        answer = await self.exchange(
             "GET", url, remaining, MAX_DOWNLOAD_BYTES, headers, redirects=True
         )
         if not 200 <= answer.status < 300:
@@ -156,7 +171,7 @@ class HttpUpstreamClient:
             raise UpstreamBadResponse("downloaded image is empty", upstream_status=answer.status)
         return answer.body
 
-    async def _exchange(
+    async def exchange(
         self,
         method: str,
         url: str,
@@ -167,7 +182,7 @@ class HttpUpstreamClient:
         body: RequestBody | None = None,
         redirects: bool = False,
         on_partial: PartialSink | None = None,
-    ) -> _Answer:
+    ) -> HttpAnswer:
         """One HTTP exchange, body read up to ``limit``; transport failures become UpstreamError."""
         status: int | None = None
         timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -177,7 +192,7 @@ class HttpUpstreamClient:
             ) as response:
                 status = response.status
                 data = await _read_answer(response, limit, on_partial)
-                return _Answer(status, response.headers.get("Retry-After"), data)
+                return HttpAnswer(status, response.headers.get("Retry-After"), data)
         except TimeoutError as exc:
             message = f"upstream {self.name} did not answer within {timeout_s:.3g} s"
             raise UpstreamTimeout(message, upstream_status=status) from exc
