@@ -172,6 +172,30 @@ EditForm = create_model(
 )
 
 
+# The synchronous drop-in answers with ``b64_json`` unless ``url`` is asked for, as
+# OpenAI's edit endpoint does (``app.http.handlers.images_compat.with_sync_defaults``).
+_SYNC_RESPONSE_FORMAT: dict[str, Any] = {
+    "response_format": (
+        Literal["url", "b64_json"],
+        Field("b64_json", description="b64_json unless url is asked for, as OpenAI answers"),
+    )
+}
+
+SyncEditJsonRequest = create_model(
+    "SyncEditJsonRequest",
+    __base__=EditJsonRequest,
+    __doc__="A synchronous edit as JSON; routing knobs may also be nested in ``orq``.",
+    **_SYNC_RESPONSE_FORMAT,
+)
+
+SyncEditForm = create_model(
+    "SyncEditForm",
+    __base__=EditForm,
+    __doc__="A synchronous edit as multipart/form-data: 1-16 image files plus text fields.",
+    **_SYNC_RESPONSE_FORMAT,
+)
+
+
 class BatchJsonRequest(BatchOptions):
     """A batch as JSON: shared defaults (with the images) plus variants, or ``n`` copies."""
 
