@@ -84,11 +84,15 @@ class FalUpstream:
         the call has more images than the model takes, or its mask must be converted but
         was passed by URL; otherwise the mapped error of a refused submission.
         """
-        call = await self._adapted(call)
+        adapted = await self._adapted(call)
         try:
-            body = input_body(call)
+            body = input_body(adapted)
         except TooManyImages as exc:
-            raise UpstreamRejected(str(exc), code="invalid_request_error") from exc
+            message = str(exc)
+            if call.mask is not None and adapted.mask is None:
+                message += f" (the mask is one of them: upstream {self.name} takes no mask)"
+            raise UpstreamRejected(message, code="invalid_request_error") from exc
+        call = adapted
         url = f"{self._base_url}/{call.model.strip('/')}"
         headers = {"Accept": "application/json", **self._client.auth_for(url)}
         answer = await self._client.exchange(
@@ -162,7 +166,9 @@ class FalUpstream:
 
     async def _result(self, handle: UpstreamHandle, status: QueueStatus) -> PollResult:
         """The finished request's image (downloaded now), or how it failed."""
-        answer = await self._get(handle.result_url or handle.poll_url, MAX_RESPONSE_BYTES)
+        # fal's response_url is its status_url without "/status".
+        url = handle.result_url or handle.poll_url.removesuffix("/status")
+        answer = await self._get(url, MAX_RESPONSE_BYTES)
         if not 200 <= answer.status < 300:
             error = fal_error(answer.status, answer.body, answer.retry_after)
             if _asking_failed(answer.status, status):

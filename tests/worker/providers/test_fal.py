@@ -311,6 +311,23 @@ async def test_without_mask_support_the_mask_is_the_last_image(
     assert "mask" in body["prompt"]
 
 
+async def test_a_mask_for_a_one_image_model_without_mask_support_is_refused(
+    fake: FakeFal, session: aiohttp.ClientSession
+) -> None:
+    fal = FalUpstream(upstream_config(fake, supports_mask=False), session)
+    with pytest.raises(UpstreamRejected, match="the mask is one of them"):
+        await fal.submit(edit_call(mask=InputImage(mask(), "image/png")))
+    assert fake.requests == []
+
+
+async def test_a_handle_without_its_result_url_reads_it_beside_the_status(
+    fake: FakeFal, fal: FalUpstream
+) -> None:
+    handle = await fal.submit(edit_call())
+    bare = UpstreamHandle(request_id=handle.request_id, poll_url=handle.poll_url)
+    assert isinstance(await finish(fal, bare), EditOutput)
+
+
 async def test_a_model_refusing_the_input_fails_the_edit(fake: FakeFal, fal: FalUpstream) -> None:
     call = edit_call(model_entry=entry(prompt_field="text"))  # the fake's model needs prompt
     error = failure(await finish(fal, await fal.submit(call)))
