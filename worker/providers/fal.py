@@ -92,13 +92,12 @@ class FalUpstream:
             if call.mask is not None and adapted.mask is None:
                 message += f" (the mask is one of them: upstream {self.name} takes no mask)"
             raise UpstreamRejected(message, code="invalid_request_error") from exc
-        call = adapted
-        url = f"{self._base_url}/{call.model.strip('/')}"
+        url = f"{self._base_url}/{adapted.model.strip('/')}"
         headers = {"Accept": "application/json", **self._client.auth_for(url)}
         answer = await self._client.exchange(
             "POST",
             url,
-            call.timeout_s,
+            adapted.timeout_s,
             MAX_STATUS_BYTES,
             headers,
             body=aiohttp.JsonPayload(body),

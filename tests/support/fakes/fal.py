@@ -33,10 +33,13 @@ or http(s) URLs the fake fetches, as fal does; ``serve`` hosts an input like a p
 object-store URL. The edit is ``upstream_edits.render_edit``'s: the first image's colours
 inverted where the mask is transparent. Result images are served from a second port (a
 CDN origin, as fal.media is) and expire ``result_ttl_s`` after the request completed.
+
+Run ``python -m tests.support.fakes.fal --port 9200 --processing 2`` to serve one by hand.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
@@ -217,8 +220,8 @@ class FakeFal:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> FakeFal:
-        """Listen on two free ports of 127.0.0.1 (the API, and the CDN's files)."""
+    async def start(self, port: int = 0) -> FakeFal:
+        """Listen on 127.0.0.1: the API on ``port`` (0: a free one), the CDN on a free one."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/files/{file_id}", self._file)
         app.router.add_get("/{owner}/{app}/requests/{request_id}/status", self._status)
@@ -227,8 +230,8 @@ class FakeFal:
         app.router.add_post("/{model:.+}", self._submit)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        for _ in range(2):
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
+        for site_port in (port, 0):
+            await web.TCPSite(runner, "127.0.0.1", site_port).start()
         self._runner = runner
         ports = [address[1] for address in runner.addresses]
         self._ports = (ports[0], ports[1])
@@ -529,3 +532,31 @@ def _black(size: tuple[int, int], output_format: str) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size).save(buffer, FORMATS[output_format][0])
     return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a fake fal queue until interrupted (``--port`` is the API's; the CDN's is free)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.support.fakes.fal")
+    parser.add_argument("--port", type=int, default=9200)
+    parser.add_argument("--queue", type=float, default=0.0, help="seconds IN_QUEUE")
+    parser.add_argument("--processing", type=float, default=0.0, help="seconds IN_PROGRESS")
+    parser.add_argument("--api-key", default=None, help="require Authorization: Key <this>")
+    args = parser.parse_args(argv)
+    fake = FakeFal(api_key=args.api_key, queue_s=args.queue, processing_s=args.processing)
+    try:
+        asyncio.run(_serve(fake, args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(fake: FakeFal, port: int) -> None:
+    await fake.start(port)
+    print(f"fake fal queue: POST {fake.base_url}/<owner>/<app> (Ctrl-C stops)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fake.stop()
+
+
+if __name__ == "__main__":
+    main()
