@@ -25,7 +25,7 @@ from app.errors import (
     UpstreamTimeout,
 )
 from tests.support.fakes.fal import FakeFal, FalAnswer, Outcome
-from tests.support.images import decode, mask, png
+from tests.support.images import data_url, decode, mask, png
 from worker.providers.base import (
     EditCall,
     EditOutput,
@@ -196,6 +196,19 @@ async def test_an_inline_data_uri_result_needs_no_download(fake: FakeFal, fal: F
     assert isinstance(result, EditOutput)
     assert decode(result.image).convert("RGB").tobytes() == inverted(png())
     assert fake.file_downloads() == []
+
+
+async def test_usage_is_kept_where_the_model_reports_it(fake: FakeFal, fal: FalUpstream) -> None:
+    image = png(color=(1, 2, 3))
+    document = {
+        "images": [{"url": data_url(image), "content_type": "image/png"}],
+        "usage": {"input_tokens": 300, "output_tokens": 1056, "total_tokens": 1356},
+    }
+    fake.end_next(Outcome(FalAnswer(200, json.dumps(document).encode())))
+    result = await finish(fal, await fal.submit(edit_call()))
+    assert isinstance(result, EditOutput) and result.image == image
+    assert result.usage is not None
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (300, 1056)
 
 
 async def test_the_key_never_goes_to_the_result_image_origin(
