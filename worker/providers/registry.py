@@ -8,7 +8,8 @@ from concurrent.futures import Executor
 import aiohttp
 
 from app.core.providers_config import ProvidersConfig, UpstreamConfig
-from worker.providers.base import Upstream
+from worker.providers.base import AsyncUpstream, Upstream
+from worker.providers.fal import FalUpstream
 from worker.providers.gemini import GeminiUpstream
 from worker.providers.local.editor import LocalUpstream
 from worker.providers.openai import OpenAIUpstream
@@ -22,6 +23,10 @@ _HTTP_ADAPTERS: dict[str, Callable[[UpstreamConfig, aiohttp.ClientSession], Upst
     "gemini": GeminiUpstream,
 }
 
+_ASYNC_ADAPTERS: dict[str, Callable[[UpstreamConfig, aiohttp.ClientSession], AsyncUpstream]] = {
+    "fal": FalUpstream,
+}
+
 
 def build_upstream(
     config: UpstreamConfig, session: aiohttp.ClientSession, executor: Executor
@@ -30,6 +35,11 @@ def build_upstream(
     if config.kind == "local":
         return LocalUpstream(config, executor)
     return _HTTP_ADAPTERS[config.kind](config, session)
+
+
+def build_async_upstream(config: UpstreamConfig, session: aiohttp.ClientSession) -> AsyncUpstream:
+    """The adapter for an entry whose kind is submitted and polled (``config.is_async``)."""
+    return _ASYNC_ADAPTERS[config.kind](config, session)
 
 
 def build_upstreams(

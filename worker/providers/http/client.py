@@ -114,6 +114,16 @@ class HttpUpstreamClient:
         if auth is not None:
             self._auth = dict(auth)
 
+    def auth_for(self, url: str) -> dict[str, str]:
+        """The authenticating headers for ``url``: none unless it is on the upstream's
+        origin (the URLs in an answer must not learn the key)."""
+        try:
+            target = URL(url)
+            same_origin = target.absolute and target.origin() == self._origin
+        except ValueError:
+            same_origin = False
+        return dict(self._auth) if same_origin else {}
+
     async def post_edit(
         self,
         url: str,
@@ -149,9 +159,8 @@ class HttpUpstreamClient:
         expired or unknown url) is UpstreamBadResponse, a 5xx a retryable UpstreamError."""
         try:
             target = URL(url)
-            same_origin = target.absolute and target.origin() == self._origin
         except ValueError:
-            target, same_origin = URL(), False
+            target = URL()
         if target.scheme not in ("http", "https") or not target.host:
             raise UpstreamBadResponse(
                 f"upstream image url is not http(s): {url[:200]!r}", upstream_status=status
@@ -159,9 +168,8 @@ class HttpUpstreamClient:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise UpstreamTimeout(f"no time left to download from upstream {self.name}")
-        headers = self._auth if same_origin else {}
         answer = await self.exchange(
-            "GET", url, remaining, MAX_DOWNLOAD_BYTES, headers, redirects=True
+            "GET", url, remaining, MAX_DOWNLOAD_BYTES, self.auth_for(url), redirects=True
         )
         if not 200 <= answer.status < 300:
             kind = UpstreamError if answer.status >= 500 else UpstreamBadResponse
