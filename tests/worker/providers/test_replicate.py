@@ -313,12 +313,13 @@ async def test_a_model_name_that_is_not_owner_slash_name_is_refused(
 
 @pytest.fixture
 async def image_host() -> AsyncIterator[tuple[str, list[str]]]:
-    """A server of one PNG at /input.png (as a presigned S3 URL would serve it); the list
-    records each path asked for."""
+    """A server of one PNG at /input.png (as a presigned S3 URL would serve it), 403
+    elsewhere; the list records each path asked for, with " (key)" when the request
+    carried an Authorization header."""
     asked: list[str] = []
 
     async def serve(request: web.Request) -> web.Response:
-        asked.append(request.path)
+        asked.append(request.path + (" (key)" if "Authorization" in request.headers else ""))
         if request.path != "/input.png":
             return web.Response(status=403, text="expired")
         return web.Response(body=png(color=RED), content_type="image/png")
@@ -361,6 +362,19 @@ async def test_an_input_url_replicate_cannot_fetch_fails_the_prediction_as_a_rej
     assert type(error) is UpstreamRejected
     assert error.code == "invalid_request_error"
     assert "Input validation error" in error.message and "HTTP 403" in error.message
+
+
+async def test_the_key_goes_only_to_replicates_own_origin(
+    fake: FakeReplicate, session: aiohttp.ClientSession, image_host: tuple[str, list[str]]
+) -> None:
+    host, asked = image_host
+    upstream = adapter(fake, session)
+    elsewhere = UpstreamHandle(request_id="x", poll_url=f"{host}/prediction-x")
+
+    with pytest.raises(UpstreamRejected):
+        await upstream.poll(elsewhere)
+
+    assert asked == ["/prediction-x"]  # asked, without the key
 
 
 # --- masks ------------------------------------------------------------------------------
