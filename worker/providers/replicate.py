@@ -68,7 +68,8 @@ PENDING = frozenset({"starting", "processing"})
 MODERATION = re.compile(r"flagged as sensitive|\(E005\)|nsfw|content (?:policy|moderation)", re.I)
 """What a failed prediction's ``error`` says when moderation refused the input or output."""
 INVALID_INPUT = re.compile(r"^\s*input validation (?:error|failed)", re.I)
-_WAIT_HINT = re.compile(r"(?:in|resets in)\s*~?\s*(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.I)
+_WAIT_HINT = re.compile(r"\bin\s*~?\s*(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", re.I)
+"""A throttled answer's wait in words: "Expected available in 1 second", "resets in ~30s"."""
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,10 @@ from tests.support.fakes.replicate_predictions import (
     UNAUTHENTICATED,
     FakeModel,
     FakePrediction,
-    data_uri_bytes,
+    prefer_wait,
     problem,
-    problem_body,
+    problem_response,
+    read_file,
     render,
     throttled,
 )
@@ -92,8 +93,6 @@ KONTEXT = FakeModel(
 """The model the fake serves unless told otherwise (FLUX Kontext's input names)."""
 
 MAX_BODY_BYTES = 100 * 1024 * 1024
-MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_WAIT_S = 60
 
 
 @dataclass
@@ -256,17 +255,17 @@ class FakeReplicate:
         try:
             record.document = await request.json()
         except (ValueError, UnicodeDecodeError):
-            return _problem(400, "The request body is not valid JSON")
+            return problem_response(400, "The request body is not valid JSON")
         try:
-            wait_s = _prefer_wait(request.headers.get("Prefer"))
+            wait_s = prefer_wait(request.headers.get("Prefer"))
             model = model_of(record.document)
         except BadRequest as exc:
-            return _problem(exc.status, exc.message)
+            return problem_response(exc.status, exc.message)
         inputs = record.document.get("input") if isinstance(record.document, dict) else None
         invalid = model.check_input(inputs)
         if invalid:
             detail = "".join(f"- {item['field']}: {item['description']}\n" for item in invalid)
-            return _problem(422, detail, invalid_fields=invalid)
+            return problem_response(422, detail, invalid_fields=invalid)
         assert isinstance(inputs, dict)
         prediction = self._start_prediction(model, inputs)
         record.prediction_id = prediction.id
@@ -283,7 +282,7 @@ class FakeReplicate:
             return response
         prediction = self._expired(self.predictions.get(request.match_info["id"]))
         if prediction is None:
-            return _problem(404, "Not found.")
+            return problem_response(404, "Not found.")
         return web.json_response(prediction.to_json(self.origin))
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
@@ -292,7 +291,7 @@ class FakeReplicate:
             return response
         prediction = self.predictions.get(request.match_info["id"])
         if prediction is None:
-            return _problem(404, "Not found.")
+            return problem_response(404, "Not found.")
         self.cancels.append(prediction.id)
         if not prediction.done:
             self._end(prediction, "canceled")
@@ -320,7 +319,7 @@ class FakeReplicate:
         if auth and self.api_key is not None:
             given = request.headers.get(hdrs.AUTHORIZATION, "")
             if given not in (f"Bearer {self.api_key}", f"Token {self.api_key}"):
-                return _problem(401, UNAUTHENTICATED)
+                return problem_response(401, UNAUTHENTICATED)
         script = self._faults.get(route)
         fault = script.popleft() if script else self.fail_always.get(route)
         if fault is None:
@@ -395,29 +394,14 @@ class FakeReplicate:
     async def _edit(self, prediction: FakePrediction) -> tuple[bytes, str]:
         model, inputs = prediction.model, prediction.inputs
         files = inputs[model.image_field]
-        images = [await self._read(value) for value in (files if model.image_list else [files])]
+        values = files if model.image_list else [files]
+        images = [await read_file(self._client, value) for value in values]
         mask_value = inputs.get(model.mask_field) if model.mask_field else None
-        mask = await self._read(mask_value) if isinstance(mask_value, str) else None
+        mask = await read_file(self._client, mask_value) if isinstance(mask_value, str) else None
         prompt = str(inputs[model.prompt_field])
         fmt = str(inputs.get("output_format", "png"))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, render, images, mask, prompt, fmt, model)
-
-    async def _read(self, value: str) -> bytes:
-        """A file input's bytes: a data URI's, or an http(s) URL fetched as Replicate does."""
-        inline = data_uri_bytes(value)
-        if inline is not None:
-            return inline
-        if not value.startswith(("http://", "https://")) or self._client is None:
-            raise BadRequest(f"{value[:60]!r} is neither a URL nor a data URI")
-        try:
-            async with self._client.get(value, timeout=aiohttp.ClientTimeout(total=10)) as answer:
-                body = await answer.content.read(MAX_FILE_BYTES + 1)
-                if answer.status != 200 or len(body) > MAX_FILE_BYTES:
-                    raise BadRequest(f"could not fetch {value[:200]}: HTTP {answer.status}")
-                return body
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BadRequest(f"could not fetch {value[:200]}: {exc!r}") from exc
 
     def _end(self, prediction: FakePrediction, status: str, *, error: str | None = None) -> None:
         prediction.status, prediction.error = status, error
@@ -442,30 +426,6 @@ class FakeReplicate:
         finally:
             stopping.cancel()
             waiting.cancel()
-
-
-def _prefer_wait(value: str | None) -> float:
-    """Seconds a ``Prefer`` header asks the create to wait (0 without ``wait``)."""
-    if value is None:
-        return 0.0
-    for preference in value.split(","):
-        name, _, seconds = preference.strip().partition("=")
-        if name.strip().lower() != "wait":
-            continue
-        if not seconds:
-            return float(MAX_WAIT_S)
-        if not seconds.strip().isdigit() or not 1 <= int(seconds) <= MAX_WAIT_S:
-            raise BadRequest(f"Prefer: wait must be 1 to {MAX_WAIT_S} seconds", status=400)
-        return float(seconds)
-    return 0.0
-
-
-def _problem(status: int, detail: str, **extra: Any) -> web.Response:
-    return web.Response(
-        status=status,
-        body=problem_body(status, detail, **extra),
-        content_type="application/problem+json",
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from PIL import Image, ImageChops
 
 from tests.support.fakes.upstream_edits import FORMATS, EditSpec, render_edit
 from tests.support.fakes.upstream_faults import Fault
+from tests.support.fakes.upstream_requests import BadRequest
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 """Statuses a prediction never leaves."""
@@ -31,6 +34,12 @@ MODERATED_ERROR = (
     "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
 )
 """The ``error`` of a prediction its model's safety checker refused."""
+
+MAX_WAIT_S = 60
+"""Longest ``Prefer: wait`` a create honours."""
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Largest input file fetched from a URL."""
 
 OUTPUT_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
 """``output_format`` input values and the fake edit's format for each."""
@@ -152,6 +161,15 @@ def problem(
     )
 
 
+def problem_response(status: int, detail: str, **extra: Any) -> web.Response:
+    """A problem-details answer (``extra`` fields such as ``invalid_fields`` added)."""
+    return web.Response(
+        status=status,
+        body=problem_body(status, detail, **extra),
+        content_type="application/problem+json",
+    )
+
+
 def problem_body(status: int, detail: str, *, title: str | None = None, **extra: Any) -> bytes:
     """The JSON bytes of a problem-details body."""
     document = {"title": title or _TITLES.get(status, "Error"), "detail": detail, "status": status}
@@ -180,6 +198,41 @@ def throttled(seconds: int, *, header: bool = True) -> Fault:
     unit = "second" if seconds == 1 else "seconds"
     detail = f"Request was throttled. Expected available in {seconds} {unit}."
     return problem(429, detail, retry_after=seconds if header else None)
+
+
+def prefer_wait(value: str | None) -> float:
+    """Seconds a ``Prefer`` header asks a create to wait: 0 without ``wait``,
+    ``MAX_WAIT_S`` for a bare ``wait``; BadRequest (400) for a wait out of 1 to 60."""
+    if value is None:
+        return 0.0
+    for preference in value.split(","):
+        name, _, seconds = preference.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        if not seconds:
+            return float(MAX_WAIT_S)
+        if not seconds.strip().isdigit() or not 1 <= int(seconds) <= MAX_WAIT_S:
+            raise BadRequest(f"Prefer: wait must be 1 to {MAX_WAIT_S} seconds", status=400)
+        return float(seconds)
+    return 0.0
+
+
+async def read_file(client: aiohttp.ClientSession | None, value: str) -> bytes:
+    """A file input's bytes: a data URI's, or an http(s) URL's, fetched as Replicate
+    does; BadRequest saying why when neither works."""
+    inline = data_uri_bytes(value)
+    if inline is not None:
+        return inline
+    if not value.startswith(("http://", "https://")) or client is None:
+        raise BadRequest(f"{value[:60]!r} is neither a URL nor a data URI")
+    try:
+        async with client.get(value, timeout=aiohttp.ClientTimeout(total=10)) as answer:
+            body = await answer.content.read(MAX_FILE_BYTES + 1)
+            if answer.status != 200 or len(body) > MAX_FILE_BYTES:
+                raise BadRequest(f"could not fetch {value[:200]}: HTTP {answer.status}")
+            return body
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise BadRequest(f"could not fetch {value[:200]}: {exc!r}") from exc
 
 
 def data_uri_bytes(value: str) -> bytes | None:
