@@ -3,10 +3,11 @@
 ``submit`` creates a prediction and returns its handle at once (no ``Prefer: wait``:
 waiting is the caller's scheduled work): ``POST {base_url}/v1/models/{owner}/{name}/predictions``
 with ``{"input": {...}}``, or ``POST {base_url}/v1/predictions`` with ``{"version", "input"}``
-when the model entry names a ``version``. The model entry names the input fields
-(``prompt_field``, ``image_field``); an image goes as its presigned URL when the call
-has one (``input_transfer = "url"``), else as a data URI. With ``max_images`` above 1
-the image field is a list; a mask goes in ``mask``, converted by ``adapt_mask``.
+when the call's model entry (``EditCall.model_entry``) names a ``version``; the entry
+also names the input fields (``prompt_field``, ``image_field``). An image goes as its
+presigned URL when the call has one (``input_transfer = "url"``), else as a data URI.
+With ``max_images`` above 1 the image field is a list; a mask goes in ``mask``,
+converted by ``adapt_mask``.
 
 ``poll`` reads ``urls.get``: ``starting``/``processing`` are pending; ``succeeded``
 downloads the first output URL at once (Replicate deletes outputs after an hour);
@@ -22,7 +23,6 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -197,51 +197,26 @@ def create_url(base_url: str, model: ModelConfig) -> str:
     return f"{root}/v1/models/{quote(owner, safe='')}/{quote(name, safe='')}/predictions"
 
 
-def models_by_name(upstream: str, models: Sequence[ModelConfig]) -> dict[str, ModelConfig]:
-    """The model entries of ``upstream`` by ``upstream_model``; ValueError when two
-    entries name one upstream model with different inputs (a call names only that)."""
-    found: dict[str, ModelConfig] = {}
-    for model in models:
-        if model.upstream != upstream:
-            continue
-        known = found.setdefault(model.upstream_model, model)
-        if _inputs(known) != _inputs(model):
-            raise ValueError(
-                f"models {known.id!r} and {model.id!r} both run {model.upstream_model!r} "
-                f"on upstream {upstream!r} with different version or input fields"
-            )
-    return found
-
-
-def _inputs(model: ModelConfig) -> tuple[object, ...]:
-    return (model.version, model.prompt_field, model.image_field, model.max_images)
-
-
 class ReplicateUpstream:
     """Replicate's predictions API over a shared aiohttp session (``close`` leaves it
     open); ``Authorization: Bearer <api_key>``, sent only to ``base_url``'s origin."""
 
-    def __init__(
-        self,
-        config: UpstreamConfig,
-        session: aiohttp.ClientSession,
-        models: Sequence[ModelConfig] = (),
-    ) -> None:
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
         self._client = HttpUpstreamClient(config, session)
         self._config = config
         self._base_url = config.base_url or ""
-        self._models = models_by_name(config.name, models)
         self.name = config.name
 
-    def _model(self, upstream_model: str) -> ModelConfig:
-        known = self._models.get(upstream_model)
-        if known is not None:
-            return known
-        return ModelConfig(id=upstream_model, upstream=self.name, upstream_model=upstream_model)
+    def _model(self, call: EditCall) -> ModelConfig:
+        """The call's model entry; the defaults (``prompt``, ``image``, no version, one
+        image) for a call that carries none."""
+        if call.model_entry is not None:
+            return call.model_entry
+        return ModelConfig(id=call.model, upstream=self.name, upstream_model=call.model)
 
     async def submit(self, call: EditCall) -> UpstreamHandle:
         """Create the prediction; raises UpstreamError when Replicate refuses it."""
-        model = self._model(call.model)
+        model = self._model(call)
         url = create_url(self._base_url, model)
         call = await self._with_mask(call)
         body = await asyncio.to_thread(prediction_body, call, model)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -13,7 +12,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from app.core.providers_config import ModelConfig, ProvidersConfig, UpstreamConfig
+from app.core.providers_config import ModelConfig, UpstreamConfig
 from app.errors import (
     ContentFiltered,
     InsufficientCredits,
@@ -43,8 +42,8 @@ from worker.providers.base import (
     PollResult,
     UpstreamHandle,
 )
-from worker.providers.registry import build_async_upstreams, build_upstreams
-from worker.providers.replicate import ReplicateUpstream, models_by_name
+from worker.providers.registry import build_async_upstream
+from worker.providers.replicate import ReplicateUpstream
 
 KEY = "r8_test_key"
 RED = (200, 40, 40)
@@ -75,17 +74,20 @@ def model_entry(upstream_model: str = KONTEXT.name, **changes: Any) -> ModelConf
 
 
 def adapter(
-    fake: FakeReplicate,
-    session: aiohttp.ClientSession,
-    *models: ModelConfig,
-    **changes: Any,
+    fake: FakeReplicate, session: aiohttp.ClientSession, **changes: Any
 ) -> ReplicateUpstream:
-    return ReplicateUpstream(upstream_config(fake, **changes), session, models or (model_entry(),))
+    return ReplicateUpstream(upstream_config(fake, **changes), session)
+
+
+def call_for(entry: ModelConfig, **changes: Any) -> EditCall:
+    """A call to ``entry``'s model, carrying the entry as the worker's calls do."""
+    return edit_call(model=entry.upstream_model, model_entry=entry, **changes)
 
 
 def edit_call(**changes: Any) -> EditCall:
     fields: dict[str, Any] = {
         "model": KONTEXT.name,
+        "model_entry": model_entry(),
         "prompt": "make it pop",
         "images": (InputImage(png(color=RED), "image/png"),),
         "timeout_s": 10.0,
@@ -187,9 +189,9 @@ async def test_poll_is_pending_while_the_prediction_starts_and_processes(
 async def test_a_model_entry_with_a_version_posts_to_the_predictions_endpoint(
     fake: FakeReplicate, session: aiohttp.ClientSession
 ) -> None:
-    upstream = adapter(fake, session, model_entry(version=KONTEXT.version))
+    upstream = adapter(fake, session)
 
-    result = await edit(upstream, edit_call())
+    result = await edit(upstream, call_for(model_entry(version=KONTEXT.version)))
 
     [request] = fake.create_requests
     assert request.path == "/v1/predictions"
@@ -201,10 +203,10 @@ async def test_a_model_entry_with_a_version_posts_to_the_predictions_endpoint(
 async def test_an_unknown_version_is_refused(
     fake: FakeReplicate, session: aiohttp.ClientSession
 ) -> None:
-    upstream = adapter(fake, session, model_entry(version="f" * 64))
+    upstream = adapter(fake, session)
 
     with pytest.raises(UpstreamRejected) as caught:
-        await upstream.submit(edit_call())
+        await upstream.submit(call_for(model_entry(version="f" * 64)))
 
     assert (caught.value.upstream_status, caught.value.code) == (422, "invalid_request_error")
     assert "Invalid version" in caught.value.message
@@ -217,7 +219,7 @@ async def test_the_model_entry_names_the_prompt_and_image_fields(
     fake.add_model(FakeModel("qwen/qwen-image-edit", "1" * 64, "instruction", "image"))
     entry = model_entry("qwen/qwen-image-edit", prompt_field="instruction", image_field="image")
 
-    result = await edit(adapter(fake, session, entry), edit_call(model="qwen/qwen-image-edit"))
+    result = await edit(adapter(fake, session), call_for(entry))
 
     [request] = fake.create_requests
     assert set(request.document["input"]) == {"instruction", "image"}
@@ -231,7 +233,7 @@ async def test_wrong_input_fields_are_the_models_422(
     entry = model_entry("qwen/qwen-image-edit", image_field="image")  # prompt_field left "prompt"
 
     with pytest.raises(UpstreamRejected) as caught:
-        await adapter(fake, session, entry).submit(edit_call(model="qwen/qwen-image-edit"))
+        await adapter(fake, session).submit(call_for(entry))
 
     assert (caught.value.upstream_status, caught.value.code) == (422, "invalid_request_error")
     assert "input.instruction" in caught.value.message
@@ -242,9 +244,7 @@ async def test_an_output_list_gives_its_first_image(
     fake: FakeReplicate, session: aiohttp.ClientSession
 ) -> None:
     fake.add_model(FakeModel("owner/lister", "2" * 64, output_list=True))
-    result = await edit(
-        adapter(fake, session, model_entry("owner/lister")), edit_call(model="owner/lister")
-    )
+    result = await edit(adapter(fake, session), call_for(model_entry("owner/lister")))
 
     [prediction] = fake.predictions.values()
     assert isinstance(prediction.to_json(fake.origin)["output"], list)
@@ -260,9 +260,7 @@ async def test_a_model_taking_several_images_gets_a_list(
     entry = model_entry("owner/multi", image_field="image", max_images=3)
     images = (InputImage(png(color=RED), "image/png"), InputImage(png(), "image/jpeg"))
 
-    result = await edit(
-        adapter(fake, session, entry), edit_call(model="owner/multi", images=images)
-    )
+    result = await edit(adapter(fake, session), call_for(entry, images=images))
 
     [request] = fake.create_requests
     sent = request.document["input"]["image"]
@@ -287,9 +285,9 @@ async def test_a_model_without_an_entry_uses_the_default_fields(
     fake: FakeReplicate, session: aiohttp.ClientSession
 ) -> None:
     fake.add_model(FakeModel("owner/plain", "4" * 64, image_field="image"))
-    upstream = ReplicateUpstream(upstream_config(fake), session, ())
+    upstream = adapter(fake, session)
 
-    result = await edit(upstream, edit_call(model="owner/plain"))
+    result = await edit(upstream, edit_call(model="owner/plain", model_entry=None))
 
     [request] = fake.create_requests
     assert request.path == "/v1/models/owner/plain/predictions"
@@ -300,10 +298,10 @@ async def test_a_model_without_an_entry_uses_the_default_fields(
 async def test_a_model_name_that_is_not_owner_slash_name_is_refused(
     fake: FakeReplicate, session: aiohttp.ClientSession
 ) -> None:
-    upstream = ReplicateUpstream(upstream_config(fake), session, ())
+    upstream = adapter(fake, session)
 
     with pytest.raises(UpstreamRejected, match="not owner/name"):
-        await upstream.submit(edit_call(model="flux-kontext-pro"))
+        await upstream.submit(edit_call(model="flux-kontext-pro", model_entry=None))
 
     assert fake.create_requests == []
 
@@ -389,11 +387,9 @@ async def test_a_mask_is_converted_to_the_configured_convention_and_sent_as_mask
         )
     )
     entry = model_entry("owner/fill", image_field="image")
-    upstream = adapter(fake, session, entry, mask_convention="opaque_edits")
+    upstream = adapter(fake, session, mask_convention="opaque_edits")
 
-    result = await edit(
-        upstream, edit_call(model="owner/fill", mask=InputImage(mask(), "image/png"))
-    )
+    result = await edit(upstream, call_for(entry, mask=InputImage(mask(), "image/png")))
 
     [request] = fake.create_requests
     assert request.document["input"]["mask"] != data_url(mask())  # converted, not as sent
@@ -421,11 +417,9 @@ async def test_a_mask_for_an_upstream_without_masks_becomes_an_image_and_a_sente
         FakeModel("owner/multi", "3" * 64, image_field="image", image_list=True, max_images=2)
     )
     entry = model_entry("owner/multi", image_field="image", max_images=2)
-    upstream = adapter(fake, session, entry, supports_mask=False)
+    upstream = adapter(fake, session, supports_mask=False)
 
-    result = await edit(
-        upstream, edit_call(model="owner/multi", mask=InputImage(mask(), "image/png"))
-    )
+    result = await edit(upstream, call_for(entry, mask=InputImage(mask(), "image/png")))
 
     [request] = fake.create_requests
     sent = request.document["input"]
@@ -686,22 +680,7 @@ async def test_the_fake_honours_prefer_wait_and_counts_predictions_in_flight(
 async def test_the_registry_builds_replicate_as_an_async_upstream(
     fake: FakeReplicate, session: aiohttp.ClientSession
 ) -> None:
-    providers = ProvidersConfig(upstreams=(upstream_config(fake),), models=(model_entry(),))
+    upstream = build_async_upstream(upstream_config(fake), session)
 
-    async_upstreams = build_async_upstreams(providers, session)
-
-    with ThreadPoolExecutor(1) as executor:
-        assert build_upstreams(providers, session, executor) == {}
-    assert isinstance(async_upstreams["replicate"], ReplicateUpstream)
-    result = await edit(async_upstreams["replicate"], edit_call())
-    assert isinstance(result, EditOutput)
-
-
-def test_two_entries_running_one_model_with_different_inputs_fail_at_build() -> None:
-    first = model_entry()
-    second = model_entry(id="kontext-v", version=KONTEXT.version)
-    other_upstream = model_entry(id="elsewhere", upstream="other", image_field="image")
-
-    assert models_by_name("replicate", (first, other_upstream)) == {KONTEXT.name: first}
-    with pytest.raises(ValueError, match="different version or input fields"):
-        models_by_name("replicate", (first, second))
+    assert isinstance(upstream, ReplicateUpstream)
+    assert isinstance(await edit(upstream, edit_call()), EditOutput)
