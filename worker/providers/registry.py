@@ -14,6 +14,7 @@ from worker.providers.gemini import GeminiUpstream
 from worker.providers.local.editor import LocalUpstream
 from worker.providers.openai import OpenAIUpstream
 from worker.providers.orq import OrqUpstream
+from worker.providers.replicate import ReplicateUpstream
 from worker.providers.requesty import RequestyUpstream
 
 _HTTP_ADAPTERS: dict[str, Callable[[UpstreamConfig, aiohttp.ClientSession], Upstream]] = {
@@ -25,6 +26,7 @@ _HTTP_ADAPTERS: dict[str, Callable[[UpstreamConfig, aiohttp.ClientSession], Upst
 
 _ASYNC_ADAPTERS: dict[str, Callable[[UpstreamConfig, aiohttp.ClientSession], AsyncUpstream]] = {
     "fal": FalUpstream,
+    "replicate": ReplicateUpstream,
 }
 
 
