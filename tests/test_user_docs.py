@@ -24,6 +24,17 @@ def test_the_guides_use_no_internal_labels(name: str) -> None:
     assert JARGON.findall((ROOT / name).read_text()) == []
 
 
+def test_the_code_uses_no_internal_labels() -> None:
+    """Docstrings become the API reference and error messages quote the code's words."""
+    labelled = [
+        str(path.relative_to(ROOT))
+        for folder in ("app", "worker")
+        for path in (ROOT / folder).rglob("*.py")
+        if JARGON.search(path.read_text())
+    ]
+    assert labelled == []
+
+
 def test_the_api_reference_uses_no_internal_labels() -> None:
     app = create_app(Settings(api_keys="key-a"), load_providers(None, {}))
     document = json.dumps(app[API_DOCUMENT].spec)

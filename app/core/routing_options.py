@@ -1,4 +1,4 @@
-"""The per-request routing knobs of seed 000: retry, fallbacks, cache, load balancer, timeout.
+"""The per-request routing knobs of orq's router: retry, fallbacks, cache, load balancer, timeout.
 
 They may come at the top level of a request or nested in an ``orq`` object; both
 are merged into one ``RoutingOptions`` (top level wins). Ranges are the seed's.

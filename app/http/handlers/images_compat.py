@@ -1,7 +1,7 @@
 """Synchronous drop-in image-edit endpoints, backed by the job queue.
 
-``POST /v1/images/edits`` (OpenAI's shape, seeds 002 and 003) and
-``POST /v2/router/images/edits`` (orq's, seed 000, routing knobs at the top level or
+``POST /v1/images/edits`` (OpenAI's image edit API) and
+``POST /v2/router/images/edits`` (orq's router, routing knobs at the top level or
 in ``orq``) take the bodies ``POST /v1/jobs`` takes, enqueue a job, hold the request
 until the job finishes and answer 200 with the OpenAI images response. ``data`` is
 ``[{"b64_json"}]``, as GPT image models answer, unless the client sent
