@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from app.core.jobs import Usage
 from app.errors import UpstreamError
@@ -109,6 +109,7 @@ class PollFailed:
 PollResult = PollPending | EditOutput | PollFailed
 
 
+@runtime_checkable
 class Upstream(Protocol):
     """An upstream that edits images. ``close`` releases its connections."""
 
@@ -123,6 +124,7 @@ class Upstream(Protocol):
         ...
 
 
+@runtime_checkable
 class AsyncUpstream(Protocol):
     """An upstream that takes an edit and is polled for its result (see the module
     docstring). ``edit`` is not offered: waiting is the caller's scheduled work."""

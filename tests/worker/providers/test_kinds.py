@@ -38,7 +38,9 @@ def adapter(
     fake: FakeUpstream, session: aiohttp.ClientSession, kind: str, **changes: Any
 ) -> Upstream:
     with ThreadPoolExecutor(1) as executor:
-        return build_upstream(config(fake, kind, **changes), session, executor)
+        built = build_upstream(config(fake, kind, **changes), session, executor)
+    assert isinstance(built, Upstream)
+    return built
 
 
 def edit_call(**changes: Any) -> EditCall:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +39,9 @@ MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 """Largest image downloaded when the upstream answers with a ``url``."""
+
+MAX_STATUS_BYTES = 1024 * 1024
+"""Largest JSON answer read from an asynchronous upstream's submit or status endpoint."""
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """How much of an error answer is read for its message."""
@@ -94,14 +98,21 @@ class HttpUpstreamClient:
     the upstream's own origin.
     """
 
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        session: aiohttp.ClientSession,
+        *,
+        auth_header: tuple[str, str] = ("Authorization", "Bearer "),
+    ) -> None:
         if not config.base_url:
             raise ValueError(f"upstream {config.name!r} has no base_url")
         self.name = config.name
         self._session = session
         self._origin = URL(config.base_url).origin()
         key = config.api_key.get_secret_value() if config.api_key else ""
-        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+        header, prefix = auth_header  # e.g. BFL's ("x-key", "")
+        self._auth = {header: f"{prefix}{key}"} if key else {}
 
     async def post_edit(
         self,
@@ -131,12 +142,66 @@ class HttpUpstreamClient:
             image = await self._download(result.url or "", deadline, answer.status)
         return EditOutput(image=image, usage=result.usage)
 
+    async def exchange_json(
+        self, method: str, url: str, timeout_s: float, body: object | None = None
+    ) -> object:
+        """Send ``body`` (JSON, when given) to ``url`` on the upstream's own origin and
+        return the JSON answer (read up to ``MAX_STATUS_BYTES``). A non-2xx answer raises
+        ``error_for_status``'s error; an answer that is not JSON, UpstreamBadResponse."""
+        headers = {"Accept": "application/json", **self._auth}
+        payload = None if body is None else aiohttp.JsonPayload(body)
+        if not self._trusts(url):
+            raise UpstreamBadResponse(f"upstream {self.name} pointed elsewhere: {url[:200]!r}")
+        answer = await self._exchange(
+            method, url, timeout_s, MAX_STATUS_BYTES, headers, body=payload
+        )
+        if not 200 <= answer.status < 300:
+            raise error_for_status(answer.status, answer.body, answer.retry_after)
+        try:
+            return json.loads(answer.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UpstreamBadResponse(
+                f"upstream {self.name} answered with something other than JSON",
+                upstream_status=answer.status,
+            ) from exc
+
+    async def download(self, url: str, timeout_s: float) -> bytes:
+        """The image at ``url`` (http or https, redirects followed, at most
+        ``MAX_DOWNLOAD_BYTES``), within ``timeout_s``. A 5xx raises UpstreamError, any
+        other failed answer UpstreamBadResponse with the status (a 403 or 404 is how
+        an expired signed URL answers)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        return await self._download(url, deadline, 200)
+
+    def _trusts(self, url: str) -> bool:
+        """Whether the key may go to ``url``: the upstream's own origin, or (for an API
+        that answers with a regional host, as BFL's ``api.us1.bfl.ai`` for
+        ``api.bfl.ai``) an https host under the same parent domain."""
+        if self._same_origin(url):
+            return True
+        try:
+            target = URL(url)
+        except ValueError:
+            return False
+        base = self._origin.host or ""
+        labels = base.split(".")
+        if target.scheme != "https" or self._origin.scheme != "https" or len(labels) < 3:
+            return False
+        return (target.host or "").endswith("." + ".".join(labels[1:]))
+
+    def _same_origin(self, url: str) -> bool:
+        try:
+            target = URL(url)
+            return target.absolute and target.origin() == self._origin
+        except ValueError:
+            return False
+
     async def _download(self, url: str, deadline: float, status: int) -> bytes:
         try:
             target = URL(url)
-            same_origin = target.absolute and target.origin() == self._origin
         except ValueError:
-            target, same_origin = URL(), False
+            target = URL()
+        same_origin = self._same_origin(url)
         if target.scheme not in ("http", "https") or not target.host:
             raise UpstreamBadResponse(
                 f"upstream image url is not http(s): {url[:200]!r}", upstream_status=status
