@@ -83,4 +83,9 @@ def _calls(row: dict[str, str], attempt: int) -> list[Attempt]:
         for name, value in row.items()
         if name.startswith(CALL_FIELD)
     )
-    return legacy + [Attempt.model_validate_json(value) for _, value in numbered]
+    calls = []
+    for number, value in numbered:
+        call = Attempt.model_validate_json(value)
+        call.number = number
+        calls.append(call)
+    return legacy + calls
