@@ -74,8 +74,14 @@ def resumes(job: Job) -> bool:
 
 
 def pending_calls(job: Job) -> list[Attempt]:
-    """Calls of the current run and claim that an asynchronous upstream works on."""
-    return [c for c in current_calls(job) if c.outcome == "in_flight" and c.handle is not None]
+    """Calls of the current run and claim that an asynchronous upstream works on. (Once
+    the job is no longer running, as when it was canceled, its record reads such calls
+    as ``lost``: nobody would carry them on; they are still the upstream's work.)"""
+    return [
+        call
+        for call in current_calls(job)
+        if call.outcome in ("in_flight", "lost") and call.handle is not None
+    ]
 
 
 def is_async_run(plan: RunPlan, providers: ProvidersConfig) -> bool:
