@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from app.settings import Settings
 from app.store.keys import Keys
 from tests.support.fakes.bfl import FakeBfl
 from tests.support.images import decode
+from tests.support.processes import WorkerProcess
 from tests.support.service import RunningService
 
 MODEL = "bfl/kontext"
@@ -151,3 +153,122 @@ async def test_max_concurrency_counts_edits_waiting_at_the_upstream(
     assert [job["status"] for job in done] == ["succeeded"] * 10
     assert bfl.submissions == 10
     assert bfl.max_in_flight == 3
+
+
+BFL_TOML = """
+[[upstreams]]
+name = "bfl"
+kind = "bfl"
+base_url = "{base_url}"
+api_key_env = "EDITQ_TEST_BFL_KEY"
+max_concurrency = {cap}
+poll_initial_s = {poll_initial_s}
+poll_max_s = {poll_max_s}
+
+[[models]]
+id = "{model}"
+upstream = "bfl"
+upstream_model = "flux-kontext-pro"
+"""
+
+
+def process_settings(
+    settings: Settings, tmp_path: Path, fake: FakeBfl, *, cap: int, poll: tuple[float, float]
+) -> Settings:
+    """Settings for worker processes against the fake (the key in their environment)."""
+    path = tmp_path / "providers.toml"
+    path.write_text(
+        BFL_TOML.format(
+            base_url=fake.base_url,
+            cap=cap,
+            poll_initial_s=poll[0],
+            poll_max_s=poll[1],
+            model=MODEL,
+        )
+    )
+    return settings.model_copy(
+        update={"providers_file": path, "job_lease_s": 2.0, "rate_limit_per_minute": 100_000}
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def start_worker(
+    processes: list[WorkerProcess], settings: Settings, log: Path, **env: str
+) -> WorkerProcess:
+    worker = WorkerProcess(settings, log)
+    worker._environment.update({"EDITQ_TEST_BFL_KEY": "bfl-key", **env})
+    processes.append(worker.start())
+    return worker
+
+
+async def submit_many(service: RunningService, count: int) -> list[str]:
+    """``count`` jobs, submitted 25 at a time."""
+    gate = asyncio.Semaphore(25)
+
+    async def one() -> str:
+        async with gate:
+            status, job, _ = await service.submit(model=MODEL)
+            assert status == 202, job
+            return str(job["id"])
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+@pytest.mark.slow
+async def test_a_sigkilled_worker_costs_no_second_submission(
+    settings: Settings, tmp_path: Path, bfl: FakeBfl, processes: list[WorkerProcess]
+) -> None:
+    bfl.processing_s = 3.0
+    stack = process_settings(settings, tmp_path, bfl, cap=50, poll=(0.5, 1.0))
+    async with RunningService(stack, bfl_providers(bfl), worker=False) as api:
+        doomed = start_worker(processes, stack, tmp_path / "doomed.log")
+        jobs = await submit_many(api, 20)
+        await bfl.wait_for_submissions(20, timeout_s=30)
+        doomed.kill()  # every edit is waiting at the upstream; some deliveries are mid-flight
+        killed_at, polls = time.monotonic(), bfl.polls
+        start_worker(processes, stack, tmp_path / "rescuer.log")
+        done = [await api.wait(job_id, timeout=60) for job_id in jobs]
+    assert [job["status"] for job in done] == ["succeeded"] * 20
+    assert bfl.submissions == 20  # zero extra submissions
+    assert bfl.downloads == 20
+    for job in done:
+        [call] = job["attempts"]  # the same call, carried on: no second claim, no second call
+        assert call["outcome"] == "succeeded" and call["attempt"] == 1
+    print(
+        f"\nSIGKILL with 20 edits waiting at BFL: 20 submissions in all (0 extra), "
+        f"{bfl.polls - polls} polls after the kill, all done "
+        f"{time.monotonic() - killed_at:.1f} s after it"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_one_worker_with_50_slots_keeps_1000_edits_in_flight(
+    settings: Settings, tmp_path: Path, bfl: FakeBfl, processes: list[WorkerProcess]
+) -> None:
+    bfl.processing_s = 30.0
+    stack = process_settings(settings, tmp_path, bfl, cap=1000, poll=(1.0, 10.0))
+    async with RunningService(stack, bfl_providers(bfl), worker=False) as api:
+        jobs = await submit_many(api, 1000)  # queued: the worker starts once all are in
+        started = time.monotonic()
+        start_worker(processes, stack, tmp_path / "worker.log", EDITQ_WORKER_MAX_JOBS="50")
+        await bfl.wait_for_submissions(1000, timeout_s=60)
+        submitted_in = time.monotonic() - started
+        done = [await api.wait(job_id, timeout=240) for job_id in jobs]
+        finished_in = time.monotonic() - started
+    assert [job["status"] for job in done] == ["succeeded"] * 1000
+    assert bfl.submissions == 1000
+    assert bfl.max_in_flight == 1000
+    print(
+        f"\n1,000 edits on one worker with EDITQ_WORKER_MAX_JOBS=50: all 1,000 submitted "
+        f"in {submitted_in:.1f} s and in flight at once (fake max in flight "
+        f"{bfl.max_in_flight}), {bfl.polls} polls, all succeeded {finished_in:.1f} s "
+        f"after the worker started (30 s each at the upstream)"
+    )
