@@ -17,6 +17,7 @@ from app.core.providers_config import ModelConfig, ProvidersConfig, UpstreamConf
 from app.settings import Settings
 from app.store.keys import Keys
 from tests.support.fakes.bfl import FakeBfl
+from tests.support.fakes.upstream import FakeUpstream
 from tests.support.images import decode
 from tests.support.processes import WorkerProcess
 from tests.support.service import RunningService
@@ -79,9 +80,7 @@ async def test_moderation_fails_the_job_as_content_filtered_after_one_submission
     bfl_service: RunningService, bfl: FakeBfl
 ) -> None:
     bfl.moderate_next("Content Moderated")
-    _, job, _ = await bfl_service.submit(
-        model=MODEL, routing={"retry": {"count": 3}, "fallback_on_codes": [502]}
-    )
+    _, job, _ = await bfl_service.submit(model=MODEL, retry={"count": 3})
     done = await bfl_service.wait(job["id"])
     assert done["status"] == "failed"
     assert done["error"]["code"] == "content_filtered"
@@ -192,19 +191,18 @@ def process_settings(
 
 
 @pytest.fixture
-def processes() -> Iterator[list[WorkerProcess]]:
+def processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[WorkerProcess]]:
+    """Worker processes started by the test (stopped after it); they inherit the key."""
+    monkeypatch.setenv("EDITQ_TEST_BFL_KEY", "bfl-key")
     started: list[WorkerProcess] = []
     yield started
     for process in started:
         process.stop()
 
 
-def start_worker(
-    processes: list[WorkerProcess], settings: Settings, log: Path, **env: str
-) -> WorkerProcess:
-    worker = WorkerProcess(settings, log)
-    worker._environment.update({"EDITQ_TEST_BFL_KEY": "bfl-key", **env})
-    processes.append(worker.start())
+def start_worker(processes: list[WorkerProcess], settings: Settings, log: Path) -> WorkerProcess:
+    worker = WorkerProcess(settings, log).start()
+    processes.append(worker)
     return worker
 
 
@@ -258,7 +256,8 @@ async def test_one_worker_with_50_slots_keeps_1000_edits_in_flight(
     async with RunningService(stack, bfl_providers(bfl), worker=False) as api:
         jobs = await submit_many(api, 1000)  # queued: the worker starts once all are in
         started = time.monotonic()
-        start_worker(processes, stack, tmp_path / "worker.log", EDITQ_WORKER_MAX_JOBS="50")
+        one = stack.model_copy(update={"worker_max_jobs": 50})  # EDITQ_WORKER_MAX_JOBS=50
+        start_worker(processes, one, tmp_path / "worker.log")
         await bfl.wait_for_submissions(1000, timeout_s=60)
         submitted_in = time.monotonic() - started
         done = [await api.wait(job_id, timeout=240) for job_id in jobs]
@@ -272,3 +271,78 @@ async def test_one_worker_with_50_slots_keeps_1000_edits_in_flight(
         f"{bfl.max_in_flight}), {bfl.polls} polls, all succeeded {finished_in:.1f} s "
         f"after the worker started (30 s each at the upstream)"
     )
+
+
+async def test_a_failed_edit_is_submitted_again_when_the_request_retries(
+    bfl_service: RunningService, bfl: FakeBfl
+) -> None:
+    bfl.processing_s = 0.2
+    bfl.moderate_next("Error")
+    _, job, _ = await bfl_service.submit(model=MODEL, retry={"count": 2})
+    done = await bfl_service.wait(job["id"])
+    assert done["status"] == "succeeded", (done["error"], done["attempts"])
+    assert bfl.submissions == 2
+    failed, succeeded = done["attempts"]
+    assert (failed["outcome"], failed["next_action"]) == ("failed", "retry")
+    assert failed["handle"]["request_id"] != succeeded["handle"]["request_id"]
+    assert succeeded["outcome"] == "succeeded"
+
+
+async def test_a_rate_limited_poll_waits_as_long_as_the_upstream_asks(
+    bfl_service: RunningService, bfl: FakeBfl
+) -> None:
+    bfl.processing_s = 1.0
+    _, job, _ = await bfl_service.submit(model=MODEL)
+    await wait_for_handle(bfl_service, job["id"])
+    bfl.fail_polls_next(429, retry_after="2")
+    done = await bfl_service.wait(job["id"])
+    assert done["status"] == "succeeded"
+    assert bfl.submissions == 1
+    limited_at = bfl.poll_times[0]  # the first poll met the 429 (polls come every 0.1-0.5 s)
+    assert bfl.poll_times[1] - limited_at >= 1.9
+
+
+async def test_an_edit_past_the_budget_is_checked_once_more_then_fails_as_a_timeout(
+    settings: Settings, bfl: FakeBfl
+) -> None:
+    bfl.processing_s = 60
+    budgeted = settings.model_copy(update={"attempt_budget_s": 1.5})
+    async with RunningService(budgeted, bfl_providers(bfl)) as service:
+        _, job, _ = await service.submit(model=MODEL, retry={"count": 2})
+        done = await service.wait(job["id"], timeout=15)
+        assert await held_slots(service.settings) == 0
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "upstream_timeout"
+    assert bfl.submissions == 1  # no time left for a retry
+    [call] = done["attempts"]
+    assert call["error_code"] == "upstream_timeout"
+    assert call["duration_ms"] >= 1500
+    # Polled again once the budget was spent (it counts from just before the submission).
+    started = next(iter(bfl.tasks.values())).submitted_at
+    assert bfl.poll_times[-1] - started >= 1.4
+
+
+async def test_a_synchronous_fallback_is_called_inline(
+    settings: Settings, bfl: FakeBfl, fake_upstream: FakeUpstream
+) -> None:
+    bfl.moderate_next("Error")
+    providers = bfl_providers(bfl)
+    openai = UpstreamConfig(name="oa", kind="openai", base_url=fake_upstream.base_url)
+    providers = providers.model_copy(
+        update={
+            "upstreams": (*providers.upstreams, openai),
+            "models": (
+                *providers.models,
+                ModelConfig(id="oa/gpt", upstream="oa", upstream_model="gpt-image-1"),
+            ),
+        }
+    )
+    async with RunningService(settings, providers) as service:
+        _, job, _ = await service.submit(
+            model=MODEL, fallbacks=[{"model": "oa/gpt"}], fallback_on_codes=[502]
+        )
+        done = await service.wait(job["id"])
+    assert done["status"] == "succeeded", (done["error"], done["attempts"])
+    assert [c["upstream"] for c in done["attempts"]] == ["bfl", "oa"]
+    assert done["attempts"][0]["next_action"] == "fallback"
+    assert bfl.submissions == 1 and len(fake_upstream.requests) == 1

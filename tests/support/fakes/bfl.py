@@ -27,9 +27,9 @@ Kontext Pro" and "Get result"):
 Faults: ``fail_next(status, retry_after=…)`` answers the next submissions with that
 HTTP status instead (429 with ``Retry-After``, 5xx …); ``fail_polls_next`` does the same
 to status requests. Observations: ``submissions`` (accepted tasks), ``refused``,
-``polls``, ``downloads``, ``in_flight`` (accepted, result not yet downloaded nor failed),
-``max_in_flight``, ``tasks``. Run ``python -m tests.support.fakes.bfl --port 9200`` to
-serve one by hand.
+``polls`` (and ``poll_times``), ``downloads``, ``in_flight`` (accepted, result not yet
+downloaded nor failed), ``max_in_flight``, ``tasks``. Run
+``python -m tests.support.fakes.bfl --port 9200`` to serve one by hand.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class FakeBfl:
         self.tasks: dict[str, FakeTask] = {}
         self.refused = 0
         self.polls = 0
+        self.poll_times: list[float] = []  # monotonic time of each status request
         self.downloads = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -249,6 +250,7 @@ class FakeBfl:
         if not self._authorized(request):
             return _detail(403, "Not authenticated - Invalid Authentication")
         self.polls += 1
+        self.poll_times.append(time.monotonic())
         if self._poll_faults:
             status, retry_after = self._poll_faults.popleft()
             return _fault(status, retry_after)
