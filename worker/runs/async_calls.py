@@ -42,14 +42,13 @@ from worker.capacity.gate import SlotGrant, UpstreamGate
 from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
 from worker.providers.base import (
-    AsyncUpstream,
     EditCall,
     EditOutput,
     PollFailed,
     PollPending,
     PollResult,
-    UpstreamHandle,
 )
+from worker.runs.async_cancel import cancel_edit, cancel_pending, handle_of
 from worker.runs.async_progress import (
     MIN_POLL_DELAY_S,
     OutputProgress,
@@ -251,7 +250,7 @@ async def _poll(run: AsyncRun, call: Attempt) -> _Step:
     context = run.context
     upstream = context.providers.upstream(call.upstream)
     adapter = context.async_upstream(call.upstream)
-    handle = _handle(call)
+    handle = handle_of(call)
     due = min(call.started_at + _call_timeout(run, upstream), run.deadline)
     result: PollResult
     try:
@@ -269,7 +268,7 @@ async def _poll(run: AsyncRun, call: Attempt) -> _Step:
         return _Failed(call, result.error)
     now = time.time()
     if now >= due:
-        canceled = await _cancel(adapter, handle)
+        canceled = await cancel_edit(adapter, handle)
         limit = "this attempt's budget" if due == run.deadline else f"{due - call.started_at:g} s"
         error = UpstreamTimeout(f"{upstream.name} did not finish the edit within {limit}")
         return _Failed(call, error, upstream_canceled=canceled)
@@ -358,7 +357,7 @@ async def _submit(run: AsyncRun, started: Attempt, call: EditCall) -> _Step:
         }
     )
     if not await _record_call(run, accepted, once_canceled=False):
-        await _cancel(adapter, handle)  # canceled or taken over while it was submitted
+        await cancel_edit(adapter, handle)  # canceled or taken over while it was submitted
         raise MovedOn()
     upstream = context.providers.upstream(started.upstream)
     return _Waiting(upstream.poll_initial_s)
@@ -417,44 +416,3 @@ async def _record_call(run: AsyncRun, call: Attempt, *, once_canceled: bool) -> 
         retry_on=(RedisError, OSError),
         what=f"recording a call of {job_id}",
     )
-
-
-def _handle(call: Attempt) -> UpstreamHandle:
-    assert call.handle is not None and call.handle.poll_url is not None
-    return UpstreamHandle(
-        request_id=call.handle.request_id,
-        poll_url=call.handle.poll_url,
-        result_url=call.handle.result_url,
-        cancel_url=call.handle.cancel_url,
-    )
-
-
-async def _cancel(adapter: AsyncUpstream, handle: UpstreamHandle) -> bool:
-    try:
-        return await adapter.cancel(handle)
-    except UpstreamError as exc:
-        log.warning("canceling upstream request %s failed: %s", handle.request_id, exc)
-        return False
-
-
-async def cancel_pending(context: WorkerContext, job: Job, *, reason: str) -> int:
-    """Ask the upstreams to stop every edit of the job's current claim they work on
-    (where their API has a cancel) and record each call as ``canceled`` either way,
-    with whether the upstream accepted. How many calls there were."""
-    calls = pending_calls(job)
-    for call in calls:
-        adapter = context.async_upstream(call.upstream)
-        accepted = await _cancel(adapter, _handle(call))
-        log.info(
-            "job %s: upstream edit %s canceled (%s): %s", job.id, call.handle, reason, accepted
-        )
-        took = max(0.0, time.time() - call.started_at)
-        ended = call.model_copy(
-            update={
-                "outcome": "canceled",
-                "upstream_canceled": accepted,
-                "duration_ms": round(took * 1000),
-            }
-        )
-        await context.store.call_ended(job.id, call.number, ended, once_canceled=True)
-    return len(calls)

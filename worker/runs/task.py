@@ -4,6 +4,11 @@ lease, record how it ended.
 A run whose upstreams have no free slot is not claimed: it goes back to the queue,
 deferred, as a waiter the next freed slot wakes (``upstream_gate``); it holds no
 worker slot meanwhile and stays ``queued``.
+
+A run that may call an asynchronous upstream (BFL …) is carried by many short
+deliveries of the same arq job instead (``_run_async``): each submits or polls once
+(``worker.runs.async_calls``) and defers the job to the next poll, so the wait holds
+no worker slot and no connection, and a crash costs no second submission.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ from worker.runs.async_calls import (
     Deferred,
     MovedOn,
     advance_run,
-    cancel_pending,
     extra_grants,
 )
+from worker.runs.async_cancel import cancel_pending
 from worker.runs.async_progress import attempt_deadline, is_async_run, pending_calls, resumes
 from worker.runs.execute import STORE_RETRY_S, execute_run
 from worker.runs.plan import RunPlan, plan_run
