@@ -224,13 +224,17 @@ async def test_a_sigkilled_worker_costs_no_second_submission(
     settings: Settings, tmp_path: Path, bfl: FakeBfl, processes: list[WorkerProcess]
 ) -> None:
     bfl.processing_s = 3.0
+    bfl.poll_latency_s = 0.3  # so that the kill finds deliveries mid-poll, not only deferred
     stack = process_settings(settings, tmp_path, bfl, cap=50, poll=(0.5, 1.0))
     async with RunningService(stack, bfl_providers(bfl), worker=False) as api:
         doomed = start_worker(processes, stack, tmp_path / "doomed.log")
         jobs = await submit_many(api, 20)
         await bfl.wait_for_submissions(20, timeout_s=30)
-        doomed.kill()  # every edit is waiting at the upstream; some deliveries are mid-flight
+        await asyncio.sleep(0.6)  # every edit waits at the upstream, polled
+        mid_poll = bfl.polls_in_flight
+        doomed.kill()
         killed_at, polls = time.monotonic(), bfl.polls
+        assert mid_poll > 0  # the kill interrupted deliveries, which come back after a lease
         start_worker(processes, stack, tmp_path / "rescuer.log")
         done = [await api.wait(job_id, timeout=60) for job_id in jobs]
     assert [job["status"] for job in done] == ["succeeded"] * 20
@@ -240,7 +244,8 @@ async def test_a_sigkilled_worker_costs_no_second_submission(
         [call] = job["attempts"]  # the same call, carried on: no second claim, no second call
         assert call["outcome"] == "succeeded" and call["attempt"] == 1
     print(
-        f"\nSIGKILL with 20 edits waiting at BFL: 20 submissions in all (0 extra), "
+        f"\nSIGKILL with 20 edits waiting at BFL ({mid_poll} deliveries mid-poll): "
+        f"20 submissions in all (0 extra), "
         f"{bfl.polls - polls} polls after the kill, all done "
         f"{time.monotonic() - killed_at:.1f} s after it"
     )

@@ -26,10 +26,11 @@ Kontext Pro" and "Get result"):
 
 Faults: ``fail_next(status, retry_after=…)`` answers the next submissions with that
 HTTP status instead (429 with ``Retry-After``, 5xx …); ``fail_polls_next`` does the same
-to status requests. Observations: ``submissions`` (accepted tasks), ``refused``,
-``polls`` (and ``poll_times``), ``downloads``, ``in_flight`` (accepted, result not yet
-downloaded nor failed), ``max_in_flight``, ``tasks``. Run
-``python -m tests.support.fakes.bfl --port 9200`` to serve one by hand.
+to status requests; ``poll_latency_s`` slows them. Observations: ``submissions``
+(accepted tasks), ``refused``, ``polls`` (``poll_times``, ``polls_in_flight``),
+``downloads``, ``in_flight`` (accepted, result not yet downloaded nor failed),
+``max_in_flight``, ``tasks``. Run ``python -m tests.support.fakes.bfl --port 9200`` to
+serve one by hand.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class FakeTask:
 
 class FakeBfl:
     """The fake server; see the module docstring. Settings change at any time:
-    ``api_key`` (None accepts any key), ``processing_s``, ``result_ttl_s``."""
+    ``api_key`` (None accepts any key), ``processing_s``, ``result_ttl_s``,
+    ``poll_latency_s``."""
 
     def __init__(
         self,
@@ -88,6 +90,8 @@ class FakeBfl:
         self.api_key = api_key
         self.processing_s = processing_s
         self.result_ttl_s = result_ttl_s
+        self.poll_latency_s = 0.0  # how long each status request takes to answer
+        self.polls_in_flight = 0  # status requests not answered yet
         self.tasks: dict[str, FakeTask] = {}
         self.refused = 0
         self.polls = 0
@@ -251,6 +255,12 @@ class FakeBfl:
             return _detail(403, "Not authenticated - Invalid Authentication")
         self.polls += 1
         self.poll_times.append(time.monotonic())
+        if self.poll_latency_s:
+            self.polls_in_flight += 1
+            try:
+                await asyncio.sleep(self.poll_latency_s)
+            finally:
+                self.polls_in_flight -= 1
         if self._poll_faults:
             status, retry_after = self._poll_faults.popleft()
             return _fault(status, retry_after)
