@@ -351,3 +351,27 @@ async def test_a_synchronous_fallback_is_called_inline(
     assert [c["upstream"] for c in done["attempts"]] == ["bfl", "oa"]
     assert done["attempts"][0]["next_action"] == "fallback"
     assert bfl.submissions == 1 and len(fake_upstream.requests) == 1
+
+
+async def test_a_cancel_during_a_poll_cancels_the_upstream_edit_too(
+    bfl_service: RunningService, bfl: FakeBfl
+) -> None:
+    bfl.processing_s = 60
+    bfl.poll_latency_s = 3.0  # the delivery is mid-poll when the cancel comes
+    _, job, _ = await bfl_service.submit(model=MODEL)
+    await wait_for_handle(bfl_service, job["id"])
+    deadline = time.monotonic() + 5
+    while not bfl.polls_in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert bfl.polls_in_flight
+    status, _ = await bfl_service.post(f"/v1/jobs/{job['id']}/cancel")
+    assert status == 200
+    deadline = time.monotonic() + 2  # well before the poll would have answered
+    while time.monotonic() < deadline:
+        _, after = await bfl_service.get(f"/v1/jobs/{job['id']}")
+        if after["attempts"][0]["outcome"] == "canceled":
+            break
+        await asyncio.sleep(0.05)
+    assert after["attempts"][0]["outcome"] == "canceled"
+    assert after["attempts"][0]["upstream_canceled"] is False
+    assert await held_slots(bfl_service.settings) == 0

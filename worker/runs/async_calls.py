@@ -11,6 +11,7 @@ fall back (the next model) or give up (the run fails, the other outputs' upstrea
 edits are canceled where the API allows). The result is the run's outcome, or
 ``Deferred``: when to come back.
 
+A retry after a recorded call waits by deferring too: the next delivery makes it.
 A call past its time limit (``timeout_s`` of its upstream, the request's
 ``call_timeout``) or the claim's budget is polled once more, then canceled upstream
 and failed as ``upstream_timeout``.
@@ -184,6 +185,10 @@ async def _advance_output(run: AsyncRun, output: OutputProgress) -> StoredOutput
         action, delay = await _after_failure(run, step, retries_used, has_next)
         if action == "retry":
             retries_used += 1
+            if step.call.number and delay > MIN_POLL_DELAY_S:
+                # The failed call is on record with ``retry``: the next delivery makes
+                # the call; the backoff holds no worker slot either.
+                return _Waiting(delay)
             await asyncio.sleep(delay)
         else:
             model_index, retries_used = model_index + 1, 0
