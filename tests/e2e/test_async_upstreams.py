@@ -375,3 +375,18 @@ async def test_a_cancel_during_a_poll_cancels_the_upstream_edit_too(
     assert after["attempts"][0]["outcome"] == "canceled"
     assert after["attempts"][0]["upstream_canceled"] is False
     assert await held_slots(bfl_service.settings) == 0
+
+
+async def test_an_output_that_fails_the_job_cancels_the_other_outputs_edit(
+    bfl_service: RunningService, bfl: FakeBfl
+) -> None:
+    bfl.processing_s = 60
+    bfl.moderate_next("Request Moderated")  # refused at once; the other edit works on
+    _, job, _ = await bfl_service.submit(model=MODEL, n=2)
+    done = await bfl_service.wait(job["id"], timeout=15)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "content_filtered"
+    outcomes = sorted(call["outcome"] for call in done["attempts"])
+    assert outcomes == ["canceled", "failed"]
+    assert bfl.submissions == 2
+    assert await held_slots(bfl_service.settings) == 0

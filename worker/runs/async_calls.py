@@ -36,9 +36,15 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from app.background import retry_until
-from app.core.jobs import Attempt, CallHandle, Job, JobOutcome
+from app.core.jobs import Attempt, CallHandle, Job, JobOutcome, JobStatus
 from app.core.providers_config import ModelConfig, UpstreamConfig
-from app.errors import UpstreamError, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout
+from app.errors import (
+    EditqError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from worker.capacity.gate import SlotGrant, UpstreamGate
 from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
@@ -152,8 +158,17 @@ async def advance_run(run: AsyncRun) -> JobOutcome | Deferred:
         steps.append(_advance_output(run, output))
     results = await asyncio.gather(*steps, return_exceptions=True)
     failures = [result for result in results if isinstance(result, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, EditqError):
+            raise failure  # Redis lost, the job moved on: the edits are not the run's to end
     if failures:
-        await cancel_pending(run.context, await _current(run), reason="run failed")
+        current = await _current(run)
+        if (current.status, current.run, current.attempt) == (
+            JobStatus.RUNNING,
+            job.run,
+            job.attempt,
+        ):
+            await cancel_pending(run.context, current, reason="run failed")
         raise failures[0]
     if all(isinstance(result, StoredOutput) for result in results):
         return outcome_of(job, [r for r in results if isinstance(r, StoredOutput)])

@@ -182,6 +182,7 @@ async def _advance_and_record(
         result = await advance_run(AsyncRun(context, job, plan, lease, deadline))
     except MovedOn:
         log.info("job %s run %d moved on while it was delivered", job.id, job.run)
+        await _cancel_upstream(context, None, lease.arq_job_id, job.id)  # if it was canceled
         return
     except EditqError as exc:
         error = JobError(type=exc.type, code=exc.code, message=exc.message)

@@ -18,8 +18,9 @@ Kontext Pro" and "Get result"):
   malformed body 422 (FastAPI's ``{"detail": …}``).
 - ``GET /v1/get_result?id=…`` (``x-key``) answers ``{id, status, result, progress,
   details}``: ``Pending`` while the task works (``processing_s``), then ``Ready`` with
-  ``result.sample`` (a signed URL), or ``Request Moderated`` / ``Content Moderated`` /
-  ``Error`` as scripted, or ``Task not found`` for an unknown id.
+  ``result.sample`` (a signed URL), or ``Content Moderated`` / ``Error`` as scripted
+  (``Request Moderated`` comes at once: the input is refused before any work), or
+  ``Task not found`` for an unknown id.
 - ``GET /delivery/{id}/{signature}/sample.{ext}`` serves the edited image (the first
   input with its colours inverted) until ``result_ttl_s`` after it was ready, then 403
   as an expired signed URL does.
@@ -269,7 +270,8 @@ class FakeBfl:
         if task is None:
             return web.json_response({"id": task_id, "status": "Task not found", "result": None})
         now = time.monotonic()
-        if now < task.ready_at:
+        # A moderated request is refused before any work; moderated content once made.
+        if now < task.ready_at and task.outcome != "Request Moderated":
             progress = (now - task.submitted_at) / max(self.processing_s, 1e-6)
             return web.json_response(
                 {"id": task.id, "status": "Pending", "result": None, "progress": progress}
