@@ -390,3 +390,20 @@ async def test_an_output_that_fails_the_job_cancels_the_other_outputs_edit(
     assert outcomes == ["canceled", "failed"]
     assert bfl.submissions == 2
     assert await held_slots(bfl_service.settings) == 0
+
+
+async def test_retrying_a_failed_job_submits_it_again(
+    bfl_service: RunningService, bfl: FakeBfl
+) -> None:
+    bfl.moderate_next("Request Moderated")
+    _, job, _ = await bfl_service.submit(model=MODEL)
+    assert (await bfl_service.wait(job["id"]))["status"] == "failed"
+    status, _ = await bfl_service.post(f"/v1/jobs/{job['id']}/retry")
+    assert status == 202
+    done = await bfl_service.wait(job["id"])
+    assert done["status"] == "succeeded"
+    assert bfl.submissions == 2  # that is what a retry means
+    assert [(c["run"], c["outcome"]) for c in done["attempts"]] == [
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
