@@ -203,17 +203,18 @@ class Attempt(BaseModel):
         None, description="canceled calls: whether the upstream accepted the cancel"
     )
     output: StoredImage | None = Field(
-        None, description="internal: the stored image a succeeded asynchronous call made"
+        None,
+        exclude=True,  # kept in the job's record (``call_json``), never shown to clients
+        description="the stored image a succeeded asynchronous call made",
     )
     usage: Usage | None = Field(None, description="what the upstream reported for this call")
     number: int = Field(0, exclude=True, description="its place in the job's record (read)")
 
     def public(self) -> Attempt:
-        """The call as clients see it: no upstream URLs, no internal storage keys."""
-        if self.handle is None and self.output is None:
+        """The call as clients see it: no upstream URLs (``output`` is never serialized)."""
+        if self.handle is None:
             return self
-        handle = None if self.handle is None else self.handle.public()
-        return self.model_copy(update={"handle": handle, "output": None})
+        return self.model_copy(update={"handle": self.handle.public()})
 
 
 def settle_calls(calls: Iterable[Attempt], job_attempt: int, running: bool) -> tuple[Attempt, ...]:

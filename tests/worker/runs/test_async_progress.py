@@ -19,6 +19,7 @@ from app.core.jobs import (
 )
 from app.core.providers_config import ModelConfig, ProvidersConfig, UpstreamConfig
 from app.core.routing_options import RoutingOptions
+from app.store.job_records import call_json
 from worker.runs.async_progress import (
     MIN_POLL_DELAY_S,
     attempt_deadline,
@@ -163,6 +164,12 @@ def test_the_public_view_of_a_call_has_no_upstream_urls_nor_storage_keys() -> No
     recorded = call("succeeded", handle=HANDLE, output=IMAGE)
     public = recorded.public()
     assert public.handle == CallHandle(request_id="r1")
-    assert public.output is None
-    assert "get_result" not in public.model_dump_json()
+    shown = public.model_dump_json()
+    assert "get_result" not in shown and IMAGE.key not in shown
+    assert "output" not in Attempt.model_json_schema(mode="serialization")["properties"]
     assert call().public() == call()
+
+
+def test_the_record_keeps_the_output_for_the_next_delivery() -> None:
+    recorded = call("succeeded", handle=HANDLE, output=IMAGE)
+    assert Attempt.model_validate_json(call_json(recorded)) == recorded
