@@ -90,10 +90,10 @@ class ModelConfig(BaseModel):
     version: str | None = Field(
         None, description="replicate: a version id, posted to /v1/predictions"
     )
-    prompt_field: str = Field("prompt", description="replicate: the input's prompt field")
-    image_field: str = Field("image", description="replicate: the input's image field")
+    prompt_field: str = Field("prompt", description="replicate, fal: the input's prompt field")
+    image_field: str = Field("image", description="replicate, fal: the input's image field")
     max_images: int = Field(
-        1, ge=1, description="bfl, replicate: input images the model takes (extras refused)"
+        1, ge=1, description="bfl, replicate, fal: input images the model takes (extras refused)"
     )
 
 

@@ -29,6 +29,7 @@ from app.http.app_keys import (
     RATE_LIMITER,
     SETTINGS,
     STORAGE,
+    STREAM_SECRET,
     SYNC_CALLS,
     WEBHOOKS,
 )
@@ -44,6 +45,7 @@ from app.http.middleware.errors import (
 )
 from app.http.middleware.idempotency import idempotency_middleware
 from app.http.middleware.ignored_params import ignored_params_header, ignored_params_middleware
+from app.http.middleware.request_metrics import request_metrics_middleware
 from app.http.openapi import build_document
 from app.http.requests.decoding import ImageDecoder
 from app.http.routes import add_routes
@@ -57,6 +59,7 @@ from app.services.queue_stats import QueueStats
 from app.settings import Settings
 from app.store.idempotency import IdempotencyStore
 from app.store.rate_limits import FailedLogins, RateLimiter
+from app.store.stream_secret import shared_stream_secret
 from app.store.sync_calls import SyncCallStore
 
 
@@ -64,6 +67,7 @@ def create_app(settings: Settings, providers: ProvidersConfig) -> web.Applicatio
     """The API application; connections open on start-up and close on clean-up."""
     app = web.Application(
         middlewares=[
+            request_metrics_middleware,
             errors_middleware,
             cors_middleware,
             auth_middleware,
@@ -104,6 +108,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[JOB_STORE] = shared.jobs
         app[IDEMPOTENCY] = IdempotencyStore(redis, keys, lease_s=settings.submit_lease_s)
         app[SYNC_CALLS] = SyncCallStore(redis, keys, window_s=settings.sync_retry_window_s)
+        app[STREAM_SECRET] = await shared_stream_secret(redis, keys)
         app[RATE_LIMITER] = RateLimiter(redis, keys, per_minute=settings.rate_limit_per_minute)
         app[FAILED_LOGINS] = FailedLogins(redis, keys, per_minute=settings.auth_failures_per_minute)
         app[EVENTS] = shared.events

@@ -172,6 +172,30 @@ EditForm = create_model(
 )
 
 
+# The synchronous drop-in answers with ``b64_json`` unless ``url`` is asked for, as
+# OpenAI's edit endpoint does (``app.http.handlers.images_compat.with_sync_defaults``).
+_SYNC_RESPONSE_FORMAT: dict[str, Any] = {
+    "response_format": (
+        Literal["url", "b64_json"],
+        Field("b64_json", description="b64_json unless url is asked for, as OpenAI answers"),
+    )
+}
+
+SyncEditJsonRequest = create_model(
+    "SyncEditJsonRequest",
+    __base__=EditJsonRequest,
+    __doc__="A synchronous edit as JSON; routing knobs may also be nested in ``orq``.",
+    **_SYNC_RESPONSE_FORMAT,
+)
+
+SyncEditForm = create_model(
+    "SyncEditForm",
+    __base__=EditForm,
+    __doc__="A synchronous edit as multipart/form-data: 1-16 image files plus text fields.",
+    **_SYNC_RESPONSE_FORMAT,
+)
+
+
 class BatchJsonRequest(BatchOptions):
     """A batch as JSON: shared defaults (with the images) plus variants, or ``n`` copies."""
 
@@ -269,6 +293,18 @@ class EventsQuery(BaseModel):
     """Where to resume an event stream (the ``Last-Event-ID`` header wins)."""
 
     last_event_id: str | None = Field(None, description="replay the events after this id")
+    token: str | None = Field(
+        None, description="from a stream URL: opens this stream without a key"
+    )
+
+
+class StreamUrl(BaseModel):
+    """A URL that opens one job's or batch's event stream without a key (for a browser's
+    ``EventSource``, which cannot send one), until ``expires_at``."""
+
+    object: Literal["stream_url"]
+    url: str = Field(description="the events path with a signed ?token=; resume as usual")
+    expires_at: int = Field(description="seconds since the epoch")
 
 
 class EventsHeaders(BaseModel):

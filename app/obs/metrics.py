@@ -8,6 +8,11 @@ Counters and histograms count what *this process* did: sum them across
 instances. Gauges refreshed from Redis at scrape time (queue depth, upstream
 slots) show state every instance shares: take their ``max``, not their sum.
 
+The API also counts its HTTP requests by method, route template (``/v1/jobs/{job_id}``,
+never the concrete path, so the series stay few) and status, with their latency.
+``*_created`` series are not exported: they double every counter and histogram and
+no dashboard reads them.
+
 There is no gauge of jobs per status: counting them would mean scanning every
 job record. ``editq_job_transitions_total{status}`` counts the status changes
 each process applied instead (submits, starts, successes, failures, cancels);
@@ -18,7 +23,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.process_collector import ProcessCollector
 
 from app.core.jobs import JobStatus, Lane
@@ -28,7 +40,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LANES = tuple(lane.value for lane in Lane)
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
 PICKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 300)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+"""The route label of a request no route matched (a 404): one series for all of them."""
 RUN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 240, 300, 360)
+
+
+# Process-wide in prometheus_client (the library leaves this function untyped).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -87,6 +107,19 @@ class Metrics:
         self.s3_errors = Counter(
             "editq_s3_errors", "Failed object storage calls", ["operation"], registry=self.registry
         )
+        self.http_requests = Counter(
+            "editq_http_requests",
+            "API requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_request_duration = Histogram(
+            "editq_http_request_duration_seconds",
+            "From a request's arrival to its answer (a stream: to its end), by route template",
+            ["method", "route"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
         for status in JobStatus:
             self.job_transitions.labels(status.value)
         for outcome in WEBHOOK_OUTCOMES:
@@ -112,6 +145,14 @@ class Metrics:
         label = str(status) if status is not None else (error_code or "error")
         self.upstream_calls.labels(upstream, label).inc()
         self.upstream_call_duration.labels(upstream).observe(seconds)
+
+    def http_request(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        """Count one answered API request; ``route`` is its template, None when no route
+        matched. An unknown method is labelled ``other``."""
+        method = method if method in HTTP_METHODS else "other"
+        route = route or UNMATCHED_ROUTE
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_request_duration.labels(method, route).observe(seconds)
 
     def s3_error(self, operation: str) -> None:
         """Count a failed object storage call (an ``ObjectStore`` hook)."""

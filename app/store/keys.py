@@ -28,6 +28,7 @@ Webhooks, idempotency, limits and the cache::
     P:synccall:{tenant}:{fp}      the job of a synchronous edit, by its request fingerprint
     P:ratelimit:{tenant}          the tenant's request count in the current minute
     P:authfail:{sha(address)}     failed authentications from one client address
+    P:stream:secret               the secret stream URLs are signed with (hex)
     P:cache:{tenant}:{digest}     an exact-match cache entry (a job outcome, JSON)
     P:upstream:{name}:slots       sorted set: slot tokens by lease expiry (ms)
     P:upstream:{name}:waiting     sorted set: waiting tickets by rank
@@ -121,6 +122,11 @@ class Keys:
     def events_channel(self) -> str:
         """The pub/sub channel every transition is published on."""
         return f"{self.prefix}:events"
+
+    @property
+    def stream_secret(self) -> str:
+        """The random secret every API process signs stream URLs with."""
+        return f"{self.prefix}:stream:secret"
 
     # -- webhooks ---------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import httpx
+import httpx_sse
 import openai
 import orq_ai_sdk
 import pytest
@@ -453,3 +455,64 @@ async def test_other_origins_and_the_default_get_no_cors(
         headers = {"Origin": origin, **api.auth()}
         async with api.client.get(api.url("/v1/models"), headers=headers) as reply:
             assert "Access-Control-Allow-Origin" not in reply.headers
+
+
+async def test_an_sse_client_library_reads_a_job_live_and_stops_at_its_end(
+    service: RunningService,
+) -> None:
+    """httpx-sse, a common Python SSE client, follows a job from its submit to its end;
+    its reconnect from the last id is answered 204, which ends an EventSource."""
+    _, job, _ = await service.submit()
+    url = service.url(f"/v1/jobs/{job['id']}/events")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30)) as http:
+        async with httpx_sse.aconnect_sse(http, "GET", url, headers=service.auth()) as source:
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            events = [event async for event in source.aiter_sse()]
+        assert [event.event for event in events] == ["job.queued", "job.running", "job.succeeded"]
+        assert events[0].retry is not None and events[0].retry > 0
+        finished = json.loads(events[-1].data)
+        assert finished["status"] == "succeeded" and job["id"] in events[-1].data
+        headers = {**service.auth(), "Last-Event-ID": events[-1].id}
+        reconnect = await http.get(url, headers=headers)
+        assert reconnect.status_code == 204
+
+
+async def test_a_stream_url_opens_its_own_event_stream_and_nothing_else(
+    service: RunningService,
+) -> None:
+    _, job, _ = await service.submit()
+    _, other, _ = await service.submit()
+    status, minted = await service.post(f"/v1/jobs/{job['id']}/events/url")
+    assert status == 200 and minted["object"] == "stream_url", minted
+    token = minted["url"].split("?token=", 1)[1]
+    async with httpx.AsyncClient(base_url=service.url(""), timeout=30) as http:
+        opened = await http.get(minted["url"])  # no key
+        assert opened.status_code == 200 and "event: job.succeeded" in opened.text
+        for path in (
+            f"/v1/jobs/{other['id']}/events?token={token}",  # another job
+            f"/v1/jobs/{job['id']}?token={token}",  # the job itself
+            f"/v1/jobs?token={token}",
+        ):
+            refused = await http.get(path)
+            assert refused.status_code == 401, path
+    status, missing = await service.post("/v1/jobs/job_nosuchjob0000000000000000/events/url")
+    assert status == 404, missing
+    status, foreign = await service.post(f"/v1/jobs/{job['id']}/events/url", key="key-b")
+    assert status == 404, foreign  # another key's job does not exist for it
+    status, minted = await service.post(
+        "/v1/batches",
+        body={
+            "defaults": {
+                "model": "local/editor",
+                "prompt": "invert it",
+                "images": [{"image_url": data_url(png())}],
+            },
+            "n": 1,
+        },
+    )
+    assert status == 202, minted
+    status, batch_url = await service.post(f"/v1/batches/{minted['id']}/events/url")
+    assert status == 200, batch_url
+    async with httpx.AsyncClient(base_url=service.url(""), timeout=30) as http:
+        opened = await http.get(batch_url["url"])
+        assert opened.status_code == 200 and "event: batch.completed" in opened.text

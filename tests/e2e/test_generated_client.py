@@ -5,6 +5,7 @@ functions upload image files that the service really edits."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 PACKAGE = "editq_generated"
+PNG_MAGIC = b"\x89PNG"
 
 # The generator omits responses whose content type it cannot model (JSON Lines, zip):
 # those operations still exist, their bodies are read as bytes. Nothing else may warn.
@@ -33,7 +35,7 @@ from editq_generated import AuthenticatedClient
 from editq_generated.api.batches import post_v1_batches
 from editq_generated.api.images import post_v1_images_edits
 from editq_generated.api.jobs import post_v1_jobs
-from editq_generated.models import BatchForm, EditForm
+from editq_generated.models import BatchForm, EditForm, SyncEditForm
 from editq_generated.types import File
 
 base_url, image_path = sys.argv[1], sys.argv[2]
@@ -50,7 +52,7 @@ with AuthenticatedClient(base_url=base_url, token="key-a", timeout=60.0) as clie
     print(json.dumps({"status": int(job.status_code), "body": json.loads(job.content)}))
     edit = post_v1_images_edits.sync_detailed(
         client=client,
-        body=EditForm(model="local/editor", prompt="mirror it", image=upload()),
+        body=SyncEditForm(model="local/editor", prompt="mirror it", image=upload()),
     )
     print(json.dumps({"status": int(edit.status_code), "body": json.loads(edit.content)}))
     batch = post_v1_batches.sync_detailed(
@@ -134,8 +136,9 @@ async def test_a_generated_client_uploads_files(service: RunningService, tmp_pat
     assert finished["request"]["images"][0]["bytes"] > 0, finished["request"]
 
     assert edit["status"] == 200, edit
-    # The generated form sends the document's response_format default ("url").
-    assert edit["body"]["data"][0]["url"].startswith("http"), edit
+    # The generated form sends the document's response_format default: b64_json, as
+    # OpenAI's edit endpoint answers.
+    assert base64.b64decode(edit["body"]["data"][0]["b64_json"]).startswith(PNG_MAGIC), edit
 
     assert batch["status"] == 202, batch
     assert batch["body"]["total"] == 2

@@ -4,7 +4,9 @@ official OpenAI SDK (sync and async) with its default retries (two) and timeouts
 The SDK retries a timeout, a 409 and any 5xx unless the answer says
 ``x-should-retry: false``; it marks every retry with ``x-stainless-retry-count`` and
 every call with ``x-stainless-read-timeout``. The fake upstream takes ``EDIT_S`` per
-edit, longer than the client's ``CLIENT_TIMEOUT_S``.
+edit, longer than the client's ``CLIENT_TIMEOUT_S``. orq's SDK, on
+``/v2/router/images/edits``, does not retry by default and marks no retry: with
+retries turned on, its ``Idempotency-Key`` ties them to the first call.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import httpx
 import openai
+import orq_ai_sdk
 import pytest
 
 from app.core.providers_config import ProvidersConfig
@@ -168,3 +172,67 @@ async def test_a_first_call_without_a_key_is_never_merged_with_an_equal_one(
     await asyncio.gather(*(sdk_edit(service, sync=False, timeout=60, headers={}) for _ in range(2)))
     assert len(await jobs_and_calls(service, fake_upstream)) == 2
     assert len(fake_upstream.requests) == 2
+
+
+def orq_edit(
+    service: RunningService,
+    *,
+    timeout_s: float,
+    headers: dict[str, str],
+    retries: orq_ai_sdk.utils.RetryConfig | None = None,
+) -> Any:
+    """One edit through orq's SDK on ``/v2/router/images/edits`` (blocking: run it in a
+    thread). Without ``retries`` the SDK's default applies: it does not retry."""
+    with orq_ai_sdk.Orq(api_key="key-a", server_url=service.url("")) as orq:
+        return orq.router.images.edits.create(
+            model=UPSTREAM_MODEL,
+            prompt="x",
+            image={"file_name": "a.png", "content": png(), "content_type": "image/png"},
+            timeout_ms=int(timeout_s * 1000),
+            http_headers=headers,
+            **({"retries": retries} if retries is not None else {}),
+        )
+
+
+@KEYED
+async def test_the_orq_sdk_timing_out_leaves_one_job_and_one_upstream_call(
+    service: RunningService, fake_upstream: FakeUpstream, keyed: bool
+) -> None:
+    fake_upstream.latency_s = EDIT_S
+    headers = _headers(uuid.uuid4().hex if keyed else None)
+    with pytest.raises(httpx.TimeoutException):
+        await asyncio.to_thread(orq_edit, service, timeout_s=CLIENT_TIMEOUT_S, headers=headers)
+    (job_id,) = await jobs_and_calls(service, fake_upstream)  # listed: the id is recoverable
+    assert (await service.wait(job_id))["status"] == "succeeded"
+    assert len(fake_upstream.requests) == 1
+
+
+async def test_orq_sdk_retries_with_an_idempotency_key_attach_to_the_running_job(
+    service: RunningService, fake_upstream: FakeUpstream
+) -> None:
+    # orq's SDK retries timeouts only when told to, and does not mark its retries: the
+    # Idempotency-Key is what ties them to the first call.
+    fake_upstream.latency_s = EDIT_S
+    retries = orq_ai_sdk.utils.RetryConfig(
+        "backoff", orq_ai_sdk.utils.BackoffStrategy(100, 500, 1.5, 20_000), True
+    )
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    result = await asyncio.to_thread(
+        orq_edit, service, timeout_s=CLIENT_TIMEOUT_S, headers=headers, retries=retries
+    )
+    assert result.data and result.data[0].b64_json
+    (job_id,) = await jobs_and_calls(service, fake_upstream)
+    assert (await service.wait(job_id))["status"] == "succeeded"
+    assert len(fake_upstream.requests) == 1
+
+
+async def test_past_the_sync_limit_the_orq_sdk_learns_the_one_job(
+    impatient: RunningService, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.latency_s = 1.5
+    with pytest.raises(orq_ai_sdk.models.OrqError) as caught:
+        await asyncio.to_thread(orq_edit, impatient, timeout_s=60, headers={})
+    assert caught.value.status_code == 504
+    job_id = caught.value.headers["x-job-id"]
+    assert await jobs_and_calls(impatient, fake_upstream) == [job_id]
+    assert len(fake_upstream.requests) == 1

@@ -344,3 +344,42 @@ async def test_without_event_streams_the_pages_poll_instead(
     for text, url in console.errors:
         assert "404" in text and "/events" in url, (text, url)
     await page.close()
+
+
+FOLLOW_WITH_EVENTSOURCE = """(url) => new Promise((resolve) => {
+    const names = [];
+    let opens = 0;
+    const source = new EventSource(url);
+    for (const name of ["job.queued", "job.running", "job.succeeded", "job.failed"]) {
+        source.addEventListener(name, () => names.push(name));
+    }
+    source.onopen = () => { opens += 1; };
+    source.onerror = () => {
+        if (source.readyState === EventSource.CLOSED) resolve({ names, opens, closed: true });
+    };
+    setTimeout(() => resolve({ names, opens, closed: false }), 20000);
+})"""
+
+
+async def test_a_browser_eventsource_follows_a_job_by_its_stream_url_and_stops(
+    ui_service: RunningService, fake_upstream: FakeUpstream, browser: Browser
+) -> None:
+    """The browser's own EventSource (which sends no key) follows a job through its
+    signed stream URL; after the last event its reconnect is answered 204 and it closes
+    instead of reconnecting forever. A token for another job opens nothing."""
+    fake_upstream.latency_s = 1.0
+    _, job, _ = await ui_service.submit(model="fake/gpt-image-1")
+    status, minted = await ui_service.post(f"/v1/jobs/{job['id']}/events/url")
+    assert status == 200, minted
+    _, other, _ = await ui_service.submit(model="fake/gpt-image-1")
+    page = await browser.new_page()
+    await page.goto(ui_service.url("/ui"))
+    followed = await page.evaluate(FOLLOW_WITH_EVENTSOURCE, ui_service.url(minted["url"]))
+    assert followed == {
+        "names": ["job.queued", "job.running", "job.succeeded"],
+        "opens": 1,  # the reconnect after the end got 204: no second stream
+        "closed": True,
+    }
+    wrong = minted["url"].replace(job["id"], other["id"])
+    refused = await page.evaluate(FOLLOW_WITH_EVENTSOURCE, ui_service.url(wrong))
+    assert refused == {"names": [], "opens": 0, "closed": True}  # a 401 ends it at once

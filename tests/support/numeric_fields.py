@@ -272,12 +272,14 @@ def editq_examples(model: str, image: bytes, *, job_id: str, batch_id: str) -> E
     return Examples(
         json={
             "EditJsonRequest": [job],
+            "SyncEditJsonRequest": [job],
             "BatchJsonRequest": [{"defaults": job, "n": 1}, {"defaults": job, "variants": [{}]}],
             "RedeliverRequest": [{}],
             "RotateSecretRequest": [{"expire_previous_in_s": 60}],
         },
         forms={
             "EditForm": [[("model", model), ("prompt", "p"), ("image[]", image)]],
+            "SyncEditForm": [[("model", model), ("prompt", "p"), ("image[]", image)]],
             "BatchForm": [
                 [("defaults", defaults), ("image[]", image), ("n", "1")],
                 [("defaults", defaults), ("image[]", image), ("variants", "[{}]")],

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from app.core.jobs import Usage
+from app.core.providers_config import ModelConfig
 from app.errors import UpstreamError
 
 
@@ -54,6 +55,10 @@ class EditCall:
     applies). An adapter that can stream (an OpenAI-compatible one) asks for
     ``partial_images`` previews when ``on_partial`` is set and hands each to it before
     returning; the others ignore both and make the image only.
+
+    ``model_entry`` is the providers file's entry for the model, whose fields the
+    native APIs read (Replicate's and fal's ``prompt_field``/``image_field``,
+    ``max_images``, ``version``); None where nothing reads them.
     """
 
     model: str  # the upstream's own model name
@@ -70,6 +75,7 @@ class EditCall:
     timeout_s: float = 300.0
     partial_images: int = 0
     on_partial: PartialSink | None = None
+    model_entry: ModelConfig | None = None
 
 
 @dataclass(frozen=True)

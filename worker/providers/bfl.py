@@ -19,19 +19,22 @@ map through ``worker.providers.http.errors``. BFL has no cancel: ``cancel`` says
 
 Kontext takes no mask: a mask goes as one more input image, the prompt saying which
 area to edit (``adapt_mask`` with ``supports_mask`` off). Images beyond the model's
-``max_images`` are refused before anything is sent.
+``max_images`` (its entry: ``EditCall.model_entry``) are refused before anything is
+sent. The key goes only to BFL's origin and its regional hosts (``regional_host``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
-from app.core.providers_config import ModelConfig, UpstreamConfig
+from app.core.providers_config import UpstreamConfig
 from app.errors import ContentFiltered, UpstreamBadResponse, UpstreamError, UpstreamRejected
 from worker.providers.base import (
     EditCall,
@@ -43,12 +46,16 @@ from worker.providers.base import (
     UpstreamHandle,
 )
 from worker.providers.http.client import HttpUpstreamClient, adapt_mask
+from worker.providers.http.errors import error_for_status
 
 STATUS_TIMEOUT_S = 30.0
 """Cap on one submit or status request (each is small and quick)."""
 
 DOWNLOAD_TIMEOUT_S = 120.0
 """Cap on downloading a finished image."""
+
+MAX_STATUS_BYTES = 1024 * 1024
+"""Largest submit or status answer read."""
 
 PENDING_STATUSES = frozenset({"Pending", "Queued"})
 MODERATED_STATUSES = frozenset({"Request Moderated", "Content Moderated"})
@@ -116,33 +123,44 @@ def read_status(answer: object) -> tuple[str, str | None, str]:
     return answer["status"], sample if isinstance(sample, str) else None, str(details or "")
 
 
-class BflUpstream:
-    """Black Forest Labs' API; ``models`` are this upstream's model entries by
-    ``upstream_model`` (for their ``max_images``)."""
+def regional_host(url: str, base_url: str) -> bool:
+    """Whether ``url`` is https on a host under the parent domain of ``base_url``'s host
+    (BFL answers ``https://api.bfl.ai`` submissions with polling URLs on regional hosts
+    such as ``api.us1.bfl.ai``, which take the key too)."""
+    try:
+        target, base = URL(url), URL(base_url)
+    except ValueError:
+        return False
+    labels = (base.host or "").split(".")
+    if target.scheme != "https" or base.scheme != "https" or len(labels) < 3:
+        return False
+    return (target.host or "").endswith("." + ".".join(labels[1:]))
 
-    def __init__(
-        self,
-        config: UpstreamConfig,
-        session: aiohttp.ClientSession,
-        models: Mapping[str, ModelConfig],
-    ) -> None:
+
+class BflUpstream:
+    """Black Forest Labs' API for one ``[[upstreams]]`` entry, over a shared aiohttp
+    session (which ``close`` leaves open); see the module docstring."""
+
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
         self.name = config.name
         self._config = config.model_copy(update={"supports_mask": False})
-        self._client = HttpUpstreamClient(config, session, auth_header=("x-key", ""))
+        key = config.api_key.get_secret_value() if config.api_key else ""
+        self._key = {"x-key": key} if key else {}
+        self._client = HttpUpstreamClient(config, session, auth=self._key)
         self._base_url = (config.base_url or "").rstrip("/")
-        self._max_images = {name: model.max_images for name, model in models.items()}
 
     async def submit(self, call: EditCall) -> UpstreamHandle:
         """Hand the edit to BFL; raises UpstreamError when it refuses it."""
+        max_images = call.model_entry.max_images if call.model_entry is not None else 1
         call = await adapt_mask(call, self._config)
-        body = submit_body(call, self._max_images.get(call.model, 1))
+        body = submit_body(call, max_images)
         url = f"{self._base_url}/v1/{call.model}"
         timeout = min(STATUS_TIMEOUT_S, call.timeout_s)
-        return handle_from(await self._client.exchange_json("POST", url, timeout, body))
+        return handle_from(await self._json("POST", url, timeout, body))
 
     async def poll(self, handle: UpstreamHandle) -> PollResult:
         """How the edit stands; a finished image is downloaded before returning."""
-        answer = await self._client.exchange_json("GET", handle.poll_url, STATUS_TIMEOUT_S)
+        answer = await self._json("GET", handle.poll_url, STATUS_TIMEOUT_S)
         status, sample, details = read_status(answer)
         if status in PENDING_STATUSES:
             return PollPending()
@@ -157,11 +175,35 @@ class BflUpstream:
             return PollFailed(UpstreamError(reason))
         raise UpstreamBadResponse(f"BFL answered an unknown status {status!r:.100}")
 
+    async def _json(
+        self, method: str, url: str, timeout_s: float, body: object | None = None
+    ) -> object:
+        """One JSON exchange with BFL; its HTTP errors mapped by ``error_for_status``."""
+        key = self._client.auth_for(url) or (
+            self._key if regional_host(url, self._base_url) else {}
+        )
+        if not key and self._key:
+            raise UpstreamBadResponse(f"BFL pointed elsewhere: {url[:200]!r}")
+        headers = {"Accept": "application/json", **key}
+        payload = None if body is None else aiohttp.JsonPayload(body)
+        answer = await self._client.exchange(
+            method, url, timeout_s, MAX_STATUS_BYTES, headers, body=payload
+        )
+        if not 200 <= answer.status < 300:
+            raise error_for_status(answer.status, answer.body, answer.retry_after)
+        try:
+            return json.loads(answer.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UpstreamBadResponse(
+                "BFL answered with something other than JSON", upstream_status=answer.status
+            ) from exc
+
     async def _fetch(self, sample: str | None) -> PollResult:
         if sample is None:
             raise UpstreamBadResponse("BFL said Ready without result.sample")
+        deadline = asyncio.get_running_loop().time() + DOWNLOAD_TIMEOUT_S
         try:
-            return EditOutput(image=await self._client.download(sample, DOWNLOAD_TIMEOUT_S))
+            return EditOutput(image=await self._client.download(sample, deadline, 200))
         except UpstreamBadResponse as exc:
             if exc.upstream_status in (403, 404, 410):
                 message = f"BFL's result URL answered HTTP {exc.upstream_status} (expired)"

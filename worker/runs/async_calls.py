@@ -327,6 +327,7 @@ async def _start(run: AsyncRun, index: int, model_index: int) -> _Step:
     call = dataclasses.replace(
         await run.base(),
         model=model.upstream_model,
+        model_entry=model,
         timeout_s=min(_call_timeout(run, upstream), max(MIN_CALL_S, run.budget_left())),
     )
     number = await context.store.call_started(job.id, started)

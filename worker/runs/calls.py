@@ -124,7 +124,7 @@ async def _call_once(
     routing_timeout = calls.job.spec.request.routing.timeout
     if routing_timeout is not None:
         timeout = min(timeout, routing_timeout.call_timeout / 1000)
-    call = replace(base, model=model.upstream_model, timeout_s=timeout)
+    call = replace(base, model=model.upstream_model, model_entry=model, timeout_s=timeout)
     started = Attempt(
         run=calls.job.run,
         attempt=calls.job.attempt,

@@ -22,12 +22,16 @@ job retried later can be followed again by resuming from that event. A stream op
 with ``retry: 3000``; a reconnect (a resume id given) to a subject that has ended and
 has nothing after that id answers 204 No Content, which is how an ``EventSource`` is
 told to stop reconnecting.
+
+An ``EventSource`` cannot send a key: ``POST .../events/url`` gives a stream URL whose
+signed ``?token=`` opens that one stream for an hour (``app.core.stream_tokens``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,13 +42,21 @@ from app.blobs import ObjectStore
 from app.core.batches import BatchStatus
 from app.core.jobs import PARTIAL, TERMINAL
 from app.core.public import batch_json
+from app.core.stream_tokens import STREAM_TOKEN_TTL_S, issue_token
 from app.errors import NotFound
-from app.http.app_keys import BATCH_SERVICE, EVENTS, JOB_SERVICE, JOB_STORE, STORAGE
+from app.http.app_keys import (
+    BATCH_SERVICE,
+    EVENTS,
+    JOB_SERVICE,
+    JOB_STORE,
+    STORAGE,
+    STREAM_SECRET,
+)
 from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.openapi import Reply, operation
 from app.http.responses.sse import KEEPALIVE, RETRY, encode_event, parse_stream_id
 from app.http.responses.streaming import started_stream
-from app.http.schema import EventsHeaders, EventsQuery
+from app.http.schema import EventsHeaders, EventsQuery, StreamUrl
 from app.services.batches import BatchService
 from app.services.job_views import render_job
 from app.store.events import JobEventStream
@@ -168,6 +180,44 @@ async def batch_events(request: web.Request) -> web.StreamResponse:
         batch = await service.get(batch_id, tenant)
         feed = _BatchFeed(batch_id, tenant, service)
         return await _stream(request, feed, events, last_id, batch.status.value)
+
+
+@operation(
+    "A job's stream URL, for clients that cannot send a key",
+    tags=("jobs",),
+    replies={200: StreamUrl},
+    errors=(404, 503),
+    body_required=False,
+)
+async def job_stream_url(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{id}/events/url: a signed URL that opens the job's event stream
+    without a key for an hour (a browser's ``EventSource`` cannot send one). It opens
+    that stream only."""
+    job_id = request.match_info["job_id"]
+    await request.app[JOB_SERVICE].get(job_id, request[TENANT])
+    return _stream_url(request, f"/v1/jobs/{job_id}/events", job_id)
+
+
+@operation(
+    "A batch's stream URL, for clients that cannot send a key",
+    tags=("batches",),
+    replies={200: StreamUrl},
+    errors=(404, 503),
+    body_required=False,
+)
+async def batch_stream_url(request: web.Request) -> web.Response:
+    """POST /v1/batches/{id}/events/url: a signed URL that opens the batch's event
+    stream without a key for an hour. It opens that stream only."""
+    batch_id = request.match_info["batch_id"]
+    await request.app[BATCH_SERVICE].get(batch_id, request[TENANT])
+    return _stream_url(request, f"/v1/batches/{batch_id}/events", batch_id)
+
+
+def _stream_url(request: web.Request, path: str, subject: str) -> web.Response:
+    expires = int(time.time()) + STREAM_TOKEN_TTL_S
+    token = issue_token(request.app[STREAM_SECRET], request[TENANT], subject, expires)
+    body = StreamUrl(object="stream_url", url=f"{path}?token={token}", expires_at=expires)
+    return web.json_response(body.model_dump())
 
 
 def _last_event_id(request: web.Request) -> str | None:

@@ -39,7 +39,7 @@ from app.http.openapi import Reply, operation
 from app.http.requests.submissions import read_submission
 from app.http.requests.sync_deadline import SyncDeadline, sync_deadline
 from app.http.responses.image_stream import asks_for_stream, stream_edit
-from app.http.schema import EditForm, EditJsonRequest, ImagesResponse, SyncEditHeaders
+from app.http.schema import ImagesResponse, SyncEditForm, SyncEditHeaders, SyncEditJsonRequest
 from app.services.job_views import render_job
 
 JOB_ID_HEADER = "x-job-id"
@@ -52,8 +52,8 @@ FAILED_JOB_STATUSES = (400, 402, 413, 429, 500, 502, 503, 504)
     "Edit an image synchronously",
     tags=("images",),
     headers=SyncEditHeaders,
-    json_body=EditJsonRequest,
-    form_body=EditForm,
+    json_body=SyncEditJsonRequest,
+    form_body=SyncEditForm,
     replies={
         200: Reply(
             ImagesResponse,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +23,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.web_protocol import RequestPayloadError
 from redis.exceptions import RedisError
 
+from app.core.stream_tokens import token_tenant
 from app.errors import (
     AuthenticationFailed,
     EditqError,
@@ -35,7 +37,7 @@ from app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from app.http.app_keys import API_KEYS, FAILED_LOGINS, RATE_LIMITER, SETTINGS
+from app.http.app_keys import API_KEYS, FAILED_LOGINS, RATE_LIMITER, SETTINGS, STREAM_SECRET
 from app.obs.logs import bind_log_fields, reset_log_fields
 from app.store.rate_limits import RateWindow
 
@@ -47,6 +49,8 @@ PUBLIC_PATHS = frozenset(
     {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/ui", "/ui/{name}"}
 )
 UNCOUNTED_PATHS = frozenset({"/metrics"})
+# Routes a stream URL's ``?token=`` opens without a key (``app.core.stream_tokens``).
+STREAM_PATHS = frozenset({"/v1/jobs/{job_id}/events", "/v1/batches/{batch_id}/events"})
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TENANT = web.RequestKey("tenant", str)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -224,8 +228,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request.path == "/metrics" and request.app[SETTINGS].metrics_public
     )
     if not public:
-        request[TENANT] = await _authenticate(request)
+        request[TENANT] = _stream_token_tenant(request) or await _authenticate(request)
     return await handler(request)
+
+
+def _stream_token_tenant(request: web.Request) -> str | None:
+    """The tenant of a stream URL's token, on the event streams only; None without one.
+    A token that is forged, expired or for another subject is a 401."""
+    token = request.query.get("token")
+    resource = request.match_info.route.resource
+    if not token or resource is None or resource.canonical not in STREAM_PATHS:
+        return None
+    (subject,) = request.match_info.values()
+    tenant = token_tenant(request.app[STREAM_SECRET], token, subject, time.time())
+    if tenant is None:
+        raise AuthenticationFailed(
+            "this stream URL has expired or is not for this stream; ask for a new one",
+            param="token",
+        )
+    return tenant
 
 
 async def _authenticate(request: web.Request) -> str:

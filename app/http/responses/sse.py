@@ -16,9 +16,11 @@ from app.errors import InvalidRequest
 
 KEEPALIVE = b": keepalive\n\n"
 RETRY_MS = 3000
-RETRY = f"retry: {RETRY_MS}\n\n".encode()
+RETRY = f"retry: {RETRY_MS}\n".encode()
 """Sent first on every stream: a dropped connection is retried after 3 s (browsers
-otherwise pick their own delay)."""
+otherwise pick their own delay). No blank line follows: the field joins the first
+event's block, so SSE libraries that dispatch a block with no data (httpx-sse) do
+not yield an empty event before the first real one."""
 STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?", re.ASCII)
 MAX_ID_PART = 2**64 - 1
 

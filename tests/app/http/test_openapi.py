@@ -133,6 +133,22 @@ def test_submits_take_json_and_multipart(spec: dict[str, Any], path: str) -> Non
     assert {"400", "401", "413", "415", "503"} <= set(responses)
 
 
+@pytest.mark.parametrize(
+    ("path", "default"),
+    [
+        ("/v1/jobs", "url"),
+        ("/v1/images/edits", "b64_json"),  # as OpenAI's edit endpoint answers
+        ("/v2/router/images/edits", "b64_json"),
+    ],
+)
+def test_each_submit_documents_the_response_format_it_applies(
+    spec: dict[str, Any], path: str, default: str
+) -> None:
+    for content in spec["paths"][path]["post"]["requestBody"]["content"].values():
+        body = resolve(spec, content["schema"])
+        assert body["properties"]["response_format"]["default"] == default
+
+
 def test_edit_json_body_reuses_the_edit_params(spec: dict[str, Any]) -> None:
     edit = spec["components"]["schemas"]["EditJsonRequest"]
     assert {"model", "prompt", "images"} <= set(edit["required"])

@@ -32,6 +32,8 @@ FAMILIES = {
     "editq_upstream_max_concurrency",
     "editq_webhook_deliveries",
     "editq_s3_errors",
+    "editq_http_requests",
+    "editq_http_request_duration_seconds",
 }
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -123,6 +125,35 @@ def test_an_upstream_call_without_an_answer_is_labelled_with_its_error_code() ->
     assert value(samples, "editq_upstream_calls_total", status="429", **labels) == 1
     assert value(samples, "editq_upstream_call_duration_seconds_count", **labels) == 2
     assert value(samples, "editq_upstream_call_duration_seconds_sum", **labels) == 2.6
+
+
+def test_no_created_series_are_exported() -> None:
+    metrics = Metrics()
+    metrics.job_transition(JobStatus.QUEUED)
+    metrics.http_request("GET", "/v1/jobs/{job_id}", 200, 0.01)
+    names = {name for name, _ in parse(metrics.render().decode())}
+    assert "editq_job_transitions_total" in names
+    assert not [name for name in names if name.endswith("_created")]
+
+
+async def test_api_requests_are_counted_by_route_template(api_only: RunningService) -> None:
+    for job_id in ("job_missing1", "job_missing2"):
+        async with api_only.client.get(
+            api_only.url(f"/v1/jobs/{job_id}"), headers=api_only.auth()
+        ) as reply:
+            assert reply.status == 404
+    async with api_only.client.get(api_only.url("/no/such/page"), headers=api_only.auth()):
+        pass
+    async with api_only.client.delete(api_only.url("/v1/models"), headers=api_only.auth()):
+        pass
+    samples = await scrape(api_only, api_only.url("/metrics"))
+    requests = "editq_http_requests_total"
+    job = {"method": "GET", "route": "/v1/jobs/{job_id}"}
+    assert value(samples, requests, status="404", **job) == 2
+    assert value(samples, requests, method="GET", route="unmatched", status="404") == 1
+    assert value(samples, requests, method="DELETE", route="unmatched", status="405") == 1
+    assert value(samples, "editq_http_request_duration_seconds_count", **job) == 2
+    assert not [labels for name, labels in samples if "job_missing1" in str(labels)]
 
 
 async def test_a_failed_object_storage_call_is_counted(settings: Settings) -> None:

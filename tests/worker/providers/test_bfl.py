@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -12,11 +11,16 @@ import pytest
 from pydantic import SecretStr
 
 from app.core.providers_config import ModelConfig, UpstreamConfig
-from app.errors import ContentFiltered, UpstreamError, UpstreamRateLimited, UpstreamRejected
+from app.errors import (
+    ContentFiltered,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+)
 from tests.support.fakes.bfl import FakeBfl
 from tests.support.images import decode, mask, png
 from worker.providers.base import (
-    AsyncUpstream,
     EditCall,
     EditOutput,
     InputImage,
@@ -25,8 +29,8 @@ from worker.providers.base import (
     PollResult,
     UpstreamHandle,
 )
-from worker.providers.bfl import BflUpstream, aspect_ratio
-from worker.providers.registry import build_upstream
+from worker.providers.bfl import BflUpstream, aspect_ratio, regional_host
+from worker.providers.registry import build_async_upstream
 
 MODEL = "flux-kontext-pro"
 
@@ -45,8 +49,10 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def bfl(fake: FakeBfl, session: aiohttp.ClientSession, *, key: str = "bfl-key") -> BflUpstream:
     config = UpstreamConfig(name="bfl", kind="bfl", base_url=fake.base_url, api_key=SecretStr(key))
-    model = ModelConfig(id="bfl/kontext", upstream="bfl", upstream_model=MODEL, max_images=2)
-    return BflUpstream(config, session, {MODEL: model})
+    return BflUpstream(config, session)
+
+
+ENTRY = ModelConfig(id="bfl/kontext", upstream="bfl", upstream_model=MODEL, max_images=2)
 
 
 def call(**changes: Any) -> EditCall:
@@ -55,6 +61,7 @@ def call(**changes: Any) -> EditCall:
         "prompt": "invert it",
         "images": (InputImage(png(), "image/png"),),
         "timeout_s": 10.0,
+        "model_entry": ENTRY,
     }
     return EditCall(**(fields | changes))
 
@@ -207,9 +214,22 @@ async def test_the_registry_builds_an_async_adapter(
     fake: FakeBfl, session: aiohttp.ClientSession
 ) -> None:
     config = UpstreamConfig(name="bfl", kind="bfl", base_url=fake.base_url)
-    with ThreadPoolExecutor(1) as executor:
-        built = build_upstream(config, session, executor)
-    assert isinstance(built, AsyncUpstream)
+    assert isinstance(build_async_upstream(config, session), BflUpstream)
+
+
+async def test_a_poll_url_elsewhere_is_not_sent_the_key(
+    fake: FakeBfl, session: aiohttp.ClientSession
+) -> None:
+    elsewhere = UpstreamHandle("x", "http://127.0.0.1:9/v1/get_result?id=x")
+    with pytest.raises(UpstreamBadResponse, match="pointed elsewhere"):
+        await bfl(fake, session).poll(elsewhere)
+
+
+def test_the_key_goes_to_bfl_and_its_regional_hosts_only() -> None:
+    assert regional_host("https://api.us1.bfl.ai/v1/get_result?id=1", "https://api.bfl.ai")
+    assert not regional_host("https://evil.example/v1/get_result", "https://api.bfl.ai")
+    assert not regional_host("http://api.us1.bfl.ai/x", "https://api.bfl.ai")
+    assert not regional_host("https://127.0.0.2/x", "https://127.0.0.1")
 
 
 def test_aspect_ratio_reduces_sizes() -> None:

@@ -38,9 +38,7 @@ def adapter(
     fake: FakeUpstream, session: aiohttp.ClientSession, kind: str, **changes: Any
 ) -> Upstream:
     with ThreadPoolExecutor(1) as executor:
-        built = build_upstream(config(fake, kind, **changes), session, executor)
-    assert isinstance(built, Upstream)
-    return built
+        return build_upstream(config(fake, kind, **changes), session, executor)
 
 
 def edit_call(**changes: Any) -> EditCall:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -39,9 +38,6 @@ MAX_RESPONSE_BYTES = 128 * 1024 * 1024
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 """Largest image downloaded when the upstream answers with a ``url``."""
-
-MAX_STATUS_BYTES = 1024 * 1024
-"""Largest JSON answer read from an asynchronous upstream's submit or status endpoint."""
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """How much of an error answer is read for its message."""
@@ -85,7 +81,9 @@ async def _converted(mask: InputImage, config: UpstreamConfig) -> InputImage:
 
 
 @dataclass(frozen=True)
-class _Answer:
+class HttpAnswer:
+    """One upstream answer: its status, ``Retry-After`` header and (capped) body."""
+
     status: int
     retry_after: str | None
     body: bytes
@@ -94,8 +92,9 @@ class _Answer:
 class HttpUpstreamClient:
     """The HTTP side of one upstream, over a shared aiohttp session the caller owns.
 
-    Sends ``Authorization: Bearer <api_key>`` when the config has a key, and only to
-    the upstream's own origin.
+    Sends ``Authorization: Bearer <api_key>`` when the config has a key (or the
+    ``auth`` headers given instead, for APIs that take their key another way), and
+    only to the upstream's own origin.
     """
 
     def __init__(
@@ -103,7 +102,7 @@ class HttpUpstreamClient:
         config: UpstreamConfig,
         session: aiohttp.ClientSession,
         *,
-        auth_header: tuple[str, str] = ("Authorization", "Bearer "),
+        auth: Mapping[str, str] | None = None,
     ) -> None:
         if not config.base_url:
             raise ValueError(f"upstream {config.name!r} has no base_url")
@@ -111,8 +110,19 @@ class HttpUpstreamClient:
         self._session = session
         self._origin = URL(config.base_url).origin()
         key = config.api_key.get_secret_value() if config.api_key else ""
-        header, prefix = auth_header  # e.g. BFL's ("x-key", "")
-        self._auth = {header: f"{prefix}{key}"} if key else {}
+        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+        if auth is not None:
+            self._auth = dict(auth)
+
+    def auth_for(self, url: str) -> dict[str, str]:
+        """The authenticating headers for ``url``: none unless it is on the upstream's
+        origin (the URLs in an answer must not learn the key)."""
+        try:
+            target = URL(url)
+            same_origin = target.absolute and target.origin() == self._origin
+        except ValueError:
+            same_origin = False
+        return dict(self._auth) if same_origin else {}
 
     async def post_edit(
         self,
@@ -131,7 +141,7 @@ class HttpUpstreamClient:
         deadline = asyncio.get_running_loop().time() + timeout_s
         accept = "text/event-stream, application/json" if on_partial else "application/json"
         headers = {"Accept": accept, **self._auth}
-        answer = await self._exchange(
+        answer = await self.exchange(
             "POST", url, timeout_s, limit, headers, body=body, on_partial=on_partial
         )
         if not 200 <= answer.status < 300:
@@ -139,69 +149,18 @@ class HttpUpstreamClient:
         result = await asyncio.to_thread(parse_edit_response, answer.body, answer.status)
         image = result.image
         if image is None:
-            image = await self._download(result.url or "", deadline, answer.status)
+            image = await self.download(result.url or "", deadline, answer.status)
         return EditOutput(image=image, usage=result.usage)
 
-    async def exchange_json(
-        self, method: str, url: str, timeout_s: float, body: object | None = None
-    ) -> object:
-        """Send ``body`` (JSON, when given) to ``url`` on the upstream's own origin and
-        return the JSON answer (read up to ``MAX_STATUS_BYTES``). A non-2xx answer raises
-        ``error_for_status``'s error; an answer that is not JSON, UpstreamBadResponse."""
-        headers = {"Accept": "application/json", **self._auth}
-        payload = None if body is None else aiohttp.JsonPayload(body)
-        if not self._trusts(url):
-            raise UpstreamBadResponse(f"upstream {self.name} pointed elsewhere: {url[:200]!r}")
-        answer = await self._exchange(
-            method, url, timeout_s, MAX_STATUS_BYTES, headers, body=payload
-        )
-        if not 200 <= answer.status < 300:
-            raise error_for_status(answer.status, answer.body, answer.retry_after)
-        try:
-            return json.loads(answer.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UpstreamBadResponse(
-                f"upstream {self.name} answered with something other than JSON",
-                upstream_status=answer.status,
-            ) from exc
-
-    async def download(self, url: str, timeout_s: float) -> bytes:
-        """The image at ``url`` (http or https, redirects followed, at most
-        ``MAX_DOWNLOAD_BYTES``), within ``timeout_s``. A 5xx raises UpstreamError, any
-        other failed answer UpstreamBadResponse with the status (a 403 or 404 is how
-        an expired signed URL answers)."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        return await self._download(url, deadline, 200)
-
-    def _trusts(self, url: str) -> bool:
-        """Whether the key may go to ``url``: the upstream's own origin, or (for an API
-        that answers with a regional host, as BFL's ``api.us1.bfl.ai`` for
-        ``api.bfl.ai``) an https host under the same parent domain."""
-        if self._same_origin(url):
-            return True
-        try:
-            target = URL(url)
-        except ValueError:
-            return False
-        base = self._origin.host or ""
-        labels = base.split(".")
-        if target.scheme != "https" or self._origin.scheme != "https" or len(labels) < 3:
-            return False
-        return (target.host or "").endswith("." + ".".join(labels[1:]))
-
-    def _same_origin(self, url: str) -> bool:
-        try:
-            target = URL(url)
-            return target.absolute and target.origin() == self._origin
-        except ValueError:
-            return False
-
-    async def _download(self, url: str, deadline: float, status: int) -> bytes:
+    async def download(self, url: str, deadline: float, status: int) -> bytes:
+        """The image at ``url`` (http(s) only), read up to ``MAX_DOWNLOAD_BYTES`` before the
+        loop time ``deadline``; the key goes along only to the upstream's own origin.
+        ``status`` is that of the answer that named the url, for the errors: a 4xx (an
+        expired or unknown url) is UpstreamBadResponse, a 5xx a retryable UpstreamError."""
         try:
             target = URL(url)
         except ValueError:
             target = URL()
-        same_origin = self._same_origin(url)
         if target.scheme not in ("http", "https") or not target.host:
             raise UpstreamBadResponse(
                 f"upstream image url is not http(s): {url[:200]!r}", upstream_status=status
@@ -209,9 +168,8 @@ class HttpUpstreamClient:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise UpstreamTimeout(f"no time left to download from upstream {self.name}")
-        headers = self._auth if same_origin else {}
-        answer = await self._exchange(
-            "GET", url, remaining, MAX_DOWNLOAD_BYTES, headers, redirects=True
+        answer = await self.exchange(
+            "GET", url, remaining, MAX_DOWNLOAD_BYTES, self.auth_for(url), redirects=True
         )
         if not 200 <= answer.status < 300:
             kind = UpstreamError if answer.status >= 500 else UpstreamBadResponse
@@ -221,7 +179,7 @@ class HttpUpstreamClient:
             raise UpstreamBadResponse("downloaded image is empty", upstream_status=answer.status)
         return answer.body
 
-    async def _exchange(
+    async def exchange(
         self,
         method: str,
         url: str,
@@ -232,7 +190,7 @@ class HttpUpstreamClient:
         body: RequestBody | None = None,
         redirects: bool = False,
         on_partial: PartialSink | None = None,
-    ) -> _Answer:
+    ) -> HttpAnswer:
         """One HTTP exchange, body read up to ``limit``; transport failures become UpstreamError."""
         status: int | None = None
         timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -242,7 +200,7 @@ class HttpUpstreamClient:
             ) as response:
                 status = response.status
                 data = await _read_answer(response, limit, on_partial)
-                return _Answer(status, response.headers.get("Retry-After"), data)
+                return HttpAnswer(status, response.headers.get("Retry-After"), data)
         except TimeoutError as exc:
             message = f"upstream {self.name} did not answer within {timeout_s:.3g} s"
             raise UpstreamTimeout(message, upstream_status=status) from exc

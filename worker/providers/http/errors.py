@@ -89,8 +89,9 @@ def parse_error_body(body: bytes, status: int) -> ErrorBody:
     """The message, code and type of an error answer.
 
     Understands OpenAI's ``{"error": {"message", "code", "type"}}``, the router shape
-    ``{"error": {"origin", "message"}}`` and ``{"error": "text"}``; anything else
-    yields the body's text, truncated, or ``HTTP <status>`` when it is empty.
+    ``{"error": {"origin", "message"}}``, ``{"error": "text"}`` and the problem-details
+    shape ``{"title", "detail", "status"}`` (Replicate); anything else yields the
+    body's text, truncated, or ``HTTP <status>`` when it is empty.
     """
     try:
         document = json.loads(body)
@@ -108,6 +109,9 @@ def parse_error_body(body: bytes, status: int) -> ErrorBody:
             code=_text_or_none(error.get("code")),
             type=_text_or_none(error.get("type")),
         )
+    detail = document.get("detail") if isinstance(document, dict) else None
+    if isinstance(detail, str) and detail.strip():
+        return ErrorBody(message=_truncate(detail))
     text = body.decode("utf-8", errors="replace").strip()
     return ErrorBody(message=_truncate(text) if text else f"HTTP {status}")
 
