@@ -5,8 +5,10 @@ API carries out (BFL, which has none, is in ``test_async_upstreams``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from app.settings import Settings
 from tests.support.fakes.fal import FakeFal
 from tests.support.fakes.replicate import KONTEXT, FakeReplicate
 from tests.support.images import decode
+from tests.support.processes import WorkerProcess
 from tests.support.service import RunningService
 
 KEY = "upstream-key"
@@ -124,3 +127,81 @@ async def test_fal_cancel_is_carried_out_upstream(settings: Settings, fal: FakeF
         call = await canceled_upstream(service, "fal/kontext")
     assert call["upstream_canceled"] is True
     assert fal.cancels == [call["handle"]["request_id"]]
+
+
+KEY_ENV = "EDITQ_TEST_UPSTREAM_KEY"
+
+
+def providers_toml(providers: ProvidersConfig) -> str:
+    """``providers`` as a providers file, the key read from ``KEY_ENV``."""
+    lines = []
+    for upstream in providers.upstreams:
+        fields = upstream.model_dump(exclude={"api_key"}, exclude_none=True)
+        lines.append("[[upstreams]]")
+        lines += [f"{name} = {json.dumps(value)}" for name, value in fields.items()]
+        lines.append(f'api_key_env = "{KEY_ENV}"')
+    for model in providers.models:
+        lines.append("[[models]]")
+        fields = model.model_dump(exclude_none=True)
+        lines += [f"{name} = {json.dumps(value)}" for name, value in fields.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[WorkerProcess]]:
+    """Worker processes started by the test (stopped after it); they inherit the key."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    started: list[WorkerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["replicate", "fal"])
+async def test_a_sigkilled_worker_costs_no_second_submission(
+    settings: Settings,
+    tmp_path: Path,
+    replicate: FakeReplicate,
+    fal: FakeFal,
+    processes: list[WorkerProcess],
+    kind: str,
+) -> None:
+    replicate.processing_s = fal.processing_s = 3.0
+    providers = replicate_providers(replicate) if kind == "replicate" else fal_providers(fal)
+    model = providers.models[0].id
+
+    def submissions() -> int:
+        return len(replicate.predictions) if kind == "replicate" else fal.submissions
+
+    path = tmp_path / "providers.toml"
+    path.write_text(providers_toml(providers))
+    stack = settings.model_copy(
+        update={"providers_file": path, "job_lease_s": 2.0, "rate_limit_per_minute": 100_000}
+    )
+    async with RunningService(stack, providers, worker=False) as api:
+        doomed = WorkerProcess(stack, tmp_path / "doomed.log").start()
+        processes.append(doomed)
+        jobs = [(await api.submit(model=model))[1]["id"] for _ in range(20)]
+        await until(lambda: submissions() == 20, 30)
+        await asyncio.sleep(0.5)  # every edit waits at the upstream, polled
+        doomed.kill()
+        killed_at = time.monotonic()
+        processes.append(WorkerProcess(stack, tmp_path / "rescuer.log").start())
+        done = [await api.wait(job_id, timeout=60) for job_id in jobs]
+    assert [job["status"] for job in done] == ["succeeded"] * 20
+    assert submissions() == 20  # zero extra submissions
+    for job in done:
+        [call] = job["attempts"]  # the same call carried on: no second claim, no second call
+        assert call["outcome"] == "succeeded" and call["attempt"] == 1
+    print(
+        f"\nSIGKILL with 20 edits waiting at {kind}: {submissions()} submissions in all "
+        f"(0 extra), all done {time.monotonic() - killed_at:.1f} s after the kill"
+    )
