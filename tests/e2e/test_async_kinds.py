@@ -205,3 +205,17 @@ async def test_a_sigkilled_worker_costs_no_second_submission(
         f"\nSIGKILL with 20 edits waiting at {kind}: {submissions()} submissions in all "
         f"(0 extra), all done {time.monotonic() - killed_at:.1f} s after the kill"
     )
+
+
+async def test_inputs_go_by_presigned_url_where_the_upstream_takes_urls(
+    settings: Settings, fal: FakeFal
+) -> None:
+    providers = fal_providers(fal)
+    by_url = providers.upstreams[0].model_copy(update={"input_transfer": "url"})
+    providers = providers.model_copy(update={"upstreams": (by_url,)})
+    async with RunningService(settings, providers) as service:
+        done = await succeeded_once(service, "fal/kontext")
+    [(_, _, body)] = fal.requests
+    assert body["image_url"].startswith(settings.s3_endpoint_url)  # fetched by fal itself
+    assert "X-Amz-Signature" in body["image_url"]
+    assert done["result"]["data"][0]["url"]

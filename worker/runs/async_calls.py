@@ -64,7 +64,14 @@ from worker.runs.async_progress import (
     progress_of,
 )
 from worker.runs.calls import DEFAULT_COOL_DOWN_S, MIN_CALL_S
-from worker.runs.execute import STORE_RETRY_S, StoredOutput, base_call, outcome_of, store_output
+from worker.runs.execute import (
+    STORE_RETRY_S,
+    StoredOutput,
+    base_call,
+    call_by_reference,
+    outcome_of,
+    store_output,
+)
 from worker.runs.plan import RunPlan
 from worker.runs.routing import CallFailure, decide
 
@@ -324,8 +331,9 @@ async def _start(run: AsyncRun, index: int, model_index: int) -> _Step:
     early = await _before_call(run, index, upstream)
     if early is not None:
         return _Failed(started, early)  # no call made: ``number`` 0, nothing to record
+    base = call_by_reference(context, job) if upstream.input_transfer == "url" else await run.base()
     call = dataclasses.replace(
-        await run.base(),
+        base,
         model=model.upstream_model,
         model_entry=model,
         timeout_s=min(_call_timeout(run, upstream), max(MIN_CALL_S, run.budget_left())),

@@ -20,6 +20,7 @@ from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
 from worker.providers.base import EditCall, InputImage
 from worker.runs.calls import OutputCalls, call_with_routing
+from worker.runs.inputs import with_references
 from worker.runs.outputs import convert_output
 from worker.runs.partials import partial_sink
 from worker.runs.plan import RunPlan
@@ -86,13 +87,23 @@ async def execute_run(
 async def base_call(context: WorkerContext, job: Job) -> EditCall:
     """The job's edit as one call (no model yet), its inputs loaded from the object
     store (an outage is waited out for ``STORE_RETRY_S``)."""
-    request = job.spec.request
     images, mask = await retry_until(
         lambda: _load_inputs(context.storage, job.spec.inputs),
         until=asyncio.get_running_loop().time() + STORE_RETRY_S,
         retry_on=STORE_OUTAGE,
         what=f"loading the inputs of {job.id}",
     )
+    return _edit_call(job, images, mask)
+
+
+def call_by_reference(context: WorkerContext, job: Job) -> EditCall:
+    """The job's edit as one call whose inputs are presigned URLs of the stored copies
+    and no bytes (``input_transfer = "url"``): no input is read into the worker."""
+    return with_references(_edit_call(job, (), None), context.storage, job.spec.inputs)
+
+
+def _edit_call(job: Job, images: tuple[InputImage, ...], mask: InputImage | None) -> EditCall:
+    request = job.spec.request
     return EditCall(
         model="",
         prompt=request.prompt,
