@@ -45,7 +45,6 @@ from app.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from worker.capacity.gate import SlotGrant, UpstreamGate
 from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
 from worker.providers.base import (
@@ -55,11 +54,11 @@ from worker.providers.base import (
     PollPending,
     PollResult,
 )
+from worker.runs import fallback_slots
 from worker.runs.async_cancel import cancel_edit, cancel_pending, handle_of
 from worker.runs.async_progress import (
     MIN_POLL_DELAY_S,
     OutputProgress,
-    pending_calls,
     poll_delay,
     progress_of,
 )
@@ -128,22 +127,6 @@ class AsyncRun:
             if self._base is None:
                 self._base = await base_call(self.context, self.job)
             return self._base
-
-
-def extra_holder(arq_job_id: str, index: int, upstream: str) -> str:
-    """Who holds the slot a fallback takes on an upstream the run was not admitted to."""
-    return f"{arq_job_id}:out{index}:{upstream}"
-
-
-def extra_grants(gate: UpstreamGate, plan: RunPlan, job: Job, arq_job_id: str) -> list[SlotGrant]:
-    """The slots the run's pending fallback calls hold on upstreams it was not admitted
-    to (taken again on each delivery, with the admitted ones)."""
-    grants: list[SlotGrant] = []
-    for call in pending_calls(job):
-        if call.upstream != plan.upstreams[call.output_index]:
-            holder = extra_holder(arq_job_id, call.output_index, call.upstream)
-            grants.extend(gate.grants_for({call.upstream: 1}, holder))
-    return grants
 
 
 async def advance_run(run: AsyncRun) -> JobOutcome | Deferred:
@@ -352,13 +335,8 @@ async def _before_call(run: AsyncRun, index: int, upstream: UpstreamConfig) -> U
     the error that stops the call before it is made, if any."""
     context = run.context
     if upstream.name != run.plan.upstreams[index]:
-        holder = extra_holder(run.lease.arq_job_id, index, upstream.name)
-        grants = await context.gate.admit(
-            {upstream.name: (1, upstream.max_concurrency)}, holder=holder, ticket="", ticket_score=0
-        )
-        if grants is None:
+        if not await fallback_slots.take(context.gate, run.lease, index, upstream):
             return UpstreamError(f"no free slot on {upstream.name} for a fallback")
-        run.lease.slots.extend(grants)
     wait = await context.gate.permit(upstream.name, upstream.requests_per_minute)
     if wait >= run.budget_left():
         return UpstreamError(
@@ -409,13 +387,9 @@ async def _call_inline(
 
 async def _release_extra(run: AsyncRun, call: Attempt) -> None:
     """Give back the slot a fallback call held on an upstream the run was not admitted to."""
-    if call.upstream == run.plan.upstreams[call.output_index]:
-        return
-    holder = extra_holder(run.lease.arq_job_id, call.output_index, call.upstream)
-    for grant in [g for g in run.lease.slots if g.tokens and g.tokens[0].startswith(holder + ":")]:
-        run.lease.slots.remove(grant)
-        cap = run.context.providers.upstream(call.upstream).max_concurrency
-        await run.context.gate.release(grant, cap)
+    if call.upstream != run.plan.upstreams[call.output_index]:
+        upstream = run.context.providers.upstream(call.upstream)
+        await fallback_slots.give_back(run.context.gate, run.lease, call.output_index, upstream)
 
 
 async def _record(run: AsyncRun, call: Attempt, **update: object) -> None:

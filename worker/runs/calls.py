@@ -27,6 +27,7 @@ from app.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
 from worker.providers.base import EditCall, EditOutput
+from worker.runs import fallback_slots
 from worker.runs.inputs import with_references
 from worker.runs.routing import CallFailure, Decision, decide
 
@@ -191,7 +192,7 @@ async def _slot(
         yield
         return
     gate, backoff = calls.context.gate, Backoff(0.05, SLOT_WAIT_MAX_S)
-    holder = f"{calls.lease.arq_job_id}:out{calls.index}:{upstream.name}"
+    holder = fallback_slots.holder(calls.lease.arq_job_id, calls.index, upstream.name)
     while (
         grants := await gate.admit(
             {upstream.name: (1, upstream.max_concurrency)}, holder=holder, ticket="", ticket_score=0

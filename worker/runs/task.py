@@ -32,12 +32,12 @@ from app.obs.logs import bind_log_fields
 from worker.capacity.gate import SlotGrant, ticket_for
 from worker.process.leases import Lease
 from worker.process.resources import CONTEXT_KEY, WorkerContext
+from worker.runs import fallback_slots
 from worker.runs.async_calls import (
     AsyncRun,
     Deferred,
     MovedOn,
     advance_run,
-    extra_grants,
 )
 from worker.runs.async_cancel import cancel_pending
 from worker.runs.async_progress import attempt_deadline, is_async_run, pending_calls, resumes
@@ -155,7 +155,7 @@ async def _run_async(
     if resuming:
         needs = {name: slots.need for name, slots in plan.slots.items()}
         grants = context.gate.grants_for(needs, arq_id)
-        grants += extra_grants(context.gate, plan, job, arq_id)
+        grants += fallback_slots.held(context.gate, plan, job, arq_id)
     else:
         if await _answer_from_cache(context, job):
             return
@@ -214,7 +214,9 @@ async def _cancel_upstream(
     await cancel_pending(context, job, reason="canceled by its client")
     plan = _plan(context, job)
     needs = {name: slots.need for name, slots in plan.slots.items()}
-    grants = context.gate.grants_for(needs, arq_id) + extra_grants(context.gate, plan, job, arq_id)
+    grants = context.gate.grants_for(needs, arq_id) + fallback_slots.held(
+        context.gate, plan, job, arq_id
+    )
     for grant in grants:
         await context.gate.release(
             grant, context.providers.upstream(grant.upstream).max_concurrency
