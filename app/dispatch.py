@@ -179,6 +179,18 @@ class EditQueue:
                     pipe.pexpire(in_progress_key_prefix + arq_id, lease_ms)
             await pipe.execute()
 
+    async def defer(self, arq_id: str, queue: str, delay_s: float) -> None:
+        """Score a running job ``delay_s`` from now: the delivery then ends without
+        finishing it (arq's ``RetryJob``), and it is delivered again at that time (a job
+        waiting on an asynchronous upstream, which holds no worker slot meanwhile)."""
+        await self._pool.zadd(queue, {arq_id: _now_ms() + int(delay_s * 1000)}, xx=True)
+
+    async def wake(self, job_id: str, run: int, lane: Lane) -> None:
+        """Make a deferred run ready now (a canceled job cancels its upstream edit at
+        once); nothing if it is not queued, and a run being delivered stays with its
+        worker (arq's in-progress marker)."""
+        await self._pool.zadd(self.queue_for(lane), {arq_job_id(job_id, run): _now_ms()}, xx=True)
+
     async def hand_back(self, arq_id: str, queue: str) -> None:
         """Make a job this worker gives up (shutdown) ready for another worker now."""
         async with self._pool.pipeline(transaction=True) as pipe:

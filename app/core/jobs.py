@@ -142,7 +142,34 @@ class Usage(BaseModel):
         )
 
 
-CallOutcome = Literal["in_flight", "succeeded", "failed", "lost"]
+class StoredImage(BaseModel):
+    """An image held in object storage, described without its bytes."""
+
+    key: str
+    content_type: str
+    bytes: int
+    width: int
+    height: int
+    sha256: str | None = None
+
+
+CallOutcome = Literal["in_flight", "succeeded", "failed", "lost", "canceled"]
+
+
+class CallHandle(BaseModel):
+    """Where an asynchronous upstream keeps an edit it accepted (its request id, and
+    the URLs to poll, fetch and cancel it), recorded with the call before any waiting
+    so any worker can carry on with it. The URLs stay in the job's record: the public
+    view shows the request id only (``public``)."""
+
+    request_id: str
+    poll_url: str | None = None
+    result_url: str | None = None
+    cancel_url: str | None = None
+
+    def public(self) -> CallHandle:
+        """The handle as clients see it: its request id only."""
+        return CallHandle(request_id=self.request_id)
 
 
 class Attempt(BaseModel):
@@ -169,6 +196,25 @@ class Attempt(BaseModel):
     next_action: Literal["retry", "fallback"] | None = Field(
         None, description="what followed this failed call, if anything"
     )
+    handle: CallHandle | None = Field(
+        None, description="an asynchronous upstream's request, recorded as it was accepted"
+    )
+    upstream_canceled: bool | None = Field(
+        None, description="canceled calls: whether the upstream accepted the cancel"
+    )
+    output: StoredImage | None = Field(
+        None,
+        exclude=True,  # kept in the job's record (``call_json``), never shown to clients
+        description="the stored image a succeeded asynchronous call made",
+    )
+    usage: Usage | None = Field(None, description="what the upstream reported for this call")
+    number: int = Field(0, exclude=True, description="its place in the job's record (read)")
+
+    def public(self) -> Attempt:
+        """The call as clients see it: no upstream URLs (``output`` is never serialized)."""
+        if self.handle is None:
+            return self
+        return self.model_copy(update={"handle": self.handle.public()})
 
 
 def settle_calls(calls: Iterable[Attempt], job_attempt: int, running: bool) -> tuple[Attempt, ...]:
@@ -189,17 +235,6 @@ class JobError(BaseModel):
     type: str
     code: str
     message: str
-
-
-class StoredImage(BaseModel):
-    """An image held in object storage, described without its bytes."""
-
-    key: str
-    content_type: str
-    bytes: int
-    width: int
-    height: int
-    sha256: str | None = None
 
 
 class JobInputs(BaseModel):

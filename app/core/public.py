@@ -265,7 +265,7 @@ def job_object(
             images=[_described(image) for image in inputs.images],
             mask=None if inputs.mask is None else _described(inputs.mask),
         ),
-        attempts=list(job.attempts),
+        attempts=[call.public() for call in job.attempts],
         error=job.error,
         result=result,
         cached=job.cached,

@@ -162,6 +162,10 @@ class JobService:
             )
         if result.previous == JobStatus.QUEUED:
             await self._queue.withdraw(job_id, result.run, job.lane)
+        elif result.previous == JobStatus.RUNNING:
+            # A run waiting on an asynchronous upstream is deferred in its queue: its
+            # next delivery cancels the upstream's edit, so it is made due now.
+            await self._queue.wake(job_id, result.run, job.lane)
         return await self.get(job_id, tenant)
 
     async def retry(self, job_id: str, tenant: str) -> Job:

@@ -30,8 +30,13 @@ order the calls started (``record_call.lua`` numbers them)."""
 
 
 def call_json(call: Attempt) -> str:
-    """One call as its field of the job's hash holds it."""
-    return call.model_dump_json()
+    """One call as its field of the job's hash holds it: as clients see it, plus the
+    ``output`` an asynchronous call stored (read back by the next delivery)."""
+    if call.output is None:
+        return call.model_dump_json()
+    document = call.model_dump(mode="json")
+    document["output"] = call.output.model_dump(mode="json")
+    return json.dumps(document)
 
 
 def job_from_row(job_id: str, row: dict[str, str]) -> Job | None:
@@ -83,4 +88,9 @@ def _calls(row: dict[str, str], attempt: int) -> list[Attempt]:
         for name, value in row.items()
         if name.startswith(CALL_FIELD)
     )
-    return legacy + [Attempt.model_validate_json(value) for _, value in numbered]
+    calls = []
+    for number, value in numbered:
+        call = Attempt.model_validate_json(value)
+        call.number = number
+        calls.append(call)
+    return legacy + calls

@@ -375,13 +375,27 @@ class JobStore:
         the job is no longer running that run and claim (nothing is recorded)."""
         return await self._record_call(job_id, call, None)
 
-    async def call_ended(self, job_id: str, number: int, call: Attempt) -> bool:
-        """Record how call ``number`` ended; False when the job has moved on (taken over,
-        canceled, ended) since: the call then stays as it was, and reads as lost."""
-        return await self._record_call(job_id, call, number) != 0
+    async def call_ended(
+        self, job_id: str, number: int, call: Attempt, *, once_canceled: bool = False
+    ) -> bool:
+        """Record how call ``number`` ended (or, for an asynchronous upstream, the handle
+        it was accepted under); False when the job has moved on (taken over, canceled,
+        ended) since: the call then stays as it was, and reads as lost.
+        ``once_canceled`` records it on a job canceled meanwhile too (the cancel of an
+        asynchronous upstream's edit, which follows the job's)."""
+        statuses = "running canceled" if once_canceled else "running"
+        return await self._record_call(job_id, call, number, statuses) != 0
 
-    async def _record_call(self, job_id: str, call: Attempt, number: int | None) -> int:
-        args = [call.run, call.attempt, "" if number is None else number, call_json(call)]
+    async def _record_call(
+        self, job_id: str, call: Attempt, number: int | None, statuses: str = "running"
+    ) -> int:
+        args = [
+            call.run,
+            call.attempt,
+            "" if number is None else number,
+            call_json(call),
+            statuses,
+        ]
         return int(await self._record(keys=[self._keys.job(job_id)], args=args))
 
     async def list_for_tenant(

@@ -103,14 +103,34 @@ class UpstreamGate:
             args.extend(needs[name])
         if not await self._admit(keys=keys, args=args):
             return None
+        return self.grants_for({name: need for name, (need, _) in needs.items()}, holder)
+
+    def grants_for(self, needs: Mapping[str, int], holder: str) -> list[SlotGrant]:
+        """The grants ``admit`` gives ``holder`` for ``needs`` (name -> slots), named the
+        same way: a run waiting on an asynchronous upstream finds its slots again with
+        them on a later delivery (admit.lua names token j of upstream i ``holder:i:j``,
+        the upstreams in sorted order)."""
         return [
             SlotGrant(
                 upstream=name,
                 key=self.slots_key(name),
-                tokens=tuple(f"{holder}:{i}:{j}" for j in range(1, needs[name][0] + 1)),
+                tokens=tuple(f"{holder}:{i}:{j}" for j in range(1, needs[name] + 1)),
             )
-            for i, name in enumerate(names, start=1)
+            for i, name in enumerate(sorted(needs), start=1)
         ]
+
+    async def hold(self, grants: Sequence[SlotGrant], for_s: float) -> None:
+        """Keep ``grants`` held for ``for_s`` seconds from now, taking them again if they
+        lapsed: a run waiting on an asynchronous upstream holds its slots between
+        deliveries (the upstream works on its edit meanwhile, so it counts). A lapsed
+        slot taken again may briefly put the upstream over its cap (a worker that died)."""
+        if not grants:
+            return
+        expiry = _now_ms() + int(for_s * 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for grant in grants:
+                pipe.zadd(grant.key, dict.fromkeys(grant.tokens, expiry))
+            await pipe.execute()
 
     async def release(self, grant: SlotGrant, cap: int) -> int:
         """Give the slots back and wake as many waiters as slots are free; how many woke."""

@@ -55,6 +55,8 @@ class LeaseKeeper:
         self._lease_s = lease_s
         self._caps = dict(caps)
         self._held: dict[str, Lease] = {}
+        # A renewal must not push back a job deferred while it was being written.
+        self._renewing = asyncio.Lock()
         self._loop = Supervised(
             "lease-renewal", self._tick, every_s=lease_s / 3, errors=(RedisError, OSError)
         )
@@ -89,6 +91,16 @@ class LeaseKeeper:
             except (RedisError, OSError) as exc:
                 log.warning("could not release %s slots (they expire): %s", grant.upstream, exc)
 
+    async def defer(self, lease: Lease, delay_s: float) -> None:
+        """End ``lease`` with its job due again in ``delay_s`` (its delivery must then end
+        with arq's ``RetryJob``), its slots kept for the wait and one lease more (a run
+        waiting on an asynchronous upstream); the ``hold`` block then releases nothing."""
+        async with self._renewing:
+            self._held.pop(lease.arq_job_id, None)
+            await self._gate.hold(lease.slots, delay_s + self._lease_s)
+            await self._queue.defer(lease.arq_job_id, lease.queue_name, delay_s)
+        lease.slots = []
+
     async def hand_back(self, arq_job_id: str, queue_name: str) -> None:
         """Make a job this worker gives up (shutdown) ready for another worker now."""
         await self._queue.hand_back(arq_job_id, queue_name)
@@ -100,9 +112,10 @@ class LeaseKeeper:
         await self._queue.extend_leases(by_queue, self._lease_s)
 
     async def _tick(self) -> None:
-        held = list(self._held.values())
-        if held:
-            await self._extend(held)
-            await self._gate.renew([grant for lease in held for grant in lease.slots])
+        async with self._renewing:
+            held = list(self._held.values())
+            if held:
+                await self._extend(held)
+                await self._gate.renew([grant for lease in held for grant in lease.slots])
         for upstream, cap in self._caps.items():
             await self._gate.reap(upstream, cap)

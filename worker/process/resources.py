@@ -32,8 +32,8 @@ from worker.housekeeping.stale_batches import StaleBatchSweeper
 from worker.process.cancellations import CancellationWatcher
 from worker.process.leases import LeaseKeeper
 from worker.process.metrics_server import MetricsServer
-from worker.providers.base import Upstream
-from worker.providers.registry import build_upstreams
+from worker.providers.base import AsyncUpstream, Upstream
+from worker.providers.registry import AnyUpstream, build_upstreams
 from worker.runs.result_cache import ResultCache
 from worker.webhooks.dispatcher import WebhookDispatcher
 
@@ -60,13 +60,23 @@ class WorkerContext:
     leases: LeaseKeeper
     gate: UpstreamGate
     cache: ResultCache
-    upstreams: dict[str, Upstream]
+    upstreams: dict[str, AnyUpstream]
     webhook_http: aiohttp.ClientSession
     metrics: Metrics
 
     def upstream(self, name: str) -> Upstream:
-        """The adapter of upstream ``name``."""
-        return self.upstreams[name]
+        """The adapter of synchronous upstream ``name`` (TypeError for an async one)."""
+        adapter = self.upstreams[name]
+        if not isinstance(adapter, Upstream):
+            raise TypeError(f"upstream {name} is asynchronous: it is submitted to and polled")
+        return adapter
+
+    def async_upstream(self, name: str) -> AsyncUpstream:
+        """The adapter of asynchronous upstream ``name`` (TypeError for a sync one)."""
+        adapter = self.upstreams[name]
+        if not isinstance(adapter, AsyncUpstream):
+            raise TypeError(f"upstream {name} is synchronous")
+        return adapter
 
 
 async def startup(ctx: dict[str, Any]) -> None:

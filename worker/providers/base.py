@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from app.core.jobs import Usage
 from app.core.providers_config import ModelConfig
@@ -115,6 +115,7 @@ class PollFailed:
 PollResult = PollPending | EditOutput | PollFailed
 
 
+@runtime_checkable
 class Upstream(Protocol):
     """An upstream that edits images. ``close`` releases its connections."""
 
@@ -129,6 +130,7 @@ class Upstream(Protocol):
         ...
 
 
+@runtime_checkable
 class AsyncUpstream(Protocol):
     """An upstream that takes an edit and is polled for its result (see the module
     docstring). ``edit`` is not offered: waiting is the caller's scheduled work."""

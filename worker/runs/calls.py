@@ -27,6 +27,8 @@ from app.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
 from worker.providers.base import EditCall, EditOutput
+from worker.runs import fallback_slots
+from worker.runs.inputs import with_references
 from worker.runs.routing import CallFailure, Decision, decide
 
 MIN_CALL_S = 1.0
@@ -124,6 +126,9 @@ async def _call_once(
     routing_timeout = calls.job.spec.request.routing.timeout
     if routing_timeout is not None:
         timeout = min(timeout, routing_timeout.call_timeout / 1000)
+    if upstream.input_transfer == "url":
+        # The upstream fetches the stored inputs itself (they were loaded for the others).
+        base = with_references(base, context.storage, calls.job.spec.inputs)
     call = replace(base, model=model.upstream_model, model_entry=model, timeout_s=timeout)
     started = Attempt(
         run=calls.job.run,
@@ -187,7 +192,7 @@ async def _slot(
         yield
         return
     gate, backoff = calls.context.gate, Backoff(0.05, SLOT_WAIT_MAX_S)
-    holder = f"{calls.lease.arq_job_id}:out{calls.index}:{upstream.name}"
+    holder = fallback_slots.holder(calls.lease.arq_job_id, calls.index, upstream.name)
     while (
         grants := await gate.admit(
             {upstream.name: (1, upstream.max_concurrency)}, holder=holder, ticket="", ticket_score=0

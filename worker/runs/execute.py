@@ -7,6 +7,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -19,6 +20,7 @@ from worker.process.leases import Lease
 from worker.process.resources import WorkerContext
 from worker.providers.base import EditCall, InputImage
 from worker.runs.calls import OutputCalls, call_with_routing
+from worker.runs.inputs import with_references
 from worker.runs.outputs import convert_output
 from worker.runs.partials import partial_sink
 from worker.runs.plan import RunPlan
@@ -33,7 +35,9 @@ STORE_OUTAGE = (ServiceUnavailable,)
 
 
 @dataclass(frozen=True)
-class _Output:
+class StoredOutput:
+    """One output, stored, and the usage its upstream reported."""
+
     image: StoredImage
     usage: Usage | None
 
@@ -53,29 +57,11 @@ async def execute_run(
     a run never has more calls in flight than it holds slots.
     """
     request = job.spec.request
-    images, mask = await retry_until(
-        lambda: _load_inputs(context.storage, job.spec.inputs),
-        until=asyncio.get_running_loop().time() + STORE_RETRY_S,
-        retry_on=STORE_OUTAGE,
-        what=f"loading the inputs of {job.id}",
-    )
-    base = EditCall(
-        model="",
-        prompt=request.prompt,
-        images=images,
-        mask=mask,
-        size=request.size,
-        quality=request.quality,
-        background=request.background,
-        output_format=request.output_format,
-        output_compression=request.output_compression,
-        input_fidelity=request.input_fidelity,
-        user=request.user,
-    )
+    base = await base_call(context, job)
     turns = {name: asyncio.Semaphore(slots.need) for name, slots in plan.slots.items()}
     rng = random.Random()
 
-    async def produce(index: int) -> _Output:
+    async def produce(index: int) -> StoredOutput:
         models = plan.models[index]
         calls = OutputCalls(
             context, job, index, models, deadline, deadline + STORE_RETRY_S, lease, rng
@@ -92,14 +78,50 @@ async def execute_run(
             result = await call_with_routing(calls, call)
         # The upstream's bytes stay in memory until stored: an object-store outage is
         # retried here and never costs a second upstream call.
-        return await retry_until(
-            lambda: _store_output(context, job, index, result.image, result.usage),
-            until=deadline + STORE_RETRY_S,
-            retry_on=STORE_OUTAGE,
-            what=f"storing output {index} of {job.id}",
-        )
+        return await store_output(context, job, index, result.image, result.usage)
 
     outputs = await gather_or_cancel([produce(index) for index in range(request.n)])
+    return outcome_of(job, outputs)
+
+
+async def base_call(context: WorkerContext, job: Job) -> EditCall:
+    """The job's edit as one call (no model yet), its inputs loaded from the object
+    store (an outage is waited out for ``STORE_RETRY_S``)."""
+    images, mask = await retry_until(
+        lambda: _load_inputs(context.storage, job.spec.inputs),
+        until=asyncio.get_running_loop().time() + STORE_RETRY_S,
+        retry_on=STORE_OUTAGE,
+        what=f"loading the inputs of {job.id}",
+    )
+    return _edit_call(job, images, mask)
+
+
+def call_by_reference(context: WorkerContext, job: Job) -> EditCall:
+    """The job's edit as one call whose inputs are presigned URLs of the stored copies
+    and no bytes (``input_transfer = "url"``): no input is read into the worker."""
+    return with_references(_edit_call(job, (), None), context.storage, job.spec.inputs)
+
+
+def _edit_call(job: Job, images: tuple[InputImage, ...], mask: InputImage | None) -> EditCall:
+    request = job.spec.request
+    return EditCall(
+        model="",
+        prompt=request.prompt,
+        images=images,
+        mask=mask,
+        size=request.size,
+        quality=request.quality,
+        background=request.background,
+        output_format=request.output_format,
+        output_compression=request.output_compression,
+        input_fidelity=request.input_fidelity,
+        user=request.user,
+    )
+
+
+def outcome_of(job: Job, outputs: Sequence[StoredOutput]) -> JobOutcome:
+    """The job's outcome from its stored outputs, in order (usage summed)."""
+    request = job.spec.request
     usage = Usage()
     for output in outputs:
         if output.usage is not None:
@@ -129,9 +151,23 @@ async def _load_inputs(
     return tuple(loaded), None
 
 
+async def store_output(
+    context: WorkerContext, job: Job, index: int, image: bytes, usage: Usage | None
+) -> StoredOutput:
+    """Convert output ``index`` to the client's format and store it under the job's
+    attempt. The upstream's bytes stay in memory until stored: an object-store outage
+    is retried (``STORE_RETRY_S``) and never costs a second upstream call."""
+    return await retry_until(
+        lambda: _store_output(context, job, index, image, usage),
+        until=asyncio.get_running_loop().time() + STORE_RETRY_S,
+        retry_on=STORE_OUTAGE,
+        what=f"storing output {index} of {job.id}",
+    )
+
+
 async def _store_output(
     context: WorkerContext, job: Job, index: int, image: bytes, usage: Usage | None
-) -> _Output:
+) -> StoredOutput:
     request = job.spec.request
     converted = await asyncio.get_running_loop().run_in_executor(
         context.executor,
@@ -150,4 +186,4 @@ async def _store_output(
         width=converted.width,
         height=converted.height,
     )
-    return _Output(image=stored, usage=usage)
+    return StoredOutput(image=stored, usage=usage)

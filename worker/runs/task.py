@@ -4,6 +4,11 @@ lease, record how it ended.
 A run whose upstreams have no free slot is not claimed: it goes back to the queue,
 deferred, as a waiter the next freed slot wakes (``upstream_gate``); it holds no
 worker slot meanwhile and stays ``queued``.
+
+A run that may call an asynchronous upstream (BFL …) is carried by many short
+deliveries of the same arq job instead (``_run_async``): each submits or polls once
+(``worker.runs.async_calls``) and defers the job to the next poll, so the wait holds
+no worker slot and no connection, and a crash costs no second submission.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from typing import Any
 
@@ -26,6 +32,15 @@ from app.obs.logs import bind_log_fields
 from worker.capacity.gate import SlotGrant, ticket_for
 from worker.process.leases import Lease
 from worker.process.resources import CONTEXT_KEY, WorkerContext
+from worker.runs import fallback_slots
+from worker.runs.async_calls import (
+    AsyncRun,
+    Deferred,
+    MovedOn,
+    advance_run,
+)
+from worker.runs.async_cancel import cancel_pending
+from worker.runs.async_progress import attempt_deadline, is_async_run, pending_calls, resumes
 from worker.runs.execute import STORE_RETRY_S, execute_run
 from worker.runs.plan import RunPlan, plan_run
 from worker.runs.result_cache import request_digest
@@ -73,20 +88,20 @@ async def _run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
     arq_id = arq_job_id(job_id, run)
     job = await context.store.get(job_id)
     if job is None or job.run != run or job.status.terminal:
+        if job is not None and job.run == run and job.status == JobStatus.CANCELED:
+            await _cancel_upstream(context, job, arq_id)
         log.info("job %s run %d skipped: no longer current", job_id, run)
         return
     bind_log_fields(tenant=job.spec.tenant)
     queue = lane_queue(context.settings.queue_name, job.lane)
     with context.cancellations.watch(job_id):
         try:
+            plan = _plan(context, job)
+            if is_async_run(plan, context.providers):
+                await _run_async(context, ctx, job, plan, arq_id, queue)
+                return
             if await _answer_from_cache(context, job):
                 return
-            plan = plan_run(
-                job.spec.request,
-                job.lane,
-                context.providers,
-                reserve=context.settings.interactive_reserve_slots,
-            )
             grants = await _admit(context, ctx, job, plan, arq_id)
             async with context.leases.hold(arq_id, queue) as lease:
                 lease.slots.extend(grants)
@@ -99,10 +114,113 @@ async def _run_edit(ctx: dict[str, Any], job_id: str, run: int) -> None:
         except asyncio.CancelledError:
             if context.cancellations.was_canceled(job_id):
                 log.info("job %s run %d abandoned: canceled by its client", job_id, run)
+                with contextlib.suppress(RedisError, OSError, EditqError):
+                    await asyncio.shield(_cancel_upstream(context, None, arq_id, job_id))
                 return
             with contextlib.suppress(RedisError, OSError):  # else it returns after its lease
                 await asyncio.shield(context.leases.hand_back(arq_id, queue))
             raise
+
+
+def _plan(context: WorkerContext, job: Job) -> RunPlan:
+    """The run's plan; the load balancer's choices follow from the job and run, so every
+    delivery of a run on asynchronous upstreams sees the same plan."""
+    return plan_run(
+        job.spec.request,
+        job.lane,
+        context.providers,
+        reserve=context.settings.interactive_reserve_slots,
+        rng=random.Random(f"{job.id}:{job.run}"),
+    )
+
+
+async def _run_async(
+    context: WorkerContext,
+    ctx: dict[str, Any],
+    job: Job,
+    plan: RunPlan,
+    arq_id: str,
+    queue: str,
+) -> None:
+    """One delivery of a run on asynchronous upstreams (``worker.runs.async_calls``).
+
+    The first delivery is admitted and claims the job as any other; a later one
+    (the job running, its claim's calls on record) carries the run on under the same
+    claim and finds its slots again. A delivery that leaves edits with the upstreams
+    defers the arq job to the next poll and ends (``RetryJob``), its slots kept: the
+    wait holds no worker slot and no connection. A worker that dies mid-delivery
+    leaves the job leased: it comes back within one lease, to poll the same handles.
+    """
+    resuming = resumes(job)
+    if resuming:
+        needs = {name: slots.need for name, slots in plan.slots.items()}
+        grants = context.gate.grants_for(needs, arq_id)
+        grants += fallback_slots.held(context.gate, plan, job, arq_id)
+    else:
+        if await _answer_from_cache(context, job):
+            return
+        grants = await _admit(context, ctx, job, plan, arq_id)
+    async with context.leases.hold(arq_id, queue) as lease:
+        lease.slots.extend(grants)
+        if resuming:
+            claimed: Job | None = job
+            await context.gate.hold(grants, context.settings.job_lease_s)
+        else:
+            claimed = await _claim(context, job)
+            if claimed is not None:
+                context.metrics.pickup(ctx.get("enqueue_time"), job.lane)
+        if claimed is not None:
+            await _advance_and_record(context, claimed, plan, lease)
+
+
+async def _advance_and_record(
+    context: WorkerContext, job: Job, plan: RunPlan, lease: Lease
+) -> None:
+    """Move the run on once; record its end, or defer it (raising ``RetryJob``)."""
+    deadline = attempt_deadline(job, context.settings.attempt_budget_s, time.time())
+    try:
+        result = await advance_run(AsyncRun(context, job, plan, lease, deadline))
+    except MovedOn:
+        log.info("job %s run %d moved on while it was delivered", job.id, job.run)
+        await _cancel_upstream(context, None, lease.arq_job_id, job.id)  # if it was canceled
+        return
+    except EditqError as exc:
+        error = JobError(type=exc.type, code=exc.code, message=exc.message)
+    except RedisError:
+        raise  # not the job's failure: ``run_edit`` has it delivered again
+    except Exception as exc:
+        log.exception("job %s run %d failed unexpectedly", job.id, job.run)
+        error = JobError(type="server_error", code="internal_error", message=str(exc))
+    else:
+        if isinstance(result, Deferred):
+            await context.leases.defer(lease, result.delay_s)
+            raise RetryJob()
+        await _record_success(context, job, result)
+        return
+    await context.store.fail(job, error)
+
+
+async def _cancel_upstream(
+    context: WorkerContext, job: Job | None, arq_id: str, job_id: str = ""
+) -> None:
+    """A canceled job's edits at asynchronous upstreams are canceled there (where the
+    API allows; recorded on each call either way) and its slots given back."""
+    if job is None:
+        job = await context.store.get(job_id)
+        if job is None or job.status != JobStatus.CANCELED:
+            return
+    if not pending_calls(job):
+        return
+    await cancel_pending(context, job, reason="canceled by its client")
+    plan = _plan(context, job)
+    needs = {name: slots.need for name, slots in plan.slots.items()}
+    grants = context.gate.grants_for(needs, arq_id) + fallback_slots.held(
+        context.gate, plan, job, arq_id
+    )
+    for grant in grants:
+        await context.gate.release(
+            grant, context.providers.upstream(grant.upstream).max_concurrency
+        )
 
 
 def waiter_rank(job: Job, ctx: dict[str, Any]) -> float:

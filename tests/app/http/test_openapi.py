@@ -117,7 +117,7 @@ def test_the_job_object_resolves_with_its_status_enum(spec: dict[str, Any]) -> N
     attempt = resolve(spec, job["properties"]["attempts"]["items"])
     assert "duration_ms" in attempt["properties"]
     outcome = resolve(spec, attempt["properties"]["outcome"])
-    assert outcome["enum"] == ["in_flight", "succeeded", "failed", "lost"]
+    assert outcome["enum"] == ["in_flight", "succeeded", "failed", "lost", "canceled"]
 
 
 @pytest.mark.parametrize("path", SUBMIT_PATHS)

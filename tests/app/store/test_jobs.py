@@ -243,12 +243,25 @@ async def test_calls_are_recorded_as_they_start_and_end(store: JobStore) -> None
     assert await store.call_started(job.id, first) == 1
     assert await store.call_started(job.id, second) == 2
     stored = await store.get(job.id)
-    assert stored is not None and stored.attempts == (first, second)
+    first, second = (c.model_copy(update={"number": n}) for n, c in ((1, first), (2, second)))
+    assert stored is not None and stored.attempts == (first, second)  # read with their numbers
 
     ended = second.model_copy(update={"outcome": "succeeded", "status": 200, "duration_ms": 5})
     assert await store.call_ended(job.id, 2, ended)
     stored = await store.get(job.id)
     assert stored is not None and stored.attempts == (first, ended)
+
+
+async def test_a_canceled_jobs_call_is_recorded_only_when_asked(store: JobStore) -> None:
+    job = await claimed(store, (await store.create(spec())).id)
+    assert await store.call_started(job.id, call(job, 0)) == 1
+    assert (await store.transition(job.id, JobStatus.CANCELED)).applied
+    canceled = call(job, 0, "canceled").model_copy(update={"upstream_canceled": True})
+    assert not await store.call_ended(job.id, 1, canceled)
+    assert await store.call_ended(job.id, 1, canceled, once_canceled=True)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.attempts[0].outcome == "canceled"
+    assert stored.attempts[0].upstream_canceled is True
 
 
 async def test_a_take_over_leaves_the_lost_workers_call_on_record_as_lost(

@@ -338,3 +338,24 @@ async def test_a_refused_admit_parks_the_job_and_a_release_wakes_it(
     assert parked > time.time() * 1000 + 250_000  # out of the ready range for ~300 s
     assert await gate.release(grant, 1) == 1
     assert_woken(await redis.zscore(queue, "job-b"))
+
+
+async def test_grants_for_names_the_tokens_admit_took(gate: UpstreamGate, redis: Redis) -> None:
+    admitted = await gate.admit(
+        {"up": (2, 5), "other": (1, 5)}, holder="job:1", ticket="", ticket_score=0
+    )
+    assert admitted is not None
+    assert gate.grants_for({"up": 2, "other": 1}, "job:1") == admitted
+    for grant in admitted:
+        assert await redis.zcard(grant.key) == len(grant.tokens)
+
+
+async def test_hold_extends_held_slots_and_takes_lapsed_ones_again(
+    gate: UpstreamGate, redis: Redis
+) -> None:
+    grant = await take(gate, "job:1", cap=5, need=2)
+    await redis.zrem(grant.key, grant.tokens[0])  # lapsed and reaped while the job waited
+    await gate.hold([grant], for_s=60)
+    scores = [await redis.zscore(grant.key, token) for token in grant.tokens]
+    assert all(score is not None and score > now_ms() + 50_000 for score in scores)
+    assert await gate.held("up") == 2
