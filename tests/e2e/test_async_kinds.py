@@ -1,6 +1,8 @@
 """Replicate and fal through the asynchronous run path, end to end against their fakes:
-one submission per edit, polled to success, and a cancel in editq that the upstream's
-API carries out (BFL, which has none, is in ``test_async_upstreams``)."""
+one submission per edit, polled to success; moderation final although the request asks
+for retries and a fallback; a wrong key and a 429 mapped as for any upstream; a cancel
+in editq that the upstream's API carries out (BFL, which has none, is in
+``test_async_upstreams``)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from pydantic import SecretStr
 
 from app.core.providers_config import ModelConfig, ProvidersConfig, UpstreamConfig
 from app.settings import Settings
-from tests.support.fakes.fal import FakeFal
+from tests.support.fakes.fal import FakeFal, FalAnswer, Outcome
 from tests.support.fakes.replicate import KONTEXT, FakeReplicate
+from tests.support.fakes.replicate_predictions import throttled
 from tests.support.images import decode
 from tests.support.processes import WorkerProcess
 from tests.support.service import RunningService
@@ -219,3 +222,97 @@ async def test_inputs_go_by_presigned_url_where_the_upstream_takes_urls(
     assert body["image_url"].startswith(settings.s3_endpoint_url)  # fetched by fal itself
     assert "X-Amz-Signature" in body["image_url"]
     assert done["result"]["data"][0]["url"]
+
+
+ROUTING: dict[str, Any] = {
+    "retry": {"count": 2, "on_codes": [429, 500]},
+    "fallback_on_codes": [400, 422, 502],
+}
+# Moderation must end the job although the request asks to retry and fall back on it.
+INSISTENT: dict[str, Any] = {
+    "retry": {"count": 2, "on_codes": [400, 422, 429, 500]},
+    "fallback_on_codes": [400, 422, 502],
+}
+
+
+def with_fallback(providers: ProvidersConfig) -> tuple[ProvidersConfig, dict[str, Any]]:
+    """``providers`` with a second model on the same upstream, and the routing fields
+    that fall back to it."""
+    (model,) = providers.models
+    second = model.model_copy(update={"id": model.id + "-fallback"})
+    routing = {**INSISTENT, "fallbacks": [{"model": second.id}]}
+    return providers.model_copy(update={"models": (model, second)}), routing
+
+
+async def failed_after(service: RunningService, model: str, **fields: Any) -> dict[str, Any]:
+    status, job, _ = await service.submit(model=model, **fields)
+    assert status == 202, job
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed", done
+    return done
+
+
+async def test_replicate_moderation_is_final_after_one_submission(
+    settings: Settings, replicate: FakeReplicate
+) -> None:
+    replicate.blocked_words = {"forbidden"}
+    providers, routing = with_fallback(replicate_providers(replicate))
+    async with RunningService(settings, providers) as service:
+        done = await failed_after(
+            service, "replicate/kontext", prompt="a forbidden edit", **routing
+        )
+    assert done["error"]["code"] == "content_filtered"
+    assert len(replicate.predictions) == 1 and len(done["attempts"]) == 1
+
+
+async def test_fal_moderation_is_final_after_one_submission(
+    settings: Settings, fal: FakeFal
+) -> None:
+    fal.end_next(Outcome.moderated())
+    providers, routing = with_fallback(fal_providers(fal))
+    async with RunningService(settings, providers) as service:
+        done = await failed_after(service, "fal/kontext", **routing)
+    assert done["error"]["code"] == "content_filtered"
+    assert fal.submissions == 1 and len(done["attempts"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["replicate", "fal"])
+async def test_a_wrong_upstream_key_fails_the_job_as_an_auth_failure(
+    settings: Settings, replicate: FakeReplicate, fal: FakeFal, kind: str
+) -> None:
+    replicate.api_key = fal.api_key = "another-key"
+    providers, model = (
+        (replicate_providers(replicate), "replicate/kontext")
+        if kind == "replicate"
+        else (fal_providers(fal), "fal/kontext")
+    )
+    async with RunningService(settings, providers) as service:
+        done = await failed_after(service, model, **ROUTING)
+    assert done["error"]["code"] == "upstream_auth_failed"
+    assert [call["status"] for call in done["attempts"]] == [401]
+    assert (replicate.submissions, fal.submissions) == (0, 0)
+
+
+@pytest.mark.parametrize("kind", ["replicate", "fal"])
+async def test_a_429_on_submit_is_retried_after_its_hint_and_then_succeeds(
+    settings: Settings, replicate: FakeReplicate, fal: FakeFal, kind: str
+) -> None:
+    if kind == "replicate":
+        replicate.fail_next("create", throttled(1))
+        providers, model = replicate_providers(replicate), "replicate/kontext"
+    else:
+        fal.fail_next("submit", FalAnswer.error(429, "Too many requests", retry_after=1))
+        providers, model = fal_providers(fal), "fal/kontext"
+    async with RunningService(settings, providers) as service:
+        status, job, _ = await service.submit(model=model, **ROUTING)
+        assert status == 202, job
+        done = await service.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    first, second = done["attempts"]
+    assert (first["status"], first["next_action"], second["outcome"]) == (
+        429,
+        "retry",
+        "succeeded",
+    )
+    assert second["started_at"] - first["started_at"] >= 1.0  # the upstream's hint
+    assert (replicate.submissions, fal.submissions) == ((1, 0) if kind == "replicate" else (0, 1))
