@@ -86,14 +86,24 @@ def batch(n: int, prompt: str) -> dict[str, Any]:
 
 async def pickup(service: RunningService, upstream: FakeUpstream, marker: str) -> float:
     """Seconds from sending a single job to the upstream seeing its call."""
-    seen = len(upstream.requests)
+    seconds, _ = await pickup_and_overtakers(service, upstream, marker)
+    return seconds
+
+
+async def pickup_and_overtakers(
+    service: RunningService, upstream: FakeUpstream, marker: str
+) -> tuple[float, int]:
+    """Seconds from sending a single job to the upstream seeing its call, and how many
+    other calls reached the upstream in between (the work that went first)."""
+    first = len(upstream.requests)
+    seen = first
     began = time.monotonic()
     status, _, _ = await service.submit(model="fake/gpt-image-1", prompt=marker)
     assert status == 202
     while True:  # look only at requests that arrived since the submit
-        for request in upstream.requests[seen:]:
+        for index, request in enumerate(upstream.requests[seen:], start=seen):
             if request.prompt == marker:
-                return request.received_at - began
+                return request.received_at - began, index - first
         seen = max(seen, len(upstream.requests) - 50)
         await asyncio.sleep(0.001)
 
@@ -108,20 +118,24 @@ async def test_single_jobs_stay_fast_while_a_2000_variant_batch_drains(
     assert status == 202, big
     while (await capped.get(f"/v1/batches/{big['id']}"))[1]["counts"]["running"] < CAP - 2:
         await asyncio.sleep(0.05)
-    busy = []
+    busy, overtakers = [], []
     for i in range(10):
-        busy.append(await pickup(capped, fake_upstream, f"busy {i}"))
+        seconds, went_first = await pickup_and_overtakers(capped, fake_upstream, f"busy {i}")
+        busy.append(seconds)
+        overtakers.append(went_first)
         await asyncio.sleep(0.1)
     _, progress = await capped.get(f"/v1/batches/{big['id']}")
     assert progress["status"] == "running"  # measured while it was still draining
     idle_ms, busy_ms = statistics.median(idle) * 1000, statistics.median(busy) * 1000
     print(f"\npickup p50 idle {idle_ms:.1f} ms, during a 2000-variant batch {busy_ms:.1f} ms")
-    # The API, the worker and the fake upstream share this test's one event loop, which
-    # the drain keeps busy: the same code before and after the crash-safety work measured
-    # busy p50 between 1.5x and 2.2x idle on 2 cores. A single job stuck behind the bulk
-    # lane would wait for whole upstream calls (200 ms each, 2000 of them queued), so
-    # +50 ms still tells the two apart; the pickup figures themselves are make bench's.
-    assert busy_ms <= 2 * idle_ms + 50, (idle_ms, busy_ms)
+    print(f"bulk calls that reached the upstream before each single job: {overtakers}")
+    # The property, not a timing (timings are make bench's, and move with the machine's
+    # load): a single job is not queued behind the batch. Served first, only the calls
+    # already admitted (CAP - 1 bulk slots turning over at 200 ms each) reach the
+    # upstream while its submit is handled, even on a loaded machine: 0-10 here. With
+    # single jobs ranked after variants and no slot reserved for them, one of ten
+    # waited behind 187 variants.
+    assert max(overtakers) <= 3 * CAP, overtakers
     assert fake_upstream.max_in_flight <= CAP
     await capped.post(f"/v1/batches/{big['id']}/cancel")
 
@@ -134,15 +148,19 @@ async def test_two_tenants_batches_share_the_upstream(
     while (await capped.get(f"/v1/batches/{first['id']}"))[1]["counts"]["succeeded"] < 40:
         await asyncio.sleep(0.05)
     _, second = await capped.post("/v1/batches", body=batch(400, "second"), key="key-b")
-    _, start_a = await capped.get(f"/v1/batches/{first['id']}")
-    while True:
+
+    async def succeeded() -> tuple[int, int]:
+        _, a = await capped.get(f"/v1/batches/{first['id']}")
         _, b = await capped.get(f"/v1/batches/{second['id']}", key="key-b")
-        if b["counts"]["succeeded"] >= 100:
-            break
+        return a["counts"]["succeeded"], b["counts"]["succeeded"]
+
+    # Counted only once both run: how long the second batch's submit takes (longer on
+    # a loaded machine) is not a share of the upstream.
+    while (start := await succeeded())[1] < 10:
         await asyncio.sleep(0.05)
-    _, a = await capped.get(f"/v1/batches/{first['id']}")
-    gained_a = a["counts"]["succeeded"] - start_a["counts"]["succeeded"]
-    gained_b = b["counts"]["succeeded"]
+    while (end := await succeeded())[1] < start[1] + 100:
+        await asyncio.sleep(0.05)
+    gained_a, gained_b = end[0] - start[0], end[1] - start[1]
     print(f"\nwhile both ran: first batch +{gained_a}, second batch +{gained_b}")
     assert 0.6 <= gained_a / gained_b <= 1.6, (gained_a, gained_b)
     await capped.post(f"/v1/batches/{first['id']}/cancel")
