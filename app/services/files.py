@@ -42,7 +42,7 @@ class FileService:
     ) -> FileRecord:
         """Store a checked image's bytes (once per content) and record the upload."""
         record = FileRecord(
-            id=new_file_id(created_at),
+            id=new_file_id(),
             tenant=tenant,
             bytes=len(image.data),
             created_at=created_at,
