@@ -112,18 +112,18 @@ def expiry_of(anchor: str | None, seconds: str | None, *, created_at: int) -> in
         return None
     if anchor != "created_at":
         raise InvalidRequest(
-            "expires_after[anchor] must be created_at", param="expires_after.anchor"
+            "expires_after[anchor] must be created_at", param="expires_after[anchor]"
         )
     try:
         value = int(seconds or "")
     except ValueError:
         raise InvalidRequest(
-            "expires_after[seconds] must be an integer", param="expires_after.seconds"
+            "expires_after[seconds] must be an integer", param="expires_after[seconds]"
         ) from None
     if not EXPIRES_AFTER_MIN_S <= value <= EXPIRES_AFTER_MAX_S:
         raise InvalidRequest(
             f"expires_after[seconds] must be between {EXPIRES_AFTER_MIN_S} and "
             f"{EXPIRES_AFTER_MAX_S}",
-            param="expires_after.seconds",
+            param="expires_after[seconds]",
         )
     return created_at + value

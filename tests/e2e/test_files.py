@@ -111,7 +111,7 @@ async def test_the_sdk_sends_expires_after_and_it_sets_expires_at(
             purpose="vision",
             expires_after={"anchor": "created_at", "seconds": 60},
         )
-    assert refused.value.body["param"] == "expires_after.seconds"  # type: ignore[index]
+    assert refused.value.body["param"] == "expires_after[seconds]"  # type: ignore[index]
 
 
 async def test_a_job_uses_an_uploaded_file_by_file_id(
