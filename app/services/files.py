@@ -95,15 +95,17 @@ class FileService:
         await self._forget(record)
         return record
 
-    async def load(self, tenant: str, file_id: object, param: str) -> bytes:
-        """The bytes of the file an edit request names at ``param`` (``images[0].file_id``);
-        InvalidRequest naming it when the tenant has no such live file."""
+    async def load(self, tenant: str, file_id: object, param: str) -> tuple[bytes, str]:
+        """The bytes of the file an edit request names at ``param`` (``images[0].file_id``)
+        and the object key holding them; InvalidRequest naming ``param`` when the tenant
+        has no such live file."""
         if not isinstance(file_id, str):
             raise InvalidRequest(f"{param} must be a string", param=param)
         record = await self._store.get(file_id, tenant, now=time.time())
         if record is None:
             raise InvalidRequest(f"{param}: no file {file_id}", param=param)
-        return await self._storage.get(file_blob_key(tenant, record.sha256))
+        key = file_blob_key(tenant, record.sha256)
+        return await self._storage.get(key), key
 
     async def sweep_expired(self) -> int:
         """Remove every expired file's record, and its object when no other file of its

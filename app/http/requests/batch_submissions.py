@@ -76,7 +76,7 @@ async def read_batch_submission(
         variants.append(_variant(shared, override, index, settings))
         if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)  # 10,000 validations must not hold the loop at once
-    checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0])
+    checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0], raw.stored)
     note_ignored(request, _ignored(top, defaults, overrides))
     return BatchSubmission(
         variants,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -48,9 +48,10 @@ from app.http.requests.ignored import note_ignored
 from app.net import check_url, fetch_bounded
 from app.settings import Settings
 
-LoadFile = Callable[[object, str], Awaitable[bytes]]
+LoadFile = Callable[[object, str], Awaitable[tuple[bytes, str]]]
 """The bytes of the caller's uploaded file with this id (named by the param, which an
-unknown id's InvalidRequest names): ``FileService.load`` bound to the request's tenant."""
+unknown id's InvalidRequest names) and the object key holding them:
+``FileService.load`` bound to the request's tenant."""
 
 EDIT_FORM = FormShape(lists=LIST_FIELDS, singles=SINGLE_FIELDS)
 """The form fields of an edit request."""
@@ -63,6 +64,7 @@ class RawRequest:
     fields: dict[str, Any]
     images: list[tuple[str, bytes]]
     mask: tuple[str, bytes] | None
+    stored: dict[str, str] = field(default_factory=dict)  # param -> object key (file_id)
 
 
 async def read_submission(
@@ -80,7 +82,7 @@ async def read_submission(
     raw = await read_raw(request, settings, fetch_session, load_file)
     params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
     note_ignored(request, unmodeled(raw.fields))
-    return await check_inputs(raw.images, raw.mask, settings, decoder, params)
+    return await check_inputs(raw.images, raw.mask, settings, decoder, params, raw.stored)
 
 
 async def read_raw(
@@ -119,9 +121,12 @@ async def check_inputs(
     settings: Settings,
     decoder: ImageDecoder,
     params: EditParams,
+    stored: Mapping[str, str] | None = None,
 ) -> Submission:
     """Check the count, every image (within the decoder's pixel budgets) and the mask;
-    whatever the headers show is refused before any image is decoded."""
+    whatever the headers show is refused before any image is decoded. ``stored`` maps
+    the params of images already in object storage (``file_id``) to their keys, so the
+    job's copy is made there, server-side."""
     if not images:
         raise InvalidRequest("at least one image is required", param="image")
     if len(images) > settings.max_images:
@@ -132,7 +137,10 @@ async def check_inputs(
     declared = decoder.read_headers(inputs)
     if mask is not None:
         check_mask(declared[-1], declared[0], param=mask[0])
-    decoded = await decoder.decode(inputs, declared)
+    decoded = [
+        replace(image, stored_at=(stored or {}).get(param))
+        for (param, _), image in zip(inputs, await decoder.decode(inputs, declared), strict=True)
+    ]
     checked_mask = decoded[-1] if mask is not None else None
     return Submission(params=params, images=decoded[: len(images)], mask=checked_mask)
 
@@ -199,12 +207,14 @@ async def document_images(
     references = [_image_reference(item, f"{prefix}images[{i}]") for i, item in enumerate(images)]
     if mask is not None:
         references.append(_image_reference(mask, f"{prefix}mask"))
-    loaded = await gather_or_cancel(
+    sources = await gather_or_cancel(
         [_load(reference, settings, fetch_session, load_file) for reference in references]
     )
+    loaded = [(param, data) for param, data, _ in sources]
+    stored = {param: key for param, _, key in sources if key is not None}
     if mask is not None:
-        return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
-    return RawRequest(fields=document, images=loaded, mask=None)
+        return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1], stored=stored)
+    return RawRequest(fields=document, images=loaded, mask=None, stored=stored)
 
 
 @dataclass(frozen=True)
@@ -237,11 +247,13 @@ async def _load(
     settings: Settings,
     fetch_session: aiohttp.ClientSession,
     load_file: LoadFile,
-) -> tuple[str, bytes]:
-    """The bytes ``reference`` names, with its param."""
+) -> tuple[str, bytes, str | None]:
+    """The bytes ``reference`` names, with its param and, for a file, its object key."""
     if reference.url is None:
-        return reference.param, await load_file(reference.file_id, reference.param)
-    return await _load_image(reference.param, reference.url, settings, fetch_session)
+        data, key = await load_file(reference.file_id, reference.param)
+        return reference.param, data, key
+    param, data = await _load_image(reference.param, reference.url, settings, fetch_session)
+    return param, data, None
 
 
 async def _load_image(
