@@ -27,16 +27,14 @@ from app.http.schema import FileDeleted, FileList, FileObject, FilePageQuery, Fi
 async def upload_file(request: web.Request) -> web.Response:
     """POST /v1/files: store an input image once, to name it by ``file_id`` in edit
     requests (``images: [{"file_id": ...}]``, ``mask: {"file_id": ...}``)."""
-    app = request.app
-    upload = await read_upload(
-        request, app[SETTINGS], app[IMAGE_DECODER], created_at=int(time.time())
-    )
+    app, now = request.app, int(time.time())
+    upload = await read_upload(request, app[SETTINGS], app[IMAGE_DECODER], created_at=now)
     record = await app[FILE_SERVICE].create(
         request[TENANT],
         upload.image,
         filename=upload.filename,
         purpose=upload.purpose,
-        created_at=int(time.time()),
+        created_at=now,
         expires_at=upload.expires_at,
     )
     return web.json_response(record.public())
