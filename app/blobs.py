@@ -35,6 +35,12 @@ def mask_key(job_id: str, extension: str) -> str:
     return f"inputs/{job_id}/mask.{extension}"
 
 
+def file_blob_key(tenant: str, sha256: str) -> str:
+    """Where the bytes of a tenant's uploaded files with this SHA-256 are stored: once
+    per tenant and content, however many uploads carried them."""
+    return f"files/{tenant}/{sha256}"
+
+
 def output_key(job_id: str, index: int, extension: str, attempt: int = 0) -> str:
     """Where output ``index`` of a job's ``attempt`` goes: each attempt writes its own
     keys, so a stale attempt never overwrites the outputs another one committed."""

@@ -25,6 +25,7 @@ from app.obs.metrics import Metrics
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.events import JobEventHub
+from app.store.files import FileStore
 from app.store.jobs import JobStore
 from app.store.keys import Keys
 from app.store.webhooks import WebhookStore
@@ -41,6 +42,7 @@ class Resources:
     jobs: JobStore
     batches: BatchStore
     webhooks: WebhookStore
+    files: FileStore
     blobs: ObjectStore
     events: JobEventHub
     executor: ThreadPoolExecutor  # CPU work (Pillow) off the event loop
@@ -95,6 +97,7 @@ async def open_resources(
                     settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
                 ),
             ),
+            files=FileStore(redis, keys),
             blobs=blobs,
             events=events,
             executor=executor,

@@ -54,6 +54,7 @@ class CheckedImage:
     height: int
     has_alpha: bool
     sha256: str
+    stored_at: str | None = None  # an object key already holding exactly these bytes
 
     @property
     def extension(self) -> str:

@@ -18,6 +18,7 @@ from app.http.app_keys import (
     EVENTS,
     FAILED_LOGINS,
     FETCH_SESSION,
+    FILE_SERVICE,
     IDEMPOTENCY,
     IMAGE_DECODER,
     JOB_SERVICE,
@@ -54,6 +55,7 @@ from app.obs.metrics import Metrics
 from app.resources import open_resources
 from app.services.auth import ApiKeys
 from app.services.batches import BatchService
+from app.services.files import FileService
 from app.services.jobs import JobService
 from app.services.queue_stats import QueueStats
 from app.settings import Settings
@@ -132,6 +134,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             allow_private_urls=settings.allow_private_urls,
             crash_points=crash_points,
         )
+        app[FILE_SERVICE] = FileService(store=shared.files, storage=shared.blobs)
         app[BATCH_SERVICE] = BatchService(
             batches=shared.batches,
             jobs=shared.jobs,

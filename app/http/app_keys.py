@@ -13,6 +13,7 @@ from app.http.requests.decoding import ImageDecoder
 from app.obs.metrics import Metrics
 from app.services.auth import ApiKeys
 from app.services.batches import BatchService
+from app.services.files import FileService
 from app.services.jobs import JobService
 from app.services.queue_stats import QueueStats
 from app.settings import Settings
@@ -37,6 +38,7 @@ FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 BATCH_SERVICE = web.AppKey("batch_service", BatchService)
+FILE_SERVICE = web.AppKey("file_service", FileService)
 API_DOCUMENT = web.AppKey("api_document", ApiDocument)
 DOCS_PAGE = web.AppKey("docs_page", str)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)

@@ -9,6 +9,7 @@ from app.http.handlers import (
     batches,
     docs,
     events,
+    files,
     health,
     images_compat,
     job_inputs,
@@ -55,5 +56,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/batches/{batch_id}/events/url", events.batch_stream_url)
     app.router.add_get("/v1/batches/{batch_id}/download", batch_download.download_batch)
     app.router.add_post("/v1/batches/{batch_id}/cancel", batches.cancel_batch)
+    app.router.add_post("/v1/files", files.upload_file)
+    app.router.add_get("/v1/files", files.list_files)
+    app.router.add_get("/v1/files/{file_id}", files.get_file)
+    app.router.add_delete("/v1/files/{file_id}", files.delete_file)
+    app.router.add_get("/v1/files/{file_id}/content", files.file_content)
     app.router.add_post("/v1/images/edits", images_compat.edit_image)
     app.router.add_post("/v2/router/images/edits", images_compat.edit_image)

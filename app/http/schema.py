@@ -18,6 +18,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, Field, create_model
 
 from app.core.edit_params import JSON_FIELDS, EditParams
+from app.core.files import EXPIRES_AFTER_MAX_S, EXPIRES_AFTER_MIN_S, PURPOSES
+from app.core.files import FileDeleted as FileDeleted
+from app.core.files import FileObject as FileObject
 from app.core.jobs import JobStatus
 from app.core.public import BatchCounts as BatchCounts
 from app.core.public import BatchList as BatchList
@@ -93,9 +96,11 @@ class Readiness(BaseModel):
 
 
 class ImageReference(BaseModel):
-    """An input image by reference: a base64 data URL or a public http(s) URL."""
+    """An input image by reference: a base64 data URL, a public http(s) URL or an
+    uploaded file (``POST /v1/files``) of this key; exactly one of the two."""
 
-    image_url: str = Field(description="data:image/png;base64,... or https://...")
+    image_url: str | None = Field(None, description="data:image/png;base64,... or https://...")
+    file_id: str | None = Field(None, description="file-... from POST /v1/files")
 
 
 def _edit_fields(*, form: bool) -> dict[str, Any]:
@@ -238,6 +243,55 @@ class PageQuery(BaseModel):
 
     limit: int = Field(20, ge=1, le=100)
     after: str | None = Field(None, description="the last id of the previous page")
+
+
+# Multipart parts are text, never null: the optional parts have no null in their type.
+_UPLOAD_PARTS: dict[str, Any] = {
+    "file": (bytes, Field(description="the image (PNG, JPEG or WebP), checked as inputs are")),
+    "purpose": (
+        Literal[PURPOSES],
+        Field(description="OpenAI's file purposes are accepted; the file is an input image"),
+    ),
+    "expires_anchor": (
+        Literal["created_at"],
+        Field(None, alias="expires_after[anchor]", description="created_at (with seconds)"),
+    ),
+    "expires_seconds": (
+        int,
+        Field(
+            None,
+            alias="expires_after[seconds]",
+            ge=EXPIRES_AFTER_MIN_S,
+            le=EXPIRES_AFTER_MAX_S,
+            description="the file expires this long after its upload (else it is kept)",
+        ),
+    ),
+}
+
+FileUploadForm = create_model(
+    "FileUploadForm",
+    __doc__="An upload to the Files API as multipart/form-data (OpenAI's shape).",
+    **_UPLOAD_PARTS,
+)
+
+
+class FileList(BaseModel):
+    """A page of files."""
+
+    object: Literal["list"]
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FilePageQuery(BaseModel):
+    """A cursor page of files, as OpenAI's Files API pages them."""
+
+    after: str | None = Field(None, description="the last id of the previous page")
+    limit: int = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = Field("desc", description="by creation time")
+    purpose: str | None = Field(None, description="only files of this purpose")
 
 
 class JobPageQuery(PageQuery):

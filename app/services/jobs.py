@@ -33,7 +33,7 @@ from app.core.submissions import Submission
 from app.core.validation import check_models
 from app.crash_points import CrashPoints
 from app.dispatch import EditQueue
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.net import check_url
 from app.services.reservations import Reservation
 from app.store.events import JobEventHub
@@ -108,20 +108,30 @@ class JobService:
     async def store_inputs(
         self, owner_id: str, checked: list[CheckedImage], mask: CheckedImage | None
     ) -> JobInputs:
-        """Write the input images (and mask) once under ``owner_id`` (a job or batch)."""
+        """Write the input images (and mask) once under ``owner_id`` (a job or batch); an
+        image from an uploaded file is copied server-side (``_store_input``)."""
         images = [
             (input_key(owner_id, index, image.extension), image)
             for index, image in enumerate(checked)
         ]
         entries = images + ([(mask_key(owner_id, mask.extension), mask)] if mask else [])
-        await asyncio.gather(
-            *(self._storage.put(key, image.data, image.content_type) for key, image in entries)
-        )
+        await asyncio.gather(*(self._store_input(key, image) for key, image in entries))
         stored = [_stored(key, image) for key, image in entries]
         return JobInputs(
             images=tuple(stored[: len(images)]),
             mask=stored[-1] if mask else None,
         )
+
+    async def _store_input(self, key: str, image: CheckedImage) -> None:
+        """Write one input under ``key``: a server-side copy when its bytes are stored
+        already (an uploaded file), else (or when the file's object has just gone) a put."""
+        if image.stored_at is not None:
+            try:
+                await self._storage.copy(image.stored_at, key)
+                return
+            except ServiceUnavailable:
+                log.info("input %s: copying %s failed; writing the bytes", key, image.stored_at)
+        await self._storage.put(key, image.data, image.content_type)
 
     async def get(self, job_id: str, tenant: str) -> Job:
         """The tenant's job; NotFound for a missing job or another tenant's."""

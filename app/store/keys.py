@@ -15,6 +15,13 @@ Jobs and batches::
     P:tenant:{tenant}:batches     sorted set, like the tenant's jobs
     P:bulk:clock                  the bulk lane's fair-share virtual clock
     P:retention                   sorted set: job and batch ids by record expiry (ms)
+
+Files::
+
+    P:file:{id}                   hash: one uploaded file's record (``app.store.files``)
+    P:tenant:{tenant}:files       sorted set, like the tenant's jobs
+    P:tenant:{tenant}:blob:{sha}  set: the tenant's file ids whose bytes have this SHA-256
+    P:files:expiry                sorted set: ids of files with an expiry, by it (ms)
     P:events                      pub/sub channel: one message per transition
 
 Webhooks, idempotency, limits and the cache::
@@ -127,6 +134,26 @@ class Keys:
     def stream_secret(self) -> str:
         """The random secret every API process signs stream URLs with."""
         return f"{self.prefix}:stream:secret"
+
+    # -- files ------------------------------------------------------------------------
+
+    def file(self, file_id: str) -> str:
+        """An uploaded file's record (a hash)."""
+        return f"{self.prefix}:file:{file_id}"
+
+    def tenant_files(self, tenant: str) -> str:
+        """The tenant's file ids (a sorted set, lexical = creation order)."""
+        return f"{self.prefix}:tenant:{tenant}:files"
+
+    def file_blob_users(self, tenant: str, sha256: str) -> str:
+        """The tenant's file ids stored as the object with this SHA-256 (a set): the
+        object is deleted when the last of them goes."""
+        return f"{self.prefix}:tenant:{tenant}:blob:{sha256}"
+
+    @property
+    def files_expiry(self) -> str:
+        """Ids of files that expire, by when (ms; a sorted set the janitor reads)."""
+        return f"{self.prefix}:files:expiry"
 
     # -- webhooks ---------------------------------------------------------------------
 

@@ -184,6 +184,8 @@ async def test_a_non_finite_number_in_any_numeric_field_is_a_4xx_naming_it(
         "POST /v1/batches json defaults.load_balancer.models[0].weight",
         "POST /v1/batches multipart n",
         "GET /v1/jobs query limit",
+        "POST /v1/files multipart expires_after[seconds]",
+        "GET /v1/files query limit",
     }
     _, jobs = await service.get("/v1/jobs")
     assert [j["id"] for j in jobs["data"]] == [job["id"]]

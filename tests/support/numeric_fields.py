@@ -284,6 +284,9 @@ def editq_examples(model: str, image: bytes, *, job_id: str, batch_id: str) -> E
                 [("defaults", defaults), ("image[]", image), ("n", "1")],
                 [("defaults", defaults), ("image[]", image), ("variants", "[{}]")],
             ],
+            "FileUploadForm": [
+                [("purpose", "vision"), ("expires_after[anchor]", "created_at"), ("file", image)]
+            ],
         },
         path_params={"job_id": job_id, "batch_id": batch_id},
     )

@@ -4,7 +4,8 @@ Job and batch records expire in Redis by themselves (TTL, restarted at every
 change); their images in S3 do not. Every transition records its subject's
 expiry in ``P:retention``; the janitor, run in every worker but acting in one at a
 time (a Redis lock), deletes ``inputs/{id}/``, ``outputs/{id}/`` and
-``partials/{id}/`` of every id whose expiry has passed. An S3 lifecycle rule on the bucket (see
+``partials/{id}/`` of every id whose expiry has passed. In the same turn it removes
+expired uploaded files (``FileService.sweep_expired``). An S3 lifecycle rule on the bucket (see
 deploy/README.md) is a second line of defence, not the mechanism.
 """
 
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 from app.background import Supervised
 from app.blobs import ObjectStore
 from app.errors import EditqError
+from app.services.files import FileService
 from app.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -27,11 +29,19 @@ SWEEP_BATCH = 200
 
 
 class RetentionJanitor:
-    """Sweeps expired ids' S3 prefixes every ``interval_s``, one worker at a time."""
+    """Sweeps expired ids' S3 prefixes and expired files every ``interval_s``, one
+    worker at a time."""
 
     def __init__(
-        self, redis: Redis, storage: ObjectStore, keys: Keys, *, interval_s: float
+        self,
+        redis: Redis,
+        storage: ObjectStore,
+        keys: Keys,
+        files: FileService,
+        *,
+        interval_s: float,
     ) -> None:
+        self._files = files
         self._redis = redis
         self._storage = storage
         self._index = keys.retention
@@ -57,6 +67,7 @@ class RetentionJanitor:
         token = f"{os.getpid()}:{time.time()}"
         if await self._redis.set(self._lock, token, nx=True, px=int(self._interval_s * 1000)):
             await self.sweep()
+            await self._files.sweep_expired()
 
     async def sweep(self) -> int:
         """Delete the S3 objects of every expired id; how many ids were swept."""

@@ -22,6 +22,7 @@ from app.core.providers_config import ProvidersConfig
 from app.net import guarded_session
 from app.obs.metrics import Metrics
 from app.resources import open_resources
+from app.services.files import FileService
 from app.settings import Settings
 from app.store.batches import BatchStore
 from app.store.jobs import JobStore
@@ -125,7 +126,11 @@ async def _open(
     dispatcher.start()
     stack.push_async_callback(dispatcher.stop)
     janitor = RetentionJanitor(
-        shared.redis, shared.blobs, shared.keys, interval_s=settings.janitor_interval_s
+        shared.redis,
+        shared.blobs,
+        shared.keys,
+        FileService(store=shared.files, storage=shared.blobs),
+        interval_s=settings.janitor_interval_s,
     )
     janitor.start()
     stack.push_async_callback(janitor.stop)

@@ -14,6 +14,7 @@ from app.http.middleware.errors import REQUEST_ID, TENANT
 from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
 from app.http.requests.batch_submissions import read_batch_submission
+from app.http.requests.file_uploads import callers_files
 from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait, submit_status
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.responses.lists import list_page
@@ -51,7 +52,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     app = request.app
     wait = preferred_wait(request, app[SETTINGS].max_wait_s)
     submission = await read_batch_submission(
-        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
+        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION], callers_files(request)
     )
     service, tenant = app[BATCH_SERVICE], request[TENANT]
     batch = await service.accept(submission, tenant, reservation=request.get(RESERVATION))

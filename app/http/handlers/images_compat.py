@@ -36,6 +36,7 @@ from app.http.app_keys import FETCH_SESSION, IMAGE_DECODER, JOB_SERVICE, SETTING
 from app.http.middleware.errors import ERRORS, REQUEST_ID, TENANT, error_response
 from app.http.middleware.idempotency import RESERVATION, SYNC_JOB, remember_sync_job
 from app.http.openapi import Reply, operation
+from app.http.requests.file_uploads import callers_files
 from app.http.requests.submissions import read_submission
 from app.http.requests.sync_deadline import SyncDeadline, sync_deadline
 from app.http.responses.image_stream import asks_for_stream, stream_edit
@@ -94,7 +95,7 @@ async def _accept(request: web.Request) -> str:
     """Read, check and accept the request's edit; the new job's id (also as ``SYNC_JOB``)."""
     app = request.app
     submission = await read_submission(
-        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
+        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION], callers_files(request)
     )
     # Shielded: a client hanging up now must not leave a job recorded but never enqueued,
     # or one its retries cannot find.

@@ -16,6 +16,7 @@ from app.http.app_keys import (
 from app.http.middleware.errors import TENANT
 from app.http.middleware.idempotency import RESERVATION
 from app.http.openapi import Reply, operation
+from app.http.requests.file_uploads import callers_files
 from app.http.requests.prefer import SUBMIT_HEADERS, applied, preferred_wait, submit_status
 from app.http.requests.query import MAX_PAGE, float_query, parse_status
 from app.http.requests.submissions import read_submission
@@ -50,7 +51,7 @@ async def submit_job(request: web.Request) -> web.Response:
     app = request.app
     wait = preferred_wait(request, app[SETTINGS].max_wait_s)
     submission = await read_submission(
-        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION]
+        request, app[SETTINGS], app[IMAGE_DECODER], app[FETCH_SESSION], callers_files(request)
     )
     service, tenant = app[JOB_SERVICE], request[TENANT]
     job = await service.accept(submission, tenant, reservation=request.get(RESERVATION))

@@ -25,7 +25,13 @@ from app.errors import InvalidRequest, UnsupportedMediaType
 from app.http.requests.decoding import ImageDecoder
 from app.http.requests.form_fields import FormShape
 from app.http.requests.ignored import note_ignored
-from app.http.requests.submissions import check_inputs, document_images, read_json_object, read_raw
+from app.http.requests.submissions import (
+    LoadFile,
+    check_inputs,
+    document_images,
+    read_json_object,
+    read_raw,
+)
 from app.settings import Settings
 
 BATCH_FIELDS = ("webhook_url", "webhook_events", "metadata")
@@ -42,10 +48,11 @@ async def read_batch_submission(
     settings: Settings,
     decoder: ImageDecoder,
     fetch_session: aiohttp.ClientSession,
+    load_file: LoadFile,
 ) -> BatchSubmission:
     """Parse and check a batch request; raises an EditqError naming the field at fault."""
     if request.content_type == "multipart/form-data":
-        raw = await read_raw(request, settings, fetch_session, BATCH_FORM)
+        raw = await read_raw(request, settings, fetch_session, load_file, BATCH_FORM)
         top: dict[str, Any] = {k: _json_part(k, v) for k, v in raw.fields.items()}
         defaults = top.get("defaults") or {}
     elif request.content_type == "application/json":
@@ -53,7 +60,9 @@ async def read_batch_submission(
         defaults = top.get("defaults")
         if not isinstance(defaults, dict):
             raise InvalidRequest("defaults must be an object of edit fields", param="defaults")
-        raw = await document_images(defaults, settings, fetch_session, prefix="defaults.")
+        raw = await document_images(
+            defaults, settings, fetch_session, load_file, prefix="defaults."
+        )
         defaults = raw.fields
     else:
         raise UnsupportedMediaType("send a batch as application/json or multipart/form-data")
@@ -67,7 +76,7 @@ async def read_batch_submission(
         variants.append(_variant(shared, override, index, settings))
         if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)  # 10,000 validations must not hold the loop at once
-    checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0])
+    checked = await check_inputs(raw.images, raw.mask, settings, decoder, variants[0], raw.stored)
     note_ignored(request, _ignored(top, defaults, overrides))
     return BatchSubmission(
         variants,

@@ -27,6 +27,7 @@ from app.settings import Settings
 MAX_PARTS = 64
 IMAGE_FIELDS = ("image", "image[]")
 MASK_FIELD = "mask"
+FILE_FIELD = "file"  # an uploaded file (POST /v1/files): an image, limited as one
 MAX_TEXT_FIELD_BYTES = 1024 * 1024
 NO_NAME = "a multipart part has no name (Content-Disposition name=...)"
 
@@ -119,7 +120,7 @@ async def read_form(request: web.Request, settings: Settings) -> Form:
     is read. Framing that cannot be parsed (the boundary, a part's headers, a nested
     multipart body, a part without a name) is not raised but kept as the form's
     ``refusal``: the fingerprint then falls back to the raw bytes and the reader
-    raises it.
+    raises it. A ``file`` part (an upload to the Files API) is limited as an image.
     """
     form = request.get(FORM)
     if form is None:
@@ -159,8 +160,8 @@ async def _read_part(
     if name in IMAGE_FIELDS:
         images_before = sum(1 for other in earlier if other.name in IMAGE_FIELDS)
         limit, param = settings.max_image_bytes, image_param(images_before)
-    elif name == MASK_FIELD:
-        limit, param = settings.max_image_bytes, MASK_FIELD
+    elif name in (MASK_FIELD, FILE_FIELD):
+        limit, param = settings.max_image_bytes, name
     else:
         limit, param = MAX_TEXT_FIELD_BYTES, name
     data = await _read_bytes(part, limit, param, budget)

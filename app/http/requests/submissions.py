@@ -3,7 +3,8 @@
 ``multipart/form-data``: text fields plus ``image`` / ``image[]`` files and ``mask``.
 ``application/json``: the same fields with ``images: [{"image_url": ...}]`` and
 ``mask: {"image_url": ...}``, each a base64 data URL or an http(s) URL fetched now,
-concurrently, through the SSRF guard (``app.net``). Both end as one
+concurrently, through the SSRF guard (``app.net``), or ``{"file_id": ...}``, the bytes
+of the tenant's uploaded file (``app.services.files``). Both end as one
 ``Submission``: validated parameters and decoded, checked images. Sizes are enforced
 while reading, so an oversized body or remote image is refused before it is held in
 memory, and the whole body must arrive within ``body_read_timeout_s`` (else 408), so a
@@ -13,8 +14,8 @@ stalled or slow-loris upload cannot hold a connection.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -47,6 +48,11 @@ from app.http.requests.ignored import note_ignored
 from app.net import check_url, fetch_bounded
 from app.settings import Settings
 
+LoadFile = Callable[[object, str], Awaitable[tuple[bytes, str]]]
+"""The bytes of the caller's uploaded file with this id (named by the param, which an
+unknown id's InvalidRequest names) and the object key holding them:
+``FileService.load`` bound to the request's tenant."""
+
 EDIT_FORM = FormShape(lists=LIST_FIELDS, singles=SINGLE_FIELDS)
 """The form fields of an edit request."""
 
@@ -58,6 +64,7 @@ class RawRequest:
     fields: dict[str, Any]
     images: list[tuple[str, bytes]]
     mask: tuple[str, bytes] | None
+    stored: dict[str, str] = field(default_factory=dict)  # param -> object key (file_id)
 
 
 async def read_submission(
@@ -65,21 +72,24 @@ async def read_submission(
     settings: Settings,
     decoder: ImageDecoder,
     fetch_session: aiohttp.ClientSession,
+    load_file: LoadFile,
 ) -> Submission:
     """Parse, size-check and decode the request; raises an EditqError naming the field.
 
-    ``fetch_session`` (a ``url_guard.guarded_session``) fetches remote ``image_url`` inputs.
+    ``fetch_session`` (a ``url_guard.guarded_session``) fetches remote ``image_url``
+    inputs; ``load_file`` reads ``file_id`` ones.
     """
-    raw = await read_raw(request, settings, fetch_session)
+    raw = await read_raw(request, settings, fetch_session, load_file)
     params = parse_edit_params(raw.fields, max_prompt_chars=settings.max_prompt_chars)
     note_ignored(request, unmodeled(raw.fields))
-    return await check_inputs(raw.images, raw.mask, settings, decoder, params)
+    return await check_inputs(raw.images, raw.mask, settings, decoder, params, raw.stored)
 
 
 async def read_raw(
     request: web.Request,
     settings: Settings,
     fetch_session: aiohttp.ClientSession,
+    load_file: LoadFile,
     shape: FormShape = EDIT_FORM,
 ) -> RawRequest:
     """The request's fields and image bytes, in either shape, with sizes enforced; a
@@ -90,7 +100,8 @@ async def read_raw(
             form = await read_form(request, settings)
         raw = _raw_from_form(form, settings, shape)
     elif request.content_type == "application/json":
-        raw = await _read_json(request, settings, fetch_session)
+        document = await read_json_object(request, settings)
+        raw = await document_images(document, settings, fetch_session, load_file)
     elif request.content_type == "application/x-www-form-urlencoded":
         async with body_deadline(settings):
             posted = await request.post()  # fields only: files need multipart
@@ -110,9 +121,12 @@ async def check_inputs(
     settings: Settings,
     decoder: ImageDecoder,
     params: EditParams,
+    stored: Mapping[str, str] | None = None,
 ) -> Submission:
     """Check the count, every image (within the decoder's pixel budgets) and the mask;
-    whatever the headers show is refused before any image is decoded."""
+    whatever the headers show is refused before any image is decoded. ``stored`` maps
+    the params of images already in object storage (``file_id``) to their keys, so the
+    job's copy is made there, server-side."""
     if not images:
         raise InvalidRequest("at least one image is required", param="image")
     if len(images) > settings.max_images:
@@ -123,7 +137,10 @@ async def check_inputs(
     declared = decoder.read_headers(inputs)
     if mask is not None:
         check_mask(declared[-1], declared[0], param=mask[0])
-    decoded = await decoder.decode(inputs, declared)
+    decoded = [
+        replace(image, stored_at=(stored or {}).get(param))
+        for (param, _), image in zip(inputs, await decoder.decode(inputs, declared), strict=True)
+    ]
     checked_mask = decoded[-1] if mask is not None else None
     return Submission(params=params, images=decoded[: len(images)], mask=checked_mask)
 
@@ -148,13 +165,6 @@ def _raw_from_form(form: Form, settings: Settings, shape: FormShape) -> RawReque
     return raw
 
 
-async def _read_json(
-    request: web.Request, settings: Settings, fetch_session: aiohttp.ClientSession
-) -> RawRequest:
-    document = await read_json_object(request, settings)
-    return await document_images(document, settings, fetch_session)
-
-
 async def read_json_object(request: web.Request, settings: Settings) -> dict[str, Any]:
     """The request body as a JSON object, size-limited; InvalidRequest otherwise."""
     async with body_deadline(settings):
@@ -172,6 +182,7 @@ async def document_images(
     document: dict[str, Any],
     settings: Settings,
     fetch_session: aiohttp.ClientSession,
+    load_file: LoadFile,
     *,
     prefix: str = "",
 ) -> RawRequest:
@@ -185,7 +196,8 @@ async def document_images(
         images = [images]
     if not isinstance(images, list) or not images:
         raise InvalidRequest(
-            "images must be a non-empty list of {image_url}", param=f"{prefix}images"
+            "images must be a non-empty list of {image_url} or {file_id}",
+            param=f"{prefix}images",
         )
     if len(images) > settings.max_images:  # before anything is decoded or fetched
         raise InvalidRequest(
@@ -195,30 +207,53 @@ async def document_images(
     references = [_image_reference(item, f"{prefix}images[{i}]") for i, item in enumerate(images)]
     if mask is not None:
         references.append(_image_reference(mask, f"{prefix}mask"))
-    loaded = await gather_or_cancel(
-        [_load_image(param, url, settings, fetch_session) for param, url in references]
+    sources = await gather_or_cancel(
+        [_load(reference, settings, fetch_session, load_file) for reference in references]
     )
+    loaded = [(param, data) for param, data, _ in sources]
+    stored = {param: key for param, _, key in sources if key is not None}
     if mask is not None:
-        return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1])
-    return RawRequest(fields=document, images=loaded, mask=None)
+        return RawRequest(fields=document, images=loaded[:-1], mask=loaded[-1], stored=stored)
+    return RawRequest(fields=document, images=loaded, mask=None, stored=stored)
 
 
-def _image_reference(item: object, param: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _Reference:
+    """One image as a JSON body names it: by ``image_url`` or by ``file_id``."""
+
+    param: str  # where it is named: images[0].image_url, mask.file_id
+    url: str | None
+    file_id: object = None
+
+
+def _image_reference(item: object, param: str) -> _Reference:
     if isinstance(item, str):
         url: object = item
     elif isinstance(item, Mapping):
         if "file_id" in item and "image_url" not in item:
-            raise InvalidRequest(
-                "file_id references are not supported; send image_url", param=f"{param}.file_id"
-            )
+            return _Reference(f"{param}.file_id", None, item["file_id"])
         url = item.get("image_url")
         if isinstance(url, Mapping):  # the chat-completions shape {"image_url": {"url": ...}}
             url = url.get("url")
     else:
-        raise InvalidRequest(f"{param} must be an object with image_url", param=param)
+        raise InvalidRequest(f"{param} must be an object with image_url or file_id", param=param)
     if not isinstance(url, str):
         raise InvalidRequest(f"{param}.image_url must be a string", param=f"{param}.image_url")
-    return f"{param}.image_url", url
+    return _Reference(f"{param}.image_url", url)
+
+
+async def _load(
+    reference: _Reference,
+    settings: Settings,
+    fetch_session: aiohttp.ClientSession,
+    load_file: LoadFile,
+) -> tuple[str, bytes, str | None]:
+    """The bytes ``reference`` names, with its param and, for a file, its object key."""
+    if reference.url is None:
+        data, key = await load_file(reference.file_id, reference.param)
+        return reference.param, data, key
+    param, data = await _load_image(reference.param, reference.url, settings, fetch_session)
+    return param, data, None
 
 
 async def _load_image(
