@@ -38,12 +38,18 @@ class RunningService:
         self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
 
     async def start(self, *, worker: bool = True) -> RunningService:
-        """Serve the API, then start the worker unless told not to."""
-        self._runner = ApiRunner(create_app(self.settings, self.providers))
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        if worker:
-            await self.start_worker()
+        """Serve the API, then start the worker unless told not to. A start that fails
+        stops what it started (and closes the client) before raising: a half-started
+        service would leak into the tests that follow."""
+        try:
+            self._runner = ApiRunner(create_app(self.settings, self.providers))
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            if worker:
+                await self.start_worker()
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def __aenter__(self) -> RunningService:
@@ -56,8 +62,9 @@ class RunningService:
 
     async def start_worker(self) -> None:
         """Start a worker (both lanes) in this event loop."""
-        self._worker = LaneWorkers(self.settings, self.providers)
-        await self._worker.start()
+        worker = LaneWorkers(self.settings, self.providers)
+        await worker.start()
+        self._worker = worker
 
     async def stop_worker(self, drain_s: float = 0) -> None:
         """Stop the worker; jobs still running after ``drain_s`` are handed back."""
