@@ -17,6 +17,20 @@ def png(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 4
     return encode(image, "PNG")
 
 
+def solid_png(
+    colour: tuple[int, int, int, int] = (255, 0, 0, 255), size: tuple[int, int] = (8, 8)
+) -> bytes:
+    """An RGBA PNG of one colour (red unless told), so any pixel shows what an edit did."""
+    return encode(Image.new("RGBA", size, colour), "PNG")
+
+
+def rgba_at(data: bytes, xy: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
+    """The RGBA value of image bytes at ``xy``."""
+    value = decode(data).convert("RGBA").getpixel(xy)
+    assert isinstance(value, tuple)
+    return value
+
+
 def mask(width: int = 64, height: int = 48) -> bytes:
     """An RGBA mask whose left half is transparent (the area to edit)."""
     image = Image.new("RGBA", (width, height), (0, 0, 0, 255))

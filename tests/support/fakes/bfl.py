@@ -46,12 +46,17 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from PIL import Image, ImageChops
+
+from tests.support.fakes.server import (
+    CountsInFlight,
+    FakeServer,
+    serve_until_interrupted,
+    wait_until,
+)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 SUBMIT_PATH = "/v1/{model}"
@@ -76,10 +81,15 @@ class FakeTask:
     settled: bool = False  # counted out of in_flight (downloaded or failed)
 
 
-class FakeBfl:
+class FakeBfl(FakeServer, CountsInFlight):
     """The fake server; see the module docstring. Settings change at any time:
     ``api_key`` (None accepts any key), ``processing_s``, ``result_ttl_s``,
-    ``poll_latency_s``."""
+    ``poll_latency_s``. Its ``base_url`` is that of a ``kind = "bfl"`` upstream."""
+
+    label = "the fake BFL API"
+    max_body_bytes = MAX_BODY_BYTES
+    shutdown_timeout_s = 2.0
+    fetches_urls = True  # an input image may be a URL the API fetches
 
     def __init__(
         self,
@@ -88,6 +98,7 @@ class FakeBfl:
         processing_s: float = 0.5,
         result_ttl_s: float = 600.0,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.processing_s = processing_s
         self.result_ttl_s = result_ttl_s
@@ -98,26 +109,14 @@ class FakeBfl:
         self.polls = 0
         self.poll_times: list[float] = []  # monotonic time of each status request
         self.downloads = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
         self._submit_faults: deque[tuple[int, str | None]] = deque()
         self._poll_faults: deque[tuple[int, str | None]] = deque()
         self._outcomes: deque[str] = deque()
-        self._runner: web.AppRunner | None = None
-        self._port = 0
-        self._fetcher: aiohttp.ClientSession | None = None
 
     @property
     def submissions(self) -> int:
         """Accepted submissions (each one a paid task at BFL)."""
         return len(self.tasks)
-
-    @property
-    def base_url(self) -> str:
-        """The ``base_url`` of a ``kind = "bfl"`` upstream served by this fake."""
-        if not self._port:
-            raise RuntimeError("the fake is not started")
-        return f"http://127.0.0.1:{self._port}"
 
     def fail_next(self, status: int, *, retry_after: str | None = None, times: int = 1) -> None:
         """Answer the next ``times`` submissions with HTTP ``status`` (not accepted)."""
@@ -136,46 +135,14 @@ class FakeBfl:
             raise ValueError(outcome)
         self._outcomes.extend([outcome] * times)
 
-    async def start(self, port: int = 0) -> FakeBfl:
-        """Listen on 127.0.0.1:``port`` (0: a free one)."""
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_get(RESULT_PATH, self._result)
         app.router.add_post(SUBMIT_PATH, self._submit)
         app.router.add_get("/delivery/{id}/{signature}/{name}", self._delivery)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-        self._fetcher = aiohttp.ClientSession()
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening. Idempotent."""
-        runner, self._runner = self._runner, None
-        if self._fetcher is not None:
-            await self._fetcher.close()
-            self._fetcher = None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeBfl:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def wait_for_submissions(self, count: int, timeout_s: float = 10.0) -> None:
         """Return once ``count`` tasks were accepted; TimeoutError after ``timeout_s``."""
-        async with asyncio.timeout(timeout_s):
-            while self.submissions < count:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: self.submissions >= count, timeout_s, every_s=0.01)
 
     def _authorized(self, request: web.Request) -> bool:
         return self.api_key is None or request.headers.get("x-key") == self.api_key
@@ -203,8 +170,7 @@ class FakeBfl:
             outcome=self._outcomes.popleft() if self._outcomes else "Ready",
         )
         self.tasks[task.id] = task
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._took_off()
         polling_url = f"{self.base_url}{RESULT_PATH}?id={task.id}"
         megapixels = _megapixels(images[0]) if images else 1.0
         return web.json_response(
@@ -235,8 +201,8 @@ class FakeBfl:
 
     async def _image(self, name: str, value: str) -> bytes:
         if value.startswith(("http://", "https://")):
-            assert self._fetcher is not None
-            async with self._fetcher.get(value) as response:
+            assert self._http is not None
+            async with self._http.get(value) as response:
                 if response.status != 200:
                     raise ValueError(f"body.{name}: could not fetch the image URL")
                 data = await response.read()
@@ -306,7 +272,7 @@ class FakeBfl:
     def _settle(self, task: FakeTask) -> None:
         if not task.settled:
             task.settled = True
-            self.in_flight -= 1
+            self._landed()
 
 
 def _inverted(data: bytes, pillow_format: str) -> bytes:
@@ -332,15 +298,10 @@ def _fault(status: int, retry_after: str | None) -> web.Response:
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
-async def _serve(port: int, processing_s: float) -> None:
-    async with FakeBfl(api_key=None, processing_s=processing_s) as fake:
-        print(f"fake BFL API on {fake.base_url}", flush=True)
-        await asyncio.Event().wait()
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Serve a fake Black Forest Labs API.")
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--processing", type=float, default=2.0, help="seconds per task")
     arguments = parser.parse_args()
-    asyncio.run(_serve(arguments.port, arguments.processing))
+    fake = FakeBfl(api_key=None, processing_s=arguments.processing)
+    serve_until_interrupted(fake, "fake BFL API on {fake.base_url}", port=arguments.port)

@@ -50,7 +50,6 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
@@ -58,6 +57,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from PIL import Image
 
+from tests.support.fakes.server import FakeServer, serve_until_interrupted
 from tests.support.fakes.upstream_edits import FORMATS, EditSpec, render_edit
 from tests.support.fakes.upstream_requests import BadRequest
 
@@ -185,7 +185,7 @@ class _File:
     downloads: list[CIMultiDict[str]] = field(default_factory=list)
 
 
-class FakeFal:
+class FakeFal(FakeServer):
     """fal's queue API on real sockets; see the module docstring.
 
     Settings (change at any time): ``api_key`` (None accepts any), ``queue_s``,
@@ -194,12 +194,20 @@ class FakeFal:
     of the endpoint's own), ``end_next`` (how the next accepted requests end).
     Observations: ``requests`` (every submit body and headers, refused ones too),
     ``queued`` (accepted, by id), ``submissions``, ``in_flight``, ``max_in_flight``,
-    ``status_polls``, ``cancels``, ``file_downloads``.
+    ``status_polls``, ``cancels``, ``file_downloads``. Its ``base_url`` is where the queue
+    API listens (``queue.fal.run``'s stand-in); ``start(port=…)`` sets that port, the CDN
+    origin takes a free one.
     """
+
+    label = "the fake fal queue"
+    shutdown_timeout_s = 1.0
+    extra_sites = 1  # the CDN origin
+    fetches_urls = True  # image URLs in the input are fetched, as fal does
 
     def __init__(
         self, *, api_key: str | None = None, queue_s: float = 0.0, processing_s: float = 0.0
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.queue_s = queue_s
         self.processing_s = processing_s
@@ -214,59 +222,22 @@ class FakeFal:
         }
         self._outcomes: deque[Outcome] = deque()
         self._files: dict[str, _File] = {}
-        self._runner: web.AppRunner | None = None
-        self._ports: tuple[int, int] = (0, 0)
-        self._http: aiohttp.ClientSession | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, port: int = 0) -> FakeFal:
-        """Listen on 127.0.0.1: the API on ``port`` (0: a free one), the CDN on a free one."""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/files/{file_id}", self._file)
         app.router.add_get("/{owner}/{app}/requests/{request_id}/status", self._status)
         app.router.add_put("/{owner}/{app}/requests/{request_id}/cancel", self._cancel)
         app.router.add_get("/{owner}/{app}/requests/{request_id}", self._result)
         app.router.add_post("/{model:.+}", self._submit)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        for site_port in (port, 0):
-            await web.TCPSite(runner, "127.0.0.1", site_port).start()
-        self._runner = runner
-        ports = [address[1] for address in runner.addresses]
-        self._ports = (ports[0], ports[1])
-        self._http = aiohttp.ClientSession()
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening. Idempotent."""
-        runner, self._runner = self._runner, None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FakeFal:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """Where the queue API listens (``queue.fal.run``'s stand-in)."""
-        return f"http://127.0.0.1:{self._ports[0]}"
 
     @property
     def cdn_url(self) -> str:
         """Where result images and ``serve``d inputs are (another origin, as fal.media is)."""
-        return f"http://127.0.0.1:{self._ports[1]}"
+        if len(self._ports) < 2:
+            raise RuntimeError(f"{self.label} is not started")
+        return self._origin_of(self._ports[1])
 
     # --- scripting and observations ----------------------------------------------------
 
@@ -543,19 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None, help="require Authorization: Key <this>")
     args = parser.parse_args(argv)
     fake = FakeFal(api_key=args.api_key, queue_s=args.queue, processing_s=args.processing)
-    try:
-        asyncio.run(_serve(fake, args.port))
-    except KeyboardInterrupt:
-        pass
-
-
-async def _serve(fake: FakeFal, port: int) -> None:
-    await fake.start(port)
-    print(f"fake fal queue: POST {fake.base_url}/<owner>/<app> (Ctrl-C stops)", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await fake.stop()
+    banner = "fake fal queue: POST {fake.base_url}/<owner>/<app>"
+    serve_until_interrupted(fake, banner, port=args.port)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
@@ -62,6 +61,7 @@ from tests.support.fakes.gemini_faults import (
     text_only,
     withheld,
 )
+from tests.support.fakes.server import CountsInFlight, FakeServer, wait_until
 from tests.support.fakes.upstream_edits import EditSpec, render_edit
 from tests.support.fakes.upstream_faults import Fault, FaultKind
 from tests.support.fakes.upstream_requests import BadRequest
@@ -84,6 +84,9 @@ IMAGE_TOKENS = 258
 
 OUTPUT_IMAGE_TOKENS = 1290
 """Tokens one generated image counts for (the figure of a 1024x1024 image)."""
+
+FETCH_TIMEOUT = aiohttp.ClientTimeout(total=10)
+"""How long fetching a ``file_data`` URI may take."""
 
 _MISSING_KEY = (
     "Method doesn't allow unregistered callers (callers without established identity). "
@@ -128,17 +131,23 @@ class GeminiRequest:
     answered_at: float | None = None
 
 
-class FakeGemini:
+class FakeGemini(FakeServer, CountsInFlight):
     """The fake Gemini API on a real socket; see the module docstring.
 
     Settings, changeable at any time: ``api_key`` (None takes any key or none),
     ``latency_s``, ``text_before_image``, ``thought_image``, ``answer_with_file_uri``,
     ``file_ttl_s``, ``usage`` ("auto", None to leave it out, or a dict sent as is),
     ``fail_always``. Observations: ``requests``, ``calls_started``, ``in_flight``,
-    ``max_in_flight``, ``file_downloads``.
+    ``max_in_flight``, ``file_downloads``. Its ``base_url`` is the API's (that of a
+    ``gemini`` upstream).
     """
 
+    label = "the fake Gemini API"
+    max_body_bytes = MAX_BODY_BYTES
+    fetches_urls = True  # file_data URIs are fetched, as the API fetches them
+
     def __init__(self, *, api_key: str | None = None, latency_s: float = 0.0) -> None:
+        super().__init__()
         self.api_key = api_key
         self.latency_s = latency_s
         self.text_before_image = True
@@ -149,65 +158,15 @@ class FakeGemini:
         self.fail_always: Fault | None = None
         self.requests: list[GeminiRequest] = []
         self.calls_started: list[float] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
         self.file_downloads = 0
         self._script: deque[Fault] = deque()
         self._files: dict[str, tuple[bytes, str, float]] = {}  # id -> bytes, type, expiry
         self._inputs: dict[str, tuple[bytes, str]] = {}
-        self._runner: web.AppRunner | None = None
-        self._fetcher: aiohttp.ClientSession | None = None
-        self._stopping = asyncio.Event()
-        self._port = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeGemini:
-        """Listen on ``host:port`` (0 picks a free port); returns self."""
-        if self._runner is not None:
-            raise RuntimeError("the fake Gemini API is already running")
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1beta/models/{model}:generateContent", self._handle_generate)
         app.router.add_get("/v1beta/files/{file_id}:download", self._handle_file)
         app.router.add_get("/inputs/{input_id}", self._handle_input)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._stopping.clear()
-        self._fetcher = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening; requests still waiting are answered 503 first. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._stopping.set()
-        await runner.cleanup()
-        if self._fetcher is not None:
-            await self._fetcher.close()
-
-    async def __aenter__(self) -> FakeGemini:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """The API's base URL (the ``base_url`` of a ``gemini`` upstream)."""
-        if not self._port:
-            raise RuntimeError("the fake Gemini API is not started")
-        return f"http://127.0.0.1:{self._port}"
 
     def fail_next(self, *faults: Fault) -> None:
         """Script faults for the next requests, one each, in order (after earlier ones)."""
@@ -221,9 +180,7 @@ class FakeGemini:
 
     async def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> None:
         """Return once ``count`` requests have arrived; TimeoutError after ``timeout_s``."""
-        async with asyncio.timeout(timeout_s):
-            while len(self.requests) < count:
-                await asyncio.sleep(0.005)
+        await wait_until(lambda: len(self.requests) >= count, timeout_s)
 
     async def _handle_generate(self, request: web.Request) -> web.Response:
         record = GeminiRequest(
@@ -234,12 +191,8 @@ class FakeGemini:
         )
         self.requests.append(record)
         self.calls_started.append(record.received_at)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
+        with self._counted():
             response = await self._answer(request, record)
-        finally:
-            self.in_flight -= 1
         record.status = response.status
         record.answered_at = time.monotonic()
         return response
@@ -326,26 +279,15 @@ class FakeGemini:
         record.mime_types.append(mime_type)
 
     async def _fetch(self, uri: str, where: str) -> bytes:
-        if not uri.startswith(("http://", "https://")) or self._fetcher is None:
+        if not uri.startswith(("http://", "https://")) or self._http is None:
             raise _Refusal(400, f"{where}.file_data.file_uri: unsupported URI {uri[:100]!r}")
         try:
-            async with self._fetcher.get(uri) as response:
+            async with self._http.get(uri, timeout=FETCH_TIMEOUT) as response:
                 if response.status != 200:
                     raise _Refusal(400, f"Cannot fetch content from the provided URL: {uri}")
                 return await response.read()
         except aiohttp.ClientError as exc:
             raise _Refusal(400, f"Cannot fetch content from the provided URL: {uri}") from exc
-
-    async def _pause(self, seconds: float | None) -> bool:
-        """Wait ``seconds`` (forever if None); False when the fake stops meanwhile."""
-        if seconds is not None and seconds <= 0:
-            return not self._stopping.is_set()
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return True
-        return False
 
     async def _succeed(self, request: web.Request, record: GeminiRequest) -> web.Response:
         words = f"Here is the edited image for: {record.prompt[:60]}"

@@ -48,10 +48,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
-import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
@@ -68,6 +66,7 @@ from tests.support.fakes.replicate_predictions import (
     render,
     throttled,
 )
+from tests.support.fakes.server import FakeServer, serve_until_interrupted
 from tests.support.fakes.upstream_faults import Fault, FaultKind
 from tests.support.fakes.upstream_requests import BadRequest
 
@@ -107,13 +106,18 @@ class CreateRequest:
     at: float = field(default_factory=time.monotonic)
 
 
-class FakeReplicate:
+class FakeReplicate(FakeServer):
     """A fake Replicate on a real socket; see the module docstring.
 
     Settings, changeable at any time (a prediction keeps those it was created with):
     ``api_key``, ``starting_s``, ``processing_s``, ``output_ttl_s``, ``blocked_words``,
-    ``models`` (by name; ``add_model``).
+    ``models`` (by name; ``add_model``). Its ``origin`` is the ``base_url`` of an
+    upstream pointed at it.
     """
+
+    label = "the fake Replicate"
+    max_body_bytes = MAX_BODY_BYTES
+    fetches_urls = True  # an input may be a URL the model fetches
 
     def __init__(
         self,
@@ -123,6 +127,7 @@ class FakeReplicate:
         processing_s: float = 0.0,
         output_ttl_s: float = 3600.0,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.starting_s = starting_s
         self.processing_s = processing_s
@@ -142,10 +147,6 @@ class FakeReplicate:
         self._files: dict[str, tuple[bytes, str, FakePrediction]] = {}
         self._ended: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._client: aiohttp.ClientSession | None = None
-        self._stopping = asyncio.Event()
-        self._port = 0
 
     def add_model(self, model: FakeModel) -> FakeModel:
         """Serve ``model`` (replacing one of the same name); returns it."""
@@ -171,59 +172,18 @@ class FakeReplicate:
         """Predictions created and not ended."""
         return sum(not p.done for p in self.predictions.values())
 
-    @property
-    def origin(self) -> str:
-        """Scheme, host and port: the ``base_url`` of an upstream pointed at the fake."""
-        if not self._port:
-            raise RuntimeError("the fake Replicate is not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    async def start(self, port: int = 0) -> FakeReplicate:
-        """Listen on 127.0.0.1:``port`` (0 picks a free port); returns self."""
-        if self._runner is not None:
-            raise RuntimeError("the fake Replicate is already running")
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self._create_for_model)
         app.router.add_post("/v1/predictions", self._create_for_version)
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/delivery/{file}/{filename}", self._file)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._stopping.clear()
-        self._client = aiohttp.ClientSession()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-        return self
 
-    async def stop(self) -> None:
-        """Stop listening and end every prediction's work. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._stopping.set()
+    async def _on_stop(self) -> None:
+        """End every prediction's work."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await runner.cleanup()
-        if self._client is not None:
-            await self._client.close()
-
-    async def __aenter__(self) -> FakeReplicate:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def wait_ended(self, prediction_id: str, timeout_s: float = 5.0) -> FakePrediction:
         """The prediction, once it ended; TimeoutError after ``timeout_s``."""
@@ -395,9 +355,9 @@ class FakeReplicate:
         model, inputs = prediction.model, prediction.inputs
         files = inputs[model.image_field]
         values = files if model.image_list else [files]
-        images = [await read_file(self._client, value) for value in values]
+        images = [await read_file(self._http, value) for value in values]
         mask_value = inputs.get(model.mask_field) if model.mask_field else None
-        mask = await read_file(self._client, mask_value) if isinstance(mask_value, str) else None
+        mask = await read_file(self._http, mask_value) if isinstance(mask_value, str) else None
         prompt = str(inputs[model.prompt_field])
         fmt = str(inputs.get("output_format", "png"))
         loop = asyncio.get_running_loop()
@@ -417,16 +377,6 @@ class FakeReplicate:
                 prediction.data_removed = True
         return prediction
 
-    async def _wait(self, event: asyncio.Event, seconds: float | None) -> None:
-        """Until ``event`` is set or the fake stops, at most ``seconds`` (None: no limit)."""
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        waiting = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({stopping, waiting}, timeout=seconds, return_when="FIRST_COMPLETED")
-        finally:
-            stopping.cancel()
-            waiting.cancel()
-
 
 def main(argv: list[str] | None = None) -> None:
     """Serve a fake Replicate until interrupted."""
@@ -436,19 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None, help="require this token")
     args = parser.parse_args(argv)
     fake = FakeReplicate(api_key=args.api_key, processing_s=args.processing)
-    try:
-        asyncio.run(_serve(fake, args.port))
-    except KeyboardInterrupt:
-        pass
-
-
-async def _serve(fake: FakeReplicate, port: int) -> None:
-    await fake.start(port)
-    print(f"fake Replicate: base_url = {fake.origin} (Ctrl-C stops)", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await fake.stop()
+    serve_until_interrupted(fake, "fake Replicate: base_url = {fake.origin}", port=args.port)
 
 
 if __name__ == "__main__":

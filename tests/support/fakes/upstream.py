@@ -52,13 +52,18 @@ import json
 import os
 import time
 from collections import deque
-from types import TracebackType
 from typing import Any, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
+from tests.support.fakes.server import (
+    CountsInFlight,
+    FakeServer,
+    serve_until_interrupted,
+    wait_until,
+)
 from tests.support.fakes.upstream_edits import (
     FORMATS,
     EditSpec,
@@ -95,7 +100,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return response
 
 
-class FakeUpstream:
+class FakeUpstream(FakeServer, CountsInFlight):
     """A fake OpenAI-compatible edit upstream on a real socket; see the module docstring.
 
     Settings, changeable at any time: ``api_key`` (None accepts any request),
@@ -105,6 +110,11 @@ class FakeUpstream:
     Observations: ``requests``, ``calls_started``, ``in_flight``, ``max_in_flight``.
     """
 
+    label = "the fake upstream"
+    max_body_bytes = MAX_BODY_BYTES
+    shutdown_timeout_s = 5.0
+    middlewares = (_json_errors,)
+
     def __init__(
         self,
         *,
@@ -112,6 +122,7 @@ class FakeUpstream:
         latency_s: float = 0.0,
         respond_with_url: bool = False,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.latency_s = latency_s
         self.respond_with_url = respond_with_url
@@ -120,76 +131,18 @@ class FakeUpstream:
         self.partials_sent: int | None = None
         self.requests: list[RecordedRequest] = []
         self.calls_started: list[float] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
         self._script: deque[Fault] = deque()
         self._files: dict[str, tuple[bytes, str]] = {}
-        self._runner: web.AppRunner | None = None
-        self._stopping = asyncio.Event()
-        self._host = ""
-        self._port = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeUpstream:
-        """Listen on ``host:port`` (0 picks a free port); returns self."""
-        if self._runner is not None:
-            raise RuntimeError("the fake upstream is already running")
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post(OPENAI_EDITS_PATH, self._handle_edit)
         app.router.add_post(ORQ_EDITS_PATH, self._handle_edit)
         app.router.add_get("/files/{file_id}", self._handle_file)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._stopping.clear()
-        self._runner = runner
-        self._host = host
-        self._port = runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening; requests still waiting are answered 503 first. Idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._stopping.set()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeUpstream:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def port(self) -> int:
-        """The port listened on (after ``start``)."""
-        if not self._port:
-            raise RuntimeError("the fake upstream is not started")
-        return self._port
-
-    @property
-    def origin(self) -> str:
-        """Scheme, host and port, e.g. ``http://127.0.0.1:41234`` (orq's base URL)."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
-        """The OpenAI (and Requesty) base URL, e.g. ``http://127.0.0.1:41234/v1``."""
+        """The OpenAI (and Requesty) base URL, e.g. ``http://127.0.0.1:41234/v1``; the
+        ``origin`` is orq's."""
         return f"{self.origin}/v1"
 
     @property
@@ -212,15 +165,11 @@ class FakeUpstream:
 
     async def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> None:
         """Return once ``count`` edit requests have arrived; TimeoutError after ``timeout_s``."""
-        async with asyncio.timeout(timeout_s):
-            while len(self.requests) < count:
-                await asyncio.sleep(0.005)
+        await wait_until(lambda: len(self.requests) >= count, timeout_s)
 
     async def wait_idle(self, timeout_s: float = 5.0) -> None:
         """Return once no edit request is in flight; TimeoutError after ``timeout_s``."""
-        async with asyncio.timeout(timeout_s):
-            while self.in_flight:
-                await asyncio.sleep(0.005)
+        await wait_until(lambda: not self.in_flight, timeout_s)
 
     async def _handle_edit(self, request: web.Request) -> web.StreamResponse:
         record = RecordedRequest(
@@ -228,12 +177,8 @@ class FakeUpstream:
         )
         self.calls_started.append(record.received_at)
         self.requests.append(record)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
+        with self._counted():
             response = await self._answer(request, record)
-        finally:
-            self.in_flight -= 1
         record.status = response.status
         record.answered_at = time.monotonic()
         return response
@@ -266,17 +211,6 @@ class FakeUpstream:
     def _check_key(self, record: RecordedRequest) -> None:
         if self.api_key is not None and record.authorization != f"Bearer {self.api_key}":
             raise BadRequest("incorrect API key provided", status=401)
-
-    async def _pause(self, seconds: float | None) -> bool:
-        """Wait ``seconds`` (forever if None); False when the fake stops meanwhile."""
-        if seconds is not None and seconds <= 0:
-            return not self._stopping.is_set()
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return True
-        return False
 
     def _answers_with_url(self, record: RecordedRequest) -> bool:
         response_format = record.fields.get("response_format")
@@ -377,19 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     fake = FakeUpstream(api_key=args.api_key, latency_s=args.latency, respond_with_url=args.url)
     if args.fail_status is not None:
         fake.fail_always = Fault.status(args.fail_status)
-    try:
-        asyncio.run(_serve(fake, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
-
-
-async def _serve(fake: FakeUpstream, host: str, port: int) -> None:
-    await fake.start(host, port)
-    print(f"fake upstream: POST {fake.base_url}/images/edits (Ctrl-C stops)", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await fake.stop()
+    banner = "fake upstream: POST {fake.base_url}/images/edits"
+    serve_until_interrupted(fake, banner, port=args.port, host=args.host)
 
 
 if __name__ == "__main__":

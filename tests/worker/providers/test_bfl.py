@@ -8,7 +8,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pydantic import SecretStr
 
 from app.core.providers_config import ModelConfig, UpstreamConfig
 from app.errors import (
@@ -18,6 +17,7 @@ from app.errors import (
     UpstreamRateLimited,
     UpstreamRejected,
 )
+from tests.support.adapters import poll_until_done, upstream_config
 from tests.support.fakes.bfl import FakeBfl
 from tests.support.images import decode, mask, png
 from worker.providers.base import (
@@ -26,7 +26,6 @@ from worker.providers.base import (
     InputImage,
     PollFailed,
     PollPending,
-    PollResult,
     UpstreamHandle,
 )
 from worker.providers.bfl import BflUpstream, aspect_ratio, regional_host
@@ -41,15 +40,8 @@ async def fake() -> AsyncIterator[FakeBfl]:
         yield server
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 def bfl(fake: FakeBfl, session: aiohttp.ClientSession, *, key: str = "bfl-key") -> BflUpstream:
-    config = UpstreamConfig(name="bfl", kind="bfl", base_url=fake.base_url, api_key=SecretStr(key))
-    return BflUpstream(config, session)
+    return BflUpstream(upstream_config("bfl", fake.base_url, key), session)
 
 
 ENTRY = ModelConfig(id="bfl/kontext", upstream="bfl", upstream_model=MODEL, max_images=2)
@@ -66,15 +58,6 @@ def call(**changes: Any) -> EditCall:
     return EditCall(**(fields | changes))
 
 
-async def until_done(adapter: BflUpstream, handle: UpstreamHandle) -> PollResult:
-    for _ in range(200):
-        result = await adapter.poll(handle)
-        if not isinstance(result, PollPending):
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError("never finished")
-
-
 async def test_submit_then_poll_downloads_the_edited_image(
     fake: FakeBfl, session: aiohttp.ClientSession
 ) -> None:
@@ -86,7 +69,7 @@ async def test_submit_then_poll_downloads_the_edited_image(
     assert task.body["output_format"] == "jpeg"
     assert handle.poll_url.startswith(fake.base_url)
     assert isinstance(await adapter.poll(handle), PollPending)
-    result = await until_done(adapter, handle)
+    result = await poll_until_done(adapter, handle)
     assert isinstance(result, EditOutput)
     image = decode(result.image).convert("RGB")
     assert image.size == (64, 48)
@@ -122,7 +105,7 @@ async def test_an_input_url_is_sent_instead_of_bytes(
     # The fake fetches it itself: serve the image from the fake's own delivery of a task.
     adapter = bfl(fake, session)
     first = await adapter.submit(call())
-    done = await until_done(adapter, first)
+    done = await poll_until_done(adapter, first)
     assert isinstance(done, EditOutput)
     task = fake.tasks[first.request_id]
     url = f"{fake.base_url}/delivery/{task.id}/{task.signature}/sample.png"
@@ -137,7 +120,7 @@ async def test_moderation_is_a_final_content_filtered_failure(
 ) -> None:
     fake.moderate_next(outcome)
     adapter = bfl(fake, session)
-    result = await until_done(adapter, await adapter.submit(call()))
+    result = await poll_until_done(adapter, await adapter.submit(call()))
     assert isinstance(result, PollFailed)
     assert isinstance(result.error, ContentFiltered)
     assert result.error.code == "content_filtered"
@@ -149,7 +132,7 @@ async def test_an_error_status_fails_the_edit_retryably(
 ) -> None:
     fake.moderate_next("Error")
     adapter = bfl(fake, session)
-    result = await until_done(adapter, await adapter.submit(call()))
+    result = await poll_until_done(adapter, await adapter.submit(call()))
     assert isinstance(result, PollFailed)
     assert type(result.error) is UpstreamError
 
@@ -193,7 +176,7 @@ async def test_a_failed_status_request_raises_so_it_is_asked_again(
     with pytest.raises(UpstreamError) as caught:
         await adapter.poll(handle)
     assert caught.value.upstream_status == 503
-    assert isinstance(await until_done(adapter, handle), EditOutput)
+    assert isinstance(await poll_until_done(adapter, handle), EditOutput)
     assert fake.submissions == 1
 
 

@@ -24,6 +24,8 @@ from app.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from tests.support import adapters
+from tests.support.adapters import failure, poll_until_done
 from tests.support.fakes.fal import FakeFal, FalAnswer, Outcome
 from tests.support.images import data_url, decode, mask, png
 from worker.providers.base import (
@@ -32,7 +34,6 @@ from worker.providers.base import (
     InputImage,
     PollFailed,
     PollPending,
-    PollResult,
     UpstreamHandle,
 )
 from worker.providers.fal import FalUpstream
@@ -44,15 +45,7 @@ MODEL = "fal-ai/flux-pro/kontext"
 
 
 def upstream_config(fake: FakeFal, **changes: Any) -> UpstreamConfig:
-    fields: dict[str, Any] = {
-        "name": "fal",
-        "kind": "fal",
-        "base_url": fake.base_url,
-        "api_key": SecretStr(KEY),
-        "timeout_s": 10.0,
-    }
-    fields.update(changes)
-    return UpstreamConfig.model_validate(fields)
+    return adapters.upstream_config("fal", fake.base_url, KEY, timeout_s=10.0, **changes)
 
 
 def entry(**changes: Any) -> ModelConfig:
@@ -80,32 +73,13 @@ async def fake() -> AsyncIterator[FakeFal]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 def fal(fake: FakeFal, session: aiohttp.ClientSession) -> FalUpstream:
     return FalUpstream(upstream_config(fake), session)
-
-
-async def finish(fal: FalUpstream, handle: UpstreamHandle, timeout_s: float = 5.0) -> PollResult:
-    """Poll ``handle`` every 20 ms until the edit is no longer pending."""
-    async with asyncio.timeout(timeout_s):
-        while isinstance(result := await fal.poll(handle), PollPending):
-            await asyncio.sleep(0.02)
-    return result
 
 
 def inverted(data: bytes) -> bytes:
     """What the fake's edit makes of an RGB image without a mask, as raw pixels."""
     return ImageChops.invert(decode(data).convert("RGB")).tobytes()
-
-
-def failure(result: PollResult) -> Exception:
-    assert isinstance(result, PollFailed), result
-    return result.error
 
 
 # --- a whole edit ------------------------------------------------------------------------
@@ -133,7 +107,7 @@ async def test_an_edit_is_queued_polled_and_its_image_downloaded(
 
     first = await fal.poll(handle)
     assert first == PollPending(queue_position=0)
-    result = await finish(fal, handle)
+    result = await poll_until_done(fal, handle)
 
     assert isinstance(result, EditOutput)
     assert decode(result.image).convert("RGB").tobytes() == inverted(source)
@@ -160,7 +134,7 @@ async def test_slow_processing_stays_pending_until_done(fake: FakeFal, fal: FalU
     fake.processing_s = 0.4
     handle = await fal.submit(edit_call())
     started = asyncio.get_running_loop().time()
-    result = await finish(fal, handle)
+    result = await poll_until_done(fal, handle)
     assert isinstance(result, EditOutput)
     assert asyncio.get_running_loop().time() - started >= 0.35
     assert fake.queued[handle.request_id].polls >= 3
@@ -174,7 +148,7 @@ async def test_another_adapter_resumes_a_handle_without_resubmitting(
     stored = json.loads(json.dumps(handle.__dict__))  # handles are kept in the job as JSON
     async with aiohttp.ClientSession() as other_session:
         other = build_async_upstream(upstream_config(fake), other_session)
-        result = await finish(other, UpstreamHandle(**stored))  # type: ignore[arg-type]
+        result = await poll_until_done(other, UpstreamHandle(**stored))
     assert isinstance(result, EditOutput)
     assert fake.submissions == 1
 
@@ -185,14 +159,14 @@ async def test_the_fake_counts_submissions_and_the_most_in_flight(
     fake.processing_s = 0.3
     handles = await asyncio.gather(*(fal.submit(edit_call()) for _ in range(4)))
     assert fake.submissions == 4 and fake.in_flight == 4
-    results = await asyncio.gather(*(finish(fal, handle) for handle in handles))
+    results = await asyncio.gather(*(poll_until_done(fal, handle) for handle in handles))
     assert all(isinstance(result, EditOutput) for result in results)
     assert fake.in_flight == 0 and fake.max_in_flight == 4
 
 
 async def test_an_inline_data_uri_result_needs_no_download(fake: FakeFal, fal: FalUpstream) -> None:
     fake.inline_results = True
-    result = await finish(fal, await fal.submit(edit_call()))
+    result = await poll_until_done(fal, await fal.submit(edit_call()))
     assert isinstance(result, EditOutput)
     assert decode(result.image).convert("RGB").tobytes() == inverted(png())
     assert fake.file_downloads() == []
@@ -205,7 +179,7 @@ async def test_usage_is_kept_where_the_model_reports_it(fake: FakeFal, fal: FalU
         "usage": {"input_tokens": 300, "output_tokens": 1056, "total_tokens": 1356},
     }
     fake.end_next(Outcome(FalAnswer(200, json.dumps(document).encode())))
-    result = await finish(fal, await fal.submit(edit_call()))
+    result = await poll_until_done(fal, await fal.submit(edit_call()))
     assert isinstance(result, EditOutput) and result.image == image
     assert result.usage is not None
     assert (result.usage.input_tokens, result.usage.output_tokens) == (300, 1056)
@@ -214,7 +188,7 @@ async def test_usage_is_kept_where_the_model_reports_it(fake: FakeFal, fal: FalU
 async def test_the_key_never_goes_to_the_result_image_origin(
     fake: FakeFal, fal: FalUpstream
 ) -> None:
-    result = await finish(fal, await fal.submit(edit_call()))
+    result = await poll_until_done(fal, await fal.submit(edit_call()))
     assert isinstance(result, EditOutput)
     downloads = fake.file_downloads()
     assert len(downloads) == 1 and "Authorization" not in downloads[0]
@@ -222,7 +196,7 @@ async def test_the_key_never_goes_to_the_result_image_origin(
 
 async def test_output_format_is_png_unless_jpeg_was_asked(fake: FakeFal, fal: FalUpstream) -> None:
     for asked, sent in (("jpeg", "jpeg"), ("webp", "png"), ("png", "png")):
-        result = await finish(fal, await fal.submit(edit_call(output_format=asked)))
+        result = await poll_until_done(fal, await fal.submit(edit_call(output_format=asked)))
         assert isinstance(result, EditOutput)
         assert fake.requests[-1][2]["output_format"] == sent
         assert decode(result.image).format == sent.upper()
@@ -234,7 +208,7 @@ async def test_output_format_is_png_unless_jpeg_was_asked(fake: FakeFal, fal: Fa
 async def test_url_input_transfer_sends_the_presigned_url(fake: FakeFal, fal: FalUpstream) -> None:
     source = png(color=(10, 200, 30))
     url = fake.serve(source)
-    result = await finish(
+    result = await poll_until_done(
         fal, await fal.submit(edit_call(images=(InputImage(b"", "image/png", url=url),)))
     )
     assert fake.requests[0][2]["image_url"] == url
@@ -251,7 +225,7 @@ async def test_a_plural_image_field_takes_every_image_as_a_list(
         images=(InputImage(png(), "image/png"), InputImage(b"", "image/png", url=url)),
         model_entry=entry(image_field="image_urls", prompt_field="prompt", max_images=4),
     )
-    result = await finish(fal, await fal.submit(call))
+    result = await poll_until_done(fal, await fal.submit(call))
     path, _, body = fake.requests[0]
     assert path == "/fal-ai/nano-banana/edit"
     assert isinstance(body["image_urls"], list) and len(body["image_urls"]) == 2
@@ -278,7 +252,9 @@ async def test_more_images_than_the_model_takes_are_refused_before_submitting(
 async def test_the_mask_goes_as_mask_url_and_limits_the_edit(
     fake: FakeFal, fal: FalUpstream
 ) -> None:
-    result = await finish(fal, await fal.submit(edit_call(mask=InputImage(mask(), "image/png"))))
+    result = await poll_until_done(
+        fal, await fal.submit(edit_call(mask=InputImage(mask(), "image/png")))
+    )
     assert fake.requests[0][2]["mask_url"].startswith("data:image/png;base64,")
     assert isinstance(result, EditOutput)
     edited = decode(result.image).convert("RGB")
@@ -291,7 +267,9 @@ async def test_an_opaque_edits_upstream_gets_the_mask_inverted(
     fake: FakeFal, session: aiohttp.ClientSession
 ) -> None:
     fal = FalUpstream(upstream_config(fake, mask_convention="opaque_edits"), session)
-    result = await finish(fal, await fal.submit(edit_call(mask=InputImage(mask(), "image/png"))))
+    result = await poll_until_done(
+        fal, await fal.submit(edit_call(mask=InputImage(mask(), "image/png")))
+    )
     assert isinstance(result, EditOutput)
     edited = decode(result.image).convert("RGB")
     original = decode(png()).convert("RGB")
@@ -338,12 +316,12 @@ async def test_a_handle_without_its_result_url_reads_it_beside_the_status(
 ) -> None:
     handle = await fal.submit(edit_call())
     bare = UpstreamHandle(request_id=handle.request_id, poll_url=handle.poll_url)
-    assert isinstance(await finish(fal, bare), EditOutput)
+    assert isinstance(await poll_until_done(fal, bare), EditOutput)
 
 
 async def test_a_model_refusing_the_input_fails_the_edit(fake: FakeFal, fal: FalUpstream) -> None:
     call = edit_call(model_entry=entry(prompt_field="text"))  # the fake's model needs prompt
-    error = failure(await finish(fal, await fal.submit(call)))
+    error = failure(await poll_until_done(fal, await fal.submit(call)))
     assert isinstance(error, UpstreamRejected) and error.code == "invalid_request_error"
     assert error.upstream_status == 422 and "prompt" in error.message
 
@@ -437,7 +415,7 @@ async def test_asking_that_fails_raises_and_the_next_poll_succeeds(
     with pytest.raises(UpstreamRejected) as refused:
         await fal.poll(handle)
     assert refused.value.code == "upstream_auth_failed"
-    assert isinstance(await finish(fal, handle), EditOutput)
+    assert isinstance(await poll_until_done(fal, handle), EditOutput)
     assert fake.submissions == 1
 
 
@@ -455,13 +433,13 @@ async def test_a_runner_failure_fails_the_edit_as_retryable(
     fake: FakeFal, fal: FalUpstream
 ) -> None:
     fake.end_next(Outcome.failing(500, "CUDA out of memory", "runner_server_error"))
-    error = failure(await finish(fal, await fal.submit(edit_call())))
+    error = failure(await poll_until_done(fal, await fal.submit(edit_call())))
     assert type(error) is UpstreamError and "CUDA out of memory" in error.message
 
 
 async def test_a_timed_out_request_fails_as_a_timeout(fake: FakeFal, fal: FalUpstream) -> None:
     fake.end_next(Outcome.failing(504, "Request timed out", "request_timeout"))
-    error = failure(await finish(fal, await fal.submit(edit_call())))
+    error = failure(await poll_until_done(fal, await fal.submit(edit_call())))
     assert isinstance(error, UpstreamTimeout)
 
 
@@ -491,7 +469,7 @@ async def test_an_expired_result_url_fails_the_edit(fake: FakeFal, fal: FalUpstr
 
 async def test_a_result_without_images_fails_the_edit(fake: FakeFal, fal: FalUpstream) -> None:
     fake.end_next(Outcome(FalAnswer(200, b'{"images": []}')))
-    error = failure(await finish(fal, await fal.submit(edit_call())))
+    error = failure(await poll_until_done(fal, await fal.submit(edit_call())))
     assert isinstance(error, UpstreamBadResponse)
 
 
@@ -502,7 +480,7 @@ async def test_moderation_fails_the_edit_as_content_filtered(
     fake: FakeFal, fal: FalUpstream
 ) -> None:
     fake.end_next(Outcome.moderated())
-    error = failure(await finish(fal, await fal.submit(edit_call())))
+    error = failure(await poll_until_done(fal, await fal.submit(edit_call())))
     assert isinstance(error, ContentFiltered) and error.code == "content_filtered"
     assert error.upstream_status == 422 and "flagged by a content checker" in error.message
     assert fake.submissions == 1
@@ -520,7 +498,7 @@ async def test_moderation_at_submission_is_content_filtered(
 
 async def test_a_flagged_output_is_content_filtered(fake: FakeFal, fal: FalUpstream) -> None:
     fake.end_next(Outcome.flagged())
-    error = failure(await finish(fal, await fal.submit(edit_call())))
+    error = failure(await poll_until_done(fal, await fal.submit(edit_call())))
     assert isinstance(error, ContentFiltered) and "safety checker" in error.message
     assert fake.file_downloads() == []  # the blacked-out image is not fetched
 
@@ -549,7 +527,7 @@ async def test_cancel_after_completion_or_of_an_unknown_request_is_false(
     fake: FakeFal, fal: FalUpstream
 ) -> None:
     handle = await fal.submit(edit_call())
-    assert isinstance(await finish(fal, handle), EditOutput)
+    assert isinstance(await poll_until_done(fal, handle), EditOutput)
     assert await fal.cancel(handle) is False
     unknown = UpstreamHandle(
         request_id="gone",

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
-from PIL import Image
-from pydantic import SecretStr
 
 from app.core.jobs import Usage
 from app.core.providers_config import UpstreamConfig
@@ -25,6 +22,7 @@ from app.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from tests.support.adapters import upstream_config
 from tests.support.fakes.gemini import (
     FakeGemini,
     Fault,
@@ -33,6 +31,7 @@ from tests.support.fakes.gemini import (
     text_only,
     withheld,
 )
+from tests.support.images import rgba_at, solid_png
 from worker.providers.base import EditCall, InputImage
 from worker.providers.gemini import (
     GeminiUpstream,
@@ -45,27 +44,14 @@ from worker.providers.gemini import (
 from worker.providers.registry import build_upstream
 
 KEY = "gemini-test-key"
-RED = (255, 0, 0, 255)
 CYAN = (0, 255, 255, 255)
-
-
-def png(colour: tuple[int, int, int, int] = RED, size: tuple[int, int] = (8, 8)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGBA", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def pixel(data: bytes) -> tuple[int, ...]:
-    value = Image.open(io.BytesIO(data)).convert("RGBA").getpixel((0, 0))
-    assert isinstance(value, tuple)
-    return value
 
 
 def edit_call(**changes: object) -> EditCall:
     fields: dict[str, object] = {
         "model": "gemini-2.5-flash-image",
         "prompt": "invert the colours",
-        "images": (InputImage(png(), "image/png"),),
+        "images": (InputImage(solid_png(), "image/png"),),
         "timeout_s": 10.0,
     }
     fields.update(changes)
@@ -73,24 +59,13 @@ def edit_call(**changes: object) -> EditCall:
 
 
 def config(base_url: str, api_key: str | None = KEY) -> UpstreamConfig:
-    return UpstreamConfig(
-        name="gemini",
-        kind="gemini",
-        base_url=base_url,
-        api_key=SecretStr(api_key) if api_key else None,
-    )
+    return upstream_config("gemini", base_url, api_key)
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeGemini]:
     async with FakeGemini(api_key=KEY) as server:
         yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 @pytest.fixture
@@ -107,18 +82,18 @@ async def test_an_edit_comes_back_as_the_fakes_inverted_image(
     assert fake.text_before_image  # the answer says something first: skipped
     output = await upstream.edit(edit_call())
 
-    assert pixel(output.image) == CYAN  # the fake inverted the red input
+    assert rgba_at(output.image) == CYAN  # the fake inverted the red input
     [request] = fake.requests
     assert request.model == "gemini-2.5-flash-image"
     assert request.headers["x-goog-api-key"] == KEY
     assert "Authorization" not in request.headers
     assert request.prompt == "invert the colours"
-    assert request.images == [png()]
+    assert request.images == [solid_png()]
     assert request.response_modalities == ["TEXT", "IMAGE"]
     assert request.body is not None
     [image_part] = request.body["contents"][0]["parts"][1:]
     assert image_part["inline_data"]["mime_type"] == "image/png"
-    assert base64.b64decode(image_part["inline_data"]["data"]) == png()
+    assert base64.b64decode(image_part["inline_data"]["data"]) == solid_png()
 
 
 async def test_a_thought_image_is_not_taken_for_the_answer(
@@ -126,7 +101,7 @@ async def test_a_thought_image_is_not_taken_for_the_answer(
 ) -> None:
     fake.thought_image = True  # a draft (the unedited input) comes first, marked thought
     output = await upstream.edit(edit_call())
-    assert pixel(output.image) == CYAN
+    assert rgba_at(output.image) == CYAN
 
 
 async def test_usage_metadata_becomes_the_calls_usage(
@@ -166,10 +141,10 @@ async def test_the_fakes_own_usage_estimate_is_read_too(
 async def test_an_input_with_a_url_is_sent_by_reference(
     fake: FakeGemini, upstream: GeminiUpstream
 ) -> None:
-    url = fake.serve_input(png(), "image/png")
+    url = fake.serve_input(solid_png(), "image/png")
     output = await upstream.edit(edit_call(images=(InputImage(b"", "image/png", url=url),)))
 
-    assert pixel(output.image) == CYAN  # the fake fetched the URL and edited that image
+    assert rgba_at(output.image) == CYAN  # the fake fetched the URL and edited that image
     [request] = fake.requests
     assert request.file_uris == [url]
     assert request.body is not None
@@ -192,10 +167,10 @@ async def test_a_mask_goes_as_the_last_image_with_an_instruction(
 ) -> None:
     # supports_mask is true by default, but this API has no mask parameter
     upstream = GeminiUpstream(config(fake.base_url), session)
-    mask = png((0, 0, 0, 0))
+    mask = solid_png((0, 0, 0, 0))
     await upstream.edit(edit_call(mask=InputImage(mask, "image/png")))
     [request] = fake.requests
-    assert request.images == [png(), mask]
+    assert request.images == [solid_png(), mask]
     assert "last attached image is not an input but a mask" in request.prompt
     assert "transparent pixels mark the area to edit" in request.prompt
 
@@ -213,7 +188,7 @@ async def test_a_result_given_by_file_uri_is_downloaded_with_the_key(
 ) -> None:
     fake.answer_with_file_uri = True
     output = await upstream.edit(edit_call())
-    assert pixel(output.image) == CYAN
+    assert rgba_at(output.image) == CYAN
     assert fake.file_downloads == 1  # the download needs the key: it went along
 
 
@@ -299,7 +274,7 @@ async def test_a_5xx_is_retryable_and_a_4xx_is_not(
     with pytest.raises(UpstreamError) as server_side:
         await upstream.edit(edit_call())
     assert not isinstance(server_side.value, UpstreamRejected)
-    assert pixel((await upstream.edit(edit_call())).image) == CYAN  # the next call succeeds
+    assert rgba_at((await upstream.edit(edit_call())).image) == CYAN  # the next call succeeds
 
 
 @pytest.mark.parametrize(
@@ -376,7 +351,7 @@ async def test_the_fake_counts_submissions_and_calls_in_flight(
 ) -> None:
     fake.latency_s = 0.3
     outputs = await asyncio.gather(*(upstream.edit(edit_call()) for _ in range(3)))
-    assert [pixel(o.image) for o in outputs] == [CYAN] * 3
+    assert [rgba_at(o.image) for o in outputs] == [CYAN] * 3
     assert (len(fake.requests), fake.max_in_flight, fake.in_flight) == (3, 3, 0)
 
 
@@ -420,7 +395,7 @@ def test_a_retry_delay_is_the_hint_only_without_a_retry_after_header() -> None:
 
 
 def test_parse_answer_takes_snake_case_parts_and_skips_non_images() -> None:
-    image = base64.b64encode(png()).decode()
+    image = base64.b64encode(solid_png()).decode()
     body = json.dumps(
         {
             "candidates": [
@@ -438,7 +413,7 @@ def test_parse_answer_takes_snake_case_parts_and_skips_non_images() -> None:
         }
     ).encode()
     answer = parse_answer(body, 200)
-    assert answer.image == png()
+    assert answer.image == solid_png()
     assert answer.usage is None
 
 

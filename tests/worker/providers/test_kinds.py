@@ -13,6 +13,7 @@ from pydantic import SecretStr, ValidationError
 
 from app.core.providers_config import UpstreamConfig
 from app.errors import UpstreamRejected
+from tests.support.adapters import upstream_config
 from tests.support.fakes.upstream import FakeUpstream, Fault
 from tests.support.images import decode, encode, mask, png
 from worker.providers.base import EditCall, InputImage, Upstream
@@ -29,9 +30,7 @@ KEEP_PIXEL = (50, 20)
 
 def config(fake: FakeUpstream, kind: str, **changes: Any) -> UpstreamConfig:
     base_url = fake.origin if kind == "orq" else fake.base_url
-    fields: dict[str, Any] = {"name": f"fake-{kind}", "kind": kind, "base_url": base_url}
-    fields.update(changes)
-    return UpstreamConfig.model_validate(fields)
+    return upstream_config(kind, base_url, name=f"fake-{kind}", **changes)
 
 
 def adapter(
@@ -67,12 +66,6 @@ def alpha(data: bytes, xy: tuple[int, int]) -> int:
 async def fake() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream() as server:
         yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 # --- requesty ---------------------------------------------------------------------------

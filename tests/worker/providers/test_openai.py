@@ -14,10 +14,8 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 from PIL import Image
-from pydantic import SecretStr
 
 from app.core.jobs import Usage
-from app.core.providers_config import UpstreamConfig
 from app.errors import (
     InsufficientCredits,
     UpstreamBadResponse,
@@ -26,8 +24,10 @@ from app.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from tests.support.adapters import upstream_config
 from tests.support.fakes.upstream import FakeUpstream, Fault, estimated_usage
 from tests.support.fakes.upstream_edits import check_edit_request
+from tests.support.images import rgba_at, solid_png
 from worker.providers.base import EditCall, InputImage
 from worker.providers.http import client as http_upstream_module
 from worker.providers.http.errors import (
@@ -47,12 +47,6 @@ RED = (255, 0, 0, 255)
 CYAN = (0, 255, 255, 255)
 
 
-def png(colour: tuple[int, int, int, int] = RED, size: tuple[int, int] = (8, 8)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGBA", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (0, 0, 255)).save(buffer, "JPEG")
@@ -68,17 +62,11 @@ def half_mask() -> bytes:
     return buffer.getvalue()
 
 
-def pixel(data: bytes, xy: tuple[int, int]) -> tuple[int, ...]:
-    value = Image.open(io.BytesIO(data)).convert("RGBA").getpixel(xy)
-    assert isinstance(value, tuple)
-    return value
-
-
 def edit_call(**changes: object) -> EditCall:
     fields: dict[str, object] = {
         "model": "gpt-image-1",
         "prompt": "invert the colours",
-        "images": (InputImage(png(), "image/png"),),
+        "images": (InputImage(solid_png(), "image/png"),),
         "timeout_s": 10.0,
     }
     fields.update(changes)
@@ -88,25 +76,13 @@ def edit_call(**changes: object) -> EditCall:
 def adapter(
     session: aiohttp.ClientSession, base_url: str, api_key: str | None = None
 ) -> OpenAIUpstream:
-    config = UpstreamConfig(
-        name="fake",
-        kind="openai",
-        base_url=base_url,
-        api_key=SecretStr(api_key) if api_key else None,
-    )
-    return OpenAIUpstream(config, session)
+    return OpenAIUpstream(upstream_config("openai", base_url, api_key, name="fake"), session)
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream() as server:
         yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 @pytest.fixture
@@ -122,13 +98,13 @@ async def test_one_image_goes_in_field_image_and_comes_back_edited(
 ) -> None:
     output = await upstream.edit(edit_call())
 
-    assert pixel(output.image, (0, 0)) == CYAN
+    assert rgba_at(output.image, (0, 0)) == CYAN
     [request] = fake.requests
     assert request.body_format == "multipart"
     assert (request.model, request.prompt) == ("gpt-image-1", "invert the colours")
     assert request.image_fields == ["image"]
     assert [(u.filename, u.content_type) for u in request.uploads] == [("image-0.png", "image/png")]
-    assert request.images == [png()]
+    assert request.images == [solid_png()]
     assert request.fields["n"] == "1"
     assert not request.has_mask
 
@@ -137,9 +113,9 @@ async def test_several_images_go_in_repeated_image_brackets(
     fake: FakeUpstream, upstream: OpenAIUpstream
 ) -> None:
     images = (
-        InputImage(png(), "image/png"),
+        InputImage(solid_png(), "image/png"),
         InputImage(jpeg(), "image/jpeg"),
-        InputImage(png((0, 255, 0, 255)), "image/png"),
+        InputImage(solid_png((0, 255, 0, 255)), "image/png"),
     )
 
     await upstream.edit(edit_call(images=images))
@@ -160,8 +136,8 @@ async def test_mask_is_sent_as_a_file_part(fake: FakeUpstream, upstream: OpenAIU
     [request] = fake.requests
     assert request.mask == half_mask()
     assert [u.filename for u in request.uploads if u.field == "mask"] == ["mask.png"]
-    assert pixel(output.image, (1, 4)) == CYAN  # transparent in the mask: edited
-    assert pixel(output.image, (6, 4)) == RED  # opaque in the mask: kept
+    assert rgba_at(output.image, (1, 4)) == CYAN  # transparent in the mask: edited
+    assert rgba_at(output.image, (6, 4)) == RED  # opaque in the mask: kept
 
 
 async def test_optional_fields_are_sent_only_when_set(
@@ -227,7 +203,7 @@ async def test_url_answer_is_downloaded(fake: FakeUpstream, upstream: OpenAIUpst
 
     output = await upstream.edit(edit_call())
 
-    assert pixel(output.image, (3, 3)) == CYAN
+    assert rgba_at(output.image, (3, 3)) == CYAN
 
 
 async def test_images_usage_is_reported(fake: FakeUpstream, upstream: OpenAIUpstream) -> None:

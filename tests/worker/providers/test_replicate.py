@@ -21,6 +21,8 @@ from app.errors import (
     UpstreamRateLimited,
     UpstreamRejected,
 )
+from tests.support import adapters
+from tests.support.adapters import failure, poll_until_done
 from tests.support.fakes.replicate import (
     KONTEXT,
     MODERATED_ERROR,
@@ -37,7 +39,6 @@ from worker.providers.base import (
     EditCall,
     EditOutput,
     InputImage,
-    PollFailed,
     PollPending,
     PollResult,
     UpstreamHandle,
@@ -53,14 +54,7 @@ KEEP_PIXEL = (50, 20)  # in its opaque half, outside png()'s middle square
 
 
 def upstream_config(fake: FakeReplicate, **changes: Any) -> UpstreamConfig:
-    fields: dict[str, Any] = {
-        "name": "replicate",
-        "kind": "replicate",
-        "base_url": fake.origin,
-        "api_key": SecretStr(KEY),
-        "timeout_s": 10.0,
-    }
-    return UpstreamConfig.model_validate({**fields, **changes})
+    return adapters.upstream_config("replicate", fake.origin, KEY, timeout_s=10.0, **changes)
 
 
 def model_entry(upstream_model: str = KONTEXT.name, **changes: Any) -> ModelConfig:
@@ -95,19 +89,6 @@ def edit_call(**changes: Any) -> EditCall:
     return EditCall(**{**fields, **changes})
 
 
-async def poll_until_done(
-    upstream: AsyncUpstream, handle: UpstreamHandle, timeout_s: float = 5.0
-) -> PollResult:
-    """Poll as the scheduler would (here every 10 ms) until the edit is not pending."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        result = await upstream.poll(handle)
-        if not isinstance(result, PollPending) or loop.time() > deadline:
-            return result
-        await asyncio.sleep(0.01)
-
-
 async def edit(upstream: AsyncUpstream, call: EditCall) -> PollResult:
     return await poll_until_done(upstream, await upstream.submit(call))
 
@@ -118,21 +99,10 @@ def pixel(data: bytes, xy: tuple[int, int] = (1, 1)) -> tuple[int, ...]:
     return value
 
 
-def failure(result: PollResult) -> UpstreamError:
-    assert isinstance(result, PollFailed), result
-    return result.error
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeReplicate]:
     async with FakeReplicate(api_key=KEY) as server:
         yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 # --- success ----------------------------------------------------------------------------
