@@ -227,17 +227,7 @@ async def test_a_reconnect_after_a_finished_jobs_last_event_is_204(
 async def test_a_reconnect_after_a_finished_batchs_last_event_is_204(
     service: RunningService,
 ) -> None:
-    status, batch = await service.post(
-        "/v1/batches",
-        body={
-            "defaults": {
-                "model": "local/editor",
-                "prompt": "invert it",
-                "images": [{"image_url": data_url(png())}],
-            },
-            "n": 1,
-        },
-    )
+    status, batch = await service.post("/v1/batches", body=batch_of(1))
     assert status == 202, batch
     path = f"/v1/batches/{batch['id']}/events"
     status, body = await open_stream(service, path)  # ends when the batch does
@@ -499,17 +489,7 @@ async def test_a_stream_url_opens_its_own_event_stream_and_nothing_else(
     assert status == 404, missing
     status, foreign = await service.post(f"/v1/jobs/{job['id']}/events/url", key="key-b")
     assert status == 404, foreign  # another key's job does not exist for it
-    status, minted = await service.post(
-        "/v1/batches",
-        body={
-            "defaults": {
-                "model": "local/editor",
-                "prompt": "invert it",
-                "images": [{"image_url": data_url(png())}],
-            },
-            "n": 1,
-        },
-    )
+    status, minted = await service.post("/v1/batches", body=batch_of(1))
     assert status == 202, minted
     status, batch_url = await service.post(f"/v1/batches/{minted['id']}/events/url")
     assert status == 200, batch_url

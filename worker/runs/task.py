@@ -173,6 +173,15 @@ async def _run_async(
             await _advance_and_record(context, claimed, plan, lease)
 
 
+def _job_error(job: Job, exc: Exception) -> JobError:
+    """The job's error for what its run raised: an ``EditqError`` as it says, anything
+    else (logged with its traceback) as an internal error."""
+    if isinstance(exc, EditqError):
+        return JobError(type=exc.type, code=exc.code, message=exc.message)
+    log.exception("job %s run %d failed unexpectedly", job.id, job.run)
+    return JobError(type="server_error", code="internal_error", message=str(exc))
+
+
 async def _advance_and_record(
     context: WorkerContext, job: Job, plan: RunPlan, lease: Lease
 ) -> None:
@@ -184,13 +193,10 @@ async def _advance_and_record(
         log.info("job %s run %d moved on while it was delivered", job.id, job.run)
         await _cancel_upstream(context, None, lease.arq_job_id, job.id)  # if it was canceled
         return
-    except EditqError as exc:
-        error = JobError(type=exc.type, code=exc.code, message=exc.message)
     except RedisError:
         raise  # not the job's failure: ``run_edit`` has it delivered again
     except Exception as exc:
-        log.exception("job %s run %d failed unexpectedly", job.id, job.run)
-        error = JobError(type="server_error", code="internal_error", message=str(exc))
+        error = _job_error(job, exc)
     else:
         if isinstance(result, Deferred):
             await context.leases.defer(lease, result.delay_s)
@@ -327,13 +333,10 @@ async def _execute_and_record(
             code="upstream_error",
             message=f"the upstream did not finish within this attempt's {budget:g}-second budget",
         )
-    except EditqError as exc:
-        error = JobError(type=exc.type, code=exc.code, message=exc.message)
     except RedisError:
         raise  # not the job's failure: ``run_edit`` has it delivered again
     except Exception as exc:
-        log.exception("job %s run %d failed unexpectedly", job.id, job.run)
-        error = JobError(type="server_error", code="internal_error", message=str(exc))
+        error = _job_error(job, exc)
     else:
         await _record_success(context, job, outcome)
         return
